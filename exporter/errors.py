@@ -1,0 +1,45 @@
+"""The project's exception hierarchy: one place, messages that tell the user what to change."""
+
+
+class ExporterError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(ExporterError):
+    """A setting is missing or wrong; the message names the setting."""
+
+
+class RefreshError(ExporterError):
+    """A refresh failed; ``reason`` is one of the fixed failure reasons of the metrics."""
+
+    reason = "http"
+
+
+class AuthError(RefreshError):
+    """The token endpoint refused us or answered something unusable."""
+
+    reason = "auth"
+
+
+class ApiHttpError(RefreshError):
+    """The API answered with an HTTP error status."""
+
+    reason = "http"
+
+
+class ApiTimeoutError(RefreshError):
+    """A request to the token endpoint or the API timed out."""
+
+    reason = "timeout"
+
+
+class ApiConnectionError(RefreshError):
+    """The token endpoint or the API could not be reached."""
+
+    reason = "connection"
+
+
+class ParseError(RefreshError):
+    """The API answered with a body we cannot read as the documented JSON:API shape."""
+
+    reason = "parse"
