@@ -1,0 +1,183 @@
+"""The be.ENERGISED CPO API client: JSON:API pagination of the charging station list.
+
+Knows HTTP and JSON:API, nothing of Prometheus. Pagination does not trust ``links.next`` (the
+quickstart's own sample skips records with it): the offset advances by the rows received.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from exporter.auth import ResponseHook, TokenSource
+from exporter.errors import (
+    ApiConnectionError,
+    ApiHttpError,
+    ApiTimeoutError,
+    AuthError,
+    ParseError,
+)
+from exporter.model import Station
+
+LOG = logging.getLogger(__name__)
+
+STATIONS_PATH = "/api/cpoapi/v1/charging_stations/"
+MAX_PAGES = 10_000
+"""Upper bound of pages per listing, so a server that never says "last page" cannot loop us."""
+
+
+def _text(value: Any) -> str:
+    """An attribute as label text: strings as they are, numbers as text, null/other as ''."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
+def parse_station(row: Any) -> Station:
+    """One JSON:API resource object -> Station; missing, null or odd attributes become ''."""
+    if not isinstance(row, dict):
+        raise ParseError(f"charging station entry is a {type(row).__name__}, not an object")
+    station_id = row.get("id")
+    if isinstance(station_id, int) and not isinstance(station_id, bool):
+        station_id = str(station_id)
+    if not isinstance(station_id, str) or not station_id:
+        raise ParseError("charging station entry has no id")
+    attributes = row.get("attributes")
+    if not isinstance(attributes, dict):
+        attributes = {}
+    return Station(
+        id=station_id,
+        label=_text(attributes.get("label")),
+        charge_box_identity=_text(attributes.get("chargeBoxIdentity")),
+        firmware_version=_text(attributes.get("firmwareVersion")),
+        serial_number=_text(attributes.get("serialnumber")),
+    )
+
+
+def parse_page(document: Any) -> tuple[list[Station], dict[str, Any]]:
+    """A stations page -> (stations, meta.pagination or {}); raises ParseError on a wrong shape."""
+    if not isinstance(document, dict):
+        raise ParseError("charging stations answer is not a JSON object")
+    data = document.get("data")
+    if not isinstance(data, list):
+        raise ParseError("charging stations answer has no data list")
+    meta = document.get("meta")
+    pagination = meta.get("pagination") if isinstance(meta, dict) else None
+    return [parse_station(row) for row in data], (
+        pagination if isinstance(pagination, dict) else {}
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class CpoClient:
+    """Reads every page of one mandant's charging station list."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        tokens: TokenSource,
+        session: requests.Session,
+        page_limit: int,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        max_pages: int = MAX_PAGES,
+        on_response: ResponseHook | None = None,
+    ) -> None:
+        self._url = api_url.rstrip("/") + STATIONS_PATH
+        self._host = urlsplit(api_url).netloc
+        self._tokens = tokens
+        self._session = session
+        self._page_limit = page_limit
+        self._timeout = timeout
+        self._max_pages = max_pages
+        self._on_response: Callable[[str, str], None] = on_response or (lambda e, c: None)
+
+    def stations(self) -> list[Station]:
+        """Every station of the listing, de-duplicated by id, in the order the API gave them."""
+        seen: dict[str, Station] = {}
+        duplicates = 0
+        pages = 0
+        for page in self._pages():
+            pages += 1
+            for station in page:
+                if station.id in seen:
+                    duplicates += 1
+                else:
+                    seen[station.id] = station
+        if duplicates:
+            LOG.warning(
+                "listing of %s repeated %d station(s); counted once", self._host, duplicates
+            )
+        LOG.debug("read %d stations from %s in %d page(s)", len(seen), self._host, pages)
+        return list(seen.values())
+
+    def _pages(self) -> Iterator[list[Station]]:
+        offset = 0
+        for _ in range(self._max_pages):
+            stations, pagination = parse_page(self._get_page(offset))
+            if not stations:
+                return
+            yield stations
+            offset += len(stations)
+            total = _int_or_none(pagination.get("total"))
+            if pagination.get("lastPage") is True or (total is not None and offset >= total):
+                return
+        raise ParseError(
+            f"charging stations of {self._host}: no last page after {self._max_pages} pages"
+        )
+
+    def _get_page(self, offset: int) -> Any:
+        params = {"page[limit]": self._page_limit, "page[offset]": offset}
+        token = self._tokens.token()
+        response = self._request(params, token)
+        if response.status_code == 401:
+            # The token may have been revoked or expired early: one retry with a fresh one.
+            self._tokens.invalidate(token)
+            response = self._request(params, self._tokens.token())
+            if response.status_code == 401:
+                raise AuthError(
+                    f"charging stations of {self._host}: a fresh token was rejected (HTTP 401); "
+                    "check that the API client has a cpoapi scope"
+                )
+        if response.status_code != 200:
+            raise ApiHttpError(
+                f"charging stations of {self._host}: HTTP {response.status_code} "
+                f"at page[offset]={offset}"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise ParseError(
+                f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"
+            ) from None
+
+    def _request(self, params: dict[str, int], token: str) -> requests.Response:
+        try:
+            response = self._session.get(
+                self._url,
+                params=params,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/vnd.api+json, application/json",
+                },
+                timeout=self._timeout,
+            )
+        except requests.Timeout:
+            self._on_response("charging_stations", "error")
+            raise ApiTimeoutError(f"charging stations of {self._host}: timed out") from None
+        except requests.RequestException as exc:
+            self._on_response("charging_stations", "error")
+            raise ApiConnectionError(
+                f"charging stations of {self._host}: cannot connect ({type(exc).__name__})"
+            ) from None
+        self._on_response("charging_stations", str(response.status_code))
+        return response

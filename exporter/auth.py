@@ -1,0 +1,154 @@
+"""OAuth2 client_credentials tokens: fetched once, cached, renewed before they expire."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+from exporter.config import Secret
+from exporter.errors import ApiConnectionError, ApiTimeoutError, AuthError, ParseError
+
+LOG = logging.getLogger(__name__)
+
+RENEW_MARGIN_MAX = 300.0
+"""Renew at most this many seconds before expiry (and at least 10% of the lifetime before)."""
+
+ASSUMED_LIFETIME = 3600.0
+"""Lifetime assumed when the token endpoint sends no usable ``expires_in``."""
+
+ResponseHook = Callable[[str, str], None]
+"""Called with (endpoint, status code or ``error``) for every request made."""
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token and the wall-clock times it expires and should be renewed."""
+
+    value: str
+    expires_at: float
+    renew_at: float
+
+
+class TokenSource:
+    """Hands out a valid bearer token for one mandant; thread-safe.
+
+    Fetching is single-flight: threads that need a token while one is being fetched wait for
+    that fetch instead of starting their own, so the token endpoint sees one request.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        client_id: str,
+        client_secret: Secret,
+        auth_method: str,
+        session: requests.Session,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        on_response: ResponseHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._auth_method = auth_method
+        self._session = session
+        self._timeout = timeout
+        self._on_response = on_response or (lambda endpoint, code: None)
+        self._clock = clock
+        self._token: Token | None = None
+        self._fetch_lock = threading.Lock()
+
+    @property
+    def expires_at(self) -> float | None:
+        """Wall-clock expiry of the cached token, or None before the first token."""
+        token = self._token
+        return token.expires_at if token else None
+
+    def token(self) -> str:
+        """A token that is not due for renewal, fetching a new one when needed."""
+        token = self._token
+        if token and self._clock() < token.renew_at:
+            return token.value
+        with self._fetch_lock:
+            token = self._token
+            if token and self._clock() < token.renew_at:
+                return token.value
+            self._token = self._fetch()
+            return self._token.value
+
+    def invalidate(self, value: str) -> None:
+        """Drop the cached token if it is still ``value`` (the API rejected it with a 401)."""
+        with self._fetch_lock:
+            if self._token and self._token.value == value:
+                self._token = None
+
+    def _fetch(self) -> Token:
+        host = urlsplit(self._token_url).netloc
+        data = {"grant_type": "client_credentials"}
+        params: dict[str, str] = {}
+        auth: tuple[str, str] | None = None
+        secret = self._client_secret.reveal()
+        if self._auth_method == "basic":
+            auth = (self._client_id, secret)
+        elif self._auth_method == "post":
+            data |= {"client_id": self._client_id, "client_secret": secret}
+        else:  # "query", as the quickstart's curl sample does it
+            params = {**data, "client_id": self._client_id, "client_secret": secret}
+        try:
+            response = self._session.post(
+                self._token_url,
+                data=data,
+                params=params,
+                auth=auth,
+                headers={"Accept": "application/json"},
+                timeout=self._timeout,
+            )
+        except requests.Timeout:
+            self._on_response("token", "error")
+            raise ApiTimeoutError(f"token endpoint {host}: timed out") from None
+        except requests.RequestException as exc:
+            # Never chain or format the exception: with the query method its text holds the URL.
+            self._on_response("token", "error")
+            raise ApiConnectionError(
+                f"token endpoint {host}: cannot connect ({type(exc).__name__})"
+            ) from None
+        self._on_response("token", str(response.status_code))
+        return self._read_token(response, host)
+
+    def _read_token(self, response: requests.Response, host: str) -> Token:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        if response.status_code != 200:
+            if error == "invalid_client":
+                raise AuthError(
+                    f"token endpoint {host} rejected the client credentials (invalid_client): "
+                    "check the client id and client secret"
+                )
+            detail = f" ({error})" if isinstance(error, str) else ""
+            raise AuthError(f"token endpoint {host}: HTTP {response.status_code}{detail}")
+        if not isinstance(body, dict):
+            raise ParseError(f"token endpoint {host}: answer is not a JSON object")
+        value = body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise ParseError(f"token endpoint {host}: answer has no access_token")
+        token_type = body.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise ParseError(f"token endpoint {host}: unsupported token_type {token_type!r}")
+        lifetime = body.get("expires_in")
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+            LOG.warning("token endpoint sent no usable expires_in; assuming %ds", ASSUMED_LIFETIME)
+            lifetime = ASSUMED_LIFETIME
+        now = self._clock()
+        margin = min(RENEW_MARGIN_MAX, 0.1 * lifetime)
+        LOG.debug("new access token from %s, valid for %ds", host, lifetime)
+        return Token(value=value, expires_at=now + lifetime, renew_at=now + lifetime - margin)

@@ -1,0 +1,125 @@
+"""Command line entry point: settings -> refreshers -> scheduler -> HTTP server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter import __version__
+from exporter.config import Mandant, Secret, Settings, load_settings
+from exporter.errors import ConfigError
+from exporter.logs import setup_logging
+from exporter.metrics import FleetCollector
+from exporter.refresh import MandantRefresher, MandantState, start_scheduler
+from exporter.web import ExporterApp, serve
+
+LOG = logging.getLogger("exporter")
+
+DEMO_STATIONS = 40
+DEMO_CHURN_INTERVAL = 20.0
+
+
+def start_demo_api(settings: Settings) -> tuple[Settings, object]:
+    """Start the in-process simulated CPO API and point the settings at it."""
+    from exporter.simulator import Inventory, Simulator
+
+    secret = "demo-secret"
+    simulator = Simulator(
+        Inventory(size=DEMO_STATIONS, seed=int.from_bytes(os.urandom(2), "big")),
+        client_id="demo-client",
+        client_secret=secret,
+        churn_interval=DEMO_CHURN_INTERVAL,
+    ).start()
+    mandant = Mandant(
+        name="demo",
+        api_url=simulator.api_url,
+        token_url=simulator.token_url,
+        client_id="demo-client",
+        client_secret=Secret(secret),
+        token_auth_method="basic",
+    )
+    LOG.info(
+        "demo mode: simulated CPO API at %s with %d stations", simulator.api_url, DEMO_STATIONS
+    )
+    return replace(settings, mandants=(mandant,)), simulator
+
+
+def build_registry(
+    states: Callable[[], Sequence[MandantState]], *, station_info: bool
+) -> CollectorRegistry:
+    """Our collector plus the client library's process, platform and GC collectors."""
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(states, station_info=station_info))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the exporter until SIGTERM or SIGINT; return the exit status."""
+    try:
+        settings = load_settings(list(sys.argv[1:] if argv is None else argv), os.environ)
+    except ConfigError as exc:
+        print(f"beenergised-exporter: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    for warning in settings.warnings:
+        LOG.warning(warning)
+
+    simulator = None
+    if settings.demo:
+        settings, simulator = start_demo_api(settings)
+
+    refreshers = [
+        MandantRefresher(mandant, page_limit=settings.page_limit) for mandant in settings.mandants
+    ]
+
+    def states() -> list[MandantState]:
+        return [refresher.state for refresher in refreshers]
+
+    registry = build_registry(states, station_info=settings.station_info)
+    app = ExporterApp(registry, states, telemetry_path=settings.telemetry_path)
+    try:
+        server, _ = serve(app, settings.listen_host, settings.listen_port)
+    except OSError as exc:
+        LOG.error(
+            "cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, exc.strerror
+        )
+        return 1
+    scheduler = start_scheduler(refreshers, settings.refresh_interval)
+    host, port = server.server_address[:2]
+    LOG.info(
+        "beenergised-exporter %s listening on %s:%d, %d mandant(s), refresh every %gs",
+        __version__,
+        host,
+        port,
+        len(refreshers),
+        settings.refresh_interval,
+    )
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        LOG.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    scheduler.shutdown(wait=False)
+    server.shutdown()
+    server.server_close()
+    if simulator is not None:
+        simulator.stop()
+    return 0

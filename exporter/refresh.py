@@ -1,0 +1,203 @@
+"""One refresh of one mandant -> a new Snapshot or a recorded failure; the scheduler wiring.
+
+Every refresh ends by swapping in one new immutable ``MandantState``: readers (the metrics and
+the web pages) take a reference and never see half a refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+import requests
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from exporter import __version__
+from exporter.api import CpoClient
+from exporter.auth import TokenSource
+from exporter.config import Mandant
+from exporter.errors import RefreshError
+from exporter.model import Snapshot, diff
+
+LOG = logging.getLogger(__name__)
+
+FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse")
+"""The fixed set of values of the ``reason`` label of the failure counter."""
+
+
+class RequestCounter:
+    """Thread-safe counts of API requests by (endpoint, status code)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str, code: str) -> None:
+        with self._lock:
+            key = (endpoint, code)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> Mapping[tuple[str, str], int]:
+        """A copy of the counts, safe to read while requests go on."""
+        with self._lock:
+            return MappingProxyType(dict(self._counts))
+
+
+@dataclass(frozen=True, slots=True)
+class MandantState:
+    """All that the metrics and pages show about one mandant, as of its last refresh."""
+
+    name: str
+    snapshot: Snapshot | None = None
+    up: bool = False
+    last_success: float | None = None
+    last_duration: float | None = None
+    last_error: str | None = None
+    added_total: int = 0
+    removed_total: int = 0
+    firmware_changes_total: int = 0
+    failures: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType(dict.fromkeys(FAILURE_REASONS, 0))
+    )
+    api_requests: Mapping[tuple[str, str], int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    token_expiry: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once a refresh has succeeded: from then on there is data to serve."""
+        return self.snapshot is not None
+
+
+def new_session() -> requests.Session:
+    """An HTTP session with our User-Agent; one per mandant so connections are reused."""
+    session = requests.Session()
+    session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
+    return session
+
+
+class MandantRefresher:
+    """Refreshes one mandant; ``state`` always holds the latest complete result."""
+
+    def __init__(
+        self,
+        mandant: Mandant,
+        *,
+        page_limit: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.mandant = mandant
+        self._clock = clock
+        self._requests = RequestCounter()
+        session = new_session()
+        self._tokens = TokenSource(
+            token_url=mandant.token_url,
+            client_id=mandant.client_id,
+            client_secret=mandant.client_secret,
+            auth_method=mandant.token_auth_method,
+            session=session,
+            on_response=self._requests,
+            clock=clock,
+        )
+        self._client = CpoClient(
+            api_url=mandant.api_url,
+            tokens=self._tokens,
+            session=session,
+            page_limit=page_limit,
+            on_response=self._requests,
+        )
+        self.state = MandantState(name=mandant.name)
+
+    def refresh(self) -> None:
+        """Read the whole fleet once and publish the result; never raises."""
+        started = time.monotonic()
+        previous = self.state
+        try:
+            stations = self._client.stations()
+        except RefreshError as exc:
+            self._publish_failure(previous, exc.reason, str(exc), started)
+            return
+        except Exception:  # a bug of ours must not kill the scheduler thread
+            LOG.exception("refresh of mandant %s failed unexpectedly", self.mandant.name)
+            self._publish_failure(previous, "parse", "unexpected error, see the log", started)
+            return
+        snapshot = Snapshot.build(stations, taken_at=self._clock())
+        state = replace(
+            previous,
+            snapshot=snapshot,
+            up=True,
+            last_success=snapshot.taken_at,
+            last_duration=time.monotonic() - started,
+            last_error=None,
+            api_requests=self._requests.counts(),
+            token_expiry=self._tokens.expires_at,
+        )
+        if previous.snapshot is not None:
+            change = diff(previous.snapshot, snapshot)
+            state = replace(
+                state,
+                added_total=previous.added_total + len(change.added),
+                removed_total=previous.removed_total + len(change.removed),
+                firmware_changes_total=previous.firmware_changes_total
+                + len(change.firmware_changed),
+            )
+            if change.added or change.removed or change.firmware_changed:
+                LOG.info(
+                    "mandant %s: %d stations (%d added, %d removed, %d firmware changes)",
+                    self.mandant.name,
+                    len(snapshot),
+                    len(change.added),
+                    len(change.removed),
+                    len(change.firmware_changed),
+                )
+        else:
+            LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
+        self.state = state
+        LOG.debug("mandant %s refreshed in %.3fs", self.mandant.name, state.last_duration)
+
+    def _publish_failure(
+        self, previous: MandantState, reason: str, message: str, started: float
+    ) -> None:
+        LOG.warning("refresh of mandant %s failed (%s): %s", self.mandant.name, reason, message)
+        failures = dict(previous.failures)
+        failures[reason] = failures.get(reason, 0) + 1
+        self.state = replace(
+            previous,
+            up=False,
+            last_duration=time.monotonic() - started,
+            last_error=message,
+            failures=MappingProxyType(failures),
+            api_requests=self._requests.counts(),
+            token_expiry=self._tokens.expires_at,
+        )
+
+
+def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> BackgroundScheduler:
+    """Refresh every mandant now, then every ``interval`` seconds, each in its own job.
+
+    Jobs never overlap themselves (max_instances=1), missed runs are coalesced into one, and a
+    little jitter keeps several exporters from hitting the API in lockstep.
+    """
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=max(1, min(len(refreshers), 32)))},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+    )
+    jitter = min(interval * 0.1, 30.0)
+    for refresher in refreshers:
+        scheduler.add_job(
+            refresher.refresh,
+            IntervalTrigger(seconds=interval, jitter=jitter),
+            id=f"refresh-{refresher.mandant.name}",
+            name=f"refresh {refresher.mandant.name}",
+            next_run_time=datetime.now(UTC),
+        )
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,125 @@
+"""Test helpers: bounded waiting, external tools, real simulator and exporter processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; skip the test without it, but fail in CI where it must exist."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (Debian package 'prometheus'; .ci/run installs it)"
+    if IN_CI:
+        pytest.fail(message + " but CI=true requires it")
+    pytest.skip(message)
+
+
+class Process:
+    """A child process whose output is collected by a reader thread, so it never blocks."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            if self.popen.poll() is not None and not self._reader.is_alive():
+                raise AssertionError(f"process exited early:\n{self.output}")
+            return next((m for line in list(self.lines) if (m := regex.search(line))), None)
+
+        return wait_until(found, timeout, f"output matching {pattern!r}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            code = self.popen.wait(5)
+        self._reader.join(5)
+        return code
+
+
+class SimulatorProcess(Process):
+    """``python -m exporter.simulator`` on a free loopback port."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__([sys.executable, "-m", "exporter.simulator", "--port", "0", *args])
+        match = self.wait_for_line(r"simulator listening on (http://\S+)")
+        self.url = match.group(1)
+
+    def state(self) -> dict:
+        return requests.get(self.url + "/_sim/state", timeout=5).json()
+
+    def change(self, **body: object) -> dict:
+        return requests.post(self.url + "/_sim/inventory", json=body, timeout=5).json()
+
+    def request_log(self) -> list[dict]:
+        return requests.get(self.url + "/_sim/requests", timeout=5).json()
+
+
+class ExporterProcess(Process):
+    """The real ``beenergised-exporter`` console script, listening on a free loopback port."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        script = str(Path(sys.executable).with_name("beenergised-exporter"))
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEENERGISED_")}
+        full_env |= env
+        super().__init__(
+            [script, "--web.listen-address=127.0.0.1:0", "--log.level=debug", *args], full_env
+        )
+        match = self.wait_for_line(r"listening on 127\.0\.0\.1:(\d+)")
+        self.url = f"http://127.0.0.1:{match.group(1)}"
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(self.url + path, timeout=5, **kwargs)

@@ -1,0 +1,258 @@
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+
+from exporter.api import STATIONS_PATH, CpoClient, parse_page, parse_station
+from exporter.auth import TokenSource
+from exporter.config import Secret
+from exporter.errors import ApiHttpError, ApiTimeoutError, AuthError, ParseError
+
+API = "https://mandant.example.test"
+STATIONS_URL = API + STATIONS_PATH
+TOKEN_URL = "https://auth.example.test/token"
+
+
+def row(sid: str, firmware: object = "1.0") -> dict:
+    return {
+        "type": "charging_stations",
+        "id": sid,
+        "attributes": {
+            "label": f"Station {sid}",
+            "chargeBoxIdentity": f"cp_{sid}",
+            "iccid": "1",
+            "imsi": "2",
+            "serialnumber": f"SN{sid}",
+            "firmwareVersion": firmware,
+        },
+    }
+
+
+def offsets_requested() -> list[int]:
+    found = []
+    for call in responses.calls:
+        if call.request.url.startswith(STATIONS_URL):
+            query = parse_qs(urlsplit(call.request.url).query)
+            found.append(int(query["page[offset]"][0]))
+    return found
+
+
+def serve_fleet(
+    rows: list[dict], max_limit: int = 1000, *, meta: bool = True, next_factor: int = 1
+):
+    """A stations endpoint over ``rows`` that clamps page[limit] to ``max_limit``."""
+
+    def callback(request):
+        query = parse_qs(urlsplit(request.url).query)
+        limit = min(int(query["page[limit]"][0]), max_limit)
+        offset = int(query["page[offset]"][0])
+        page = rows[offset : offset + limit]
+        body: dict = {"data": page}
+        if meta:
+            last = offset + limit >= len(rows)
+            body["meta"] = {
+                "pagination": {
+                    "total": len(rows),
+                    "offset": offset,
+                    "limit": limit,
+                    "lastPage": last,
+                }
+            }
+            next_offset = offset + next_factor * limit
+            body["links"] = {
+                "next": f"{STATIONS_URL}?page%5Blimit%5D={limit}&page%5Boffset%5D={next_offset}"
+            }
+        return 200, {"Content-Type": "application/vnd.api+json"}, json.dumps(body)
+
+    responses.add_callback(responses.GET, STATIONS_URL, callback=callback)
+
+
+def make_client(page_limit: int = 2, max_pages: int = 100, calls=None) -> CpoClient:
+    session = requests.Session()
+    hook = (lambda e, c: calls.append((e, c))) if calls is not None else None
+    tokens = TokenSource(
+        token_url=TOKEN_URL,
+        client_id="id",
+        client_secret=Secret("secret"),
+        auth_method="basic",
+        session=session,
+        on_response=hook,
+    )
+    return CpoClient(
+        api_url=API + "/",
+        tokens=tokens,
+        session=session,
+        page_limit=page_limit,
+        max_pages=max_pages,
+        on_response=hook,
+    )
+
+
+def add_tokens(*values: str) -> None:
+    for value in values:
+        responses.post(
+            TOKEN_URL, json={"access_token": value, "expires_in": 3600, "token_type": "Bearer"}
+        )
+
+
+@responses.activate
+def test_reads_every_page_and_sends_the_bearer_token():
+    add_tokens("tok")
+    serve_fleet([row(str(i)) for i in range(5)])
+    stations = make_client(page_limit=2).stations()
+    assert [s.id for s in stations] == ["0", "1", "2", "3", "4"]
+    assert offsets_requested() == [0, 2, 4]
+    page_calls = [c for c in responses.calls if c.request.url.startswith(STATIONS_URL)]
+    assert all(c.request.headers["Authorization"] == "Bearer tok" for c in page_calls)
+    assert len(responses.calls) == 4  # one token for every page
+
+
+@responses.activate
+def test_ignores_the_quickstarts_skipping_next_link():
+    add_tokens("tok")
+    serve_fleet([row(str(i)) for i in range(10)], next_factor=10)
+    stations = make_client(page_limit=1).stations()
+    assert len(stations) == 10
+    assert offsets_requested() == list(range(10))
+
+
+@responses.activate
+def test_advances_by_rows_received_when_the_server_clamps_the_limit():
+    add_tokens("tok")
+    serve_fleet([row(str(i)) for i in range(7)], max_limit=3)
+    stations = make_client(page_limit=100).stations()
+    assert len(stations) == 7
+    assert offsets_requested() == [0, 3, 6]
+
+
+@responses.activate
+def test_without_pagination_meta_reads_until_an_empty_page():
+    add_tokens("tok")
+    serve_fleet([row(str(i)) for i in range(3)], meta=False)
+    assert len(make_client(page_limit=2).stations()) == 3
+    assert offsets_requested() == [0, 2, 3]  # the offset moves by the rows actually received
+
+
+@responses.activate
+def test_stops_on_last_page_flag_even_without_total():
+    add_tokens("tok")
+    responses.get(
+        STATIONS_URL, json={"data": [row("a")], "meta": {"pagination": {"lastPage": True}}}
+    )
+    assert [s.id for s in make_client().stations()] == ["a"]
+    assert offsets_requested() == [0]
+
+
+@responses.activate
+def test_a_server_that_never_ends_is_cut_off_by_the_page_bound():
+    add_tokens("tok")
+    counter = iter(range(10**6))
+
+    def endless(request):
+        body = {"data": [row(f"r{next(counter)}")], "meta": {"pagination": {"lastPage": False}}}
+        return 200, {}, json.dumps(body)
+
+    responses.add_callback(responses.GET, STATIONS_URL, callback=endless)
+    with pytest.raises(ParseError, match="no last page after 5 pages"):
+        make_client(max_pages=5).stations()
+    assert len(offsets_requested()) == 5
+
+
+@responses.activate
+def test_duplicate_rows_across_pages_are_counted_once():
+    add_tokens("tok")
+    rows = [row("a"), row("b"), row("b"), row("c")]
+    serve_fleet(rows)
+    assert [s.id for s in make_client(page_limit=2).stations()] == ["a", "b", "c"]
+
+
+@responses.activate
+def test_on_401_the_token_is_renewed_and_the_request_retried_once():
+    add_tokens("old", "new")
+    calls: list = []
+    responses.get(STATIONS_URL, status=401, json={"errors": [{"status": "401"}]})
+    responses.get(STATIONS_URL, json={"data": [row("a")], "meta": {"pagination": {"total": 1}}})
+    assert len(make_client(calls=calls).stations()) == 1
+    auth_headers = [
+        c.request.headers["Authorization"]
+        for c in responses.calls
+        if c.request.url.startswith(STATIONS_URL)
+    ]
+    assert auth_headers == ["Bearer old", "Bearer new"]
+    assert calls == [
+        ("token", "200"),
+        ("charging_stations", "401"),
+        ("token", "200"),
+        ("charging_stations", "200"),
+    ]
+
+
+@responses.activate
+def test_a_second_401_is_an_auth_failure():
+    add_tokens("old", "new")
+    responses.get(STATIONS_URL, status=401)
+    with pytest.raises(AuthError, match="fresh token was rejected"):
+        make_client().stations()
+    assert len(offsets_requested()) == 2
+
+
+@responses.activate
+def test_http_errors_name_the_status_and_offset():
+    add_tokens("tok")
+    responses.get(STATIONS_URL, status=502, body="bad gateway")
+    with pytest.raises(ApiHttpError, match=r"HTTP 502 at page\[offset\]=0"):
+        make_client().stations()
+
+
+@responses.activate
+def test_timeouts_are_reported_as_timeouts():
+    add_tokens("tok")
+    responses.get(STATIONS_URL, body=requests.ReadTimeout("read timed out"))
+    with pytest.raises(ApiTimeoutError):
+        make_client().stations()
+
+
+@responses.activate
+def test_html_error_page_is_a_parse_error():
+    add_tokens("tok")
+    responses.get(STATIONS_URL, body="<html>502</html>", content_type="text/html")
+    with pytest.raises(ParseError, match="not JSON"):
+        make_client().stations()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [[], {"meta": {}}, {"data": {"id": "a"}}, {"data": [1]}, {"data": [{"attributes": {}}]}],
+)
+def test_wrong_shapes_are_parse_errors(document):
+    with pytest.raises(ParseError):
+        parse_page(document)
+
+
+def test_missing_null_and_odd_attributes_become_empty_text():
+    assert parse_station({"id": "a"}).label == ""
+    station = parse_station(
+        {
+            "id": 42,
+            "attributes": {
+                "label": None,
+                "firmwareVersion": 3.1,
+                "serialnumber": {"nested": 1},
+                "chargeBoxIdentity": True,
+                "unknownField": "ignored",
+            },
+        }
+    )
+    assert station.id == "42"
+    assert station.label == ""
+    assert station.firmware_version == "3.1"
+    assert station.serial_number == ""
+    assert station.charge_box_identity == ""
+
+
+def test_page_without_meta_gives_empty_pagination():
+    stations, pagination = parse_page({"data": [row("a")]})
+    assert [s.id for s in stations] == ["a"]
+    assert pagination == {}

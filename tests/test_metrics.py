@@ -1,0 +1,127 @@
+"""The whole exposition for a fixture, pinned by a golden file.
+
+Regenerate after an intended change with:
+    BEENERGISED_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_metrics.py
+"""
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from types import MappingProxyType
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import __version__
+from exporter.metrics import FleetCollector
+from exporter.model import Snapshot, Station
+from exporter.refresh import MandantState
+from tests.helpers import require_tool
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+
+
+def fixture_states() -> list[MandantState]:
+    stations = [
+        Station("id-1", "Station 1", "cp_1", "2.4.1", "SN1"),
+        Station("id-2", 'Hof "Süd" \\ Tor\nrechts', "cp_2", "2.4.1", ""),
+        Station("id-3", "Station 3", "cp_3", "", "SN3"),
+    ]
+    north = MandantState(
+        name="north",
+        snapshot=Snapshot.build(stations, taken_at=1_700_000_000.0),
+        up=True,
+        last_success=1_700_000_000.0,
+        last_duration=0.25,
+        added_total=4,
+        removed_total=1,
+        firmware_changes_total=2,
+        failures=MappingProxyType(
+            {"auth": 0, "http": 1, "timeout": 0, "connection": 2, "parse": 0}
+        ),
+        api_requests=MappingProxyType(
+            {("token", "200"): 1, ("charging_stations", "200"): 9, ("charging_stations", "502"): 1}
+        ),
+        token_expiry=1_700_086_400.0,
+    )
+    south = MandantState(
+        name="south",
+        last_duration=0.5,
+        last_error="connection refused",
+        failures=MappingProxyType(
+            {"auth": 0, "http": 0, "timeout": 0, "connection": 1, "parse": 0}
+        ),
+    )
+    return [north, south]
+
+
+def render(states, station_info=True, openmetrics=False) -> str:
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(lambda: states, station_info=station_info))
+    generate = generate_openmetrics if openmetrics else generate_latest
+    return generate(registry).decode()
+
+
+def normalised(text: str) -> str:
+    """The build info with fixed values, so the golden file does not depend on the release."""
+    return text.replace(
+        f'python_version="{platform.python_version()}"', 'python_version="X"'
+    ).replace(f'version="{__version__}"', 'version="X"')
+
+
+def test_exposition_matches_the_golden_file():
+    text = normalised(render(fixture_states()))
+    if os.environ.get("BEENERGISED_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_label_values_round_trip_through_the_parser():
+    families = {f.name: f for f in text_string_to_metric_families(render(fixture_states()))}
+    labels = {s.labels["label"] for s in families["beenergised_charging_station_info"].samples}
+    assert labels == {"Station 1", 'Hof "Süd" \\ Tor\nrechts', "Station 3"}
+
+
+def test_mandant_without_a_successful_refresh_shows_no_fleet_numbers():
+    families = {f.name: f for f in text_string_to_metric_families(render(fixture_states()))}
+    mandants = {s.labels["mandant"] for s in families["beenergised_charging_stations"].samples}
+    assert mandants == {"north"}
+    up = {s.labels["mandant"]: s.value for s in families["beenergised_up"].samples}
+    assert up == {"north": 1.0, "south": 0.0}
+
+
+def test_a_station_that_disappears_leaves_the_exposition():
+    states = fixture_states()
+    assert 'station_id="id-3"' in render(states)
+    north = states[0]
+    remaining = [s for s in north.snapshot.stations.values() if s.id != "id-3"]
+    states[0] = MandantState(name="north", snapshot=Snapshot.build(remaining, 0.0), up=True)
+    text = render(states)
+    assert 'station_id="id-3"' not in text
+    assert 'firmware_version="unknown"' not in text
+
+
+def test_station_info_can_be_turned_off():
+    text = render(fixture_states(), station_info=False)
+    assert "beenergised_charging_station_info" not in text
+    assert "beenergised_charging_stations_by_firmware" in text
+
+
+def test_openmetrics_output_has_counters_with_total_and_eof():
+    text = render(fixture_states(), openmetrics=True)
+    assert "# TYPE beenergised_charging_stations_added counter" in text
+    assert 'beenergised_charging_stations_added_total{mandant="north"} 4.0' in text
+    assert text.endswith("# EOF\n")
+
+
+def test_promtool_accepts_the_exposition():
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=render(fixture_states()),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

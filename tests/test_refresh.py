@@ -1,0 +1,124 @@
+from collections.abc import Iterator
+
+import pytest
+
+from exporter.config import Mandant, Secret
+from exporter.refresh import MandantRefresher, RequestCounter, start_scheduler
+from exporter.simulator import Inventory, Simulator
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def inventory() -> Inventory:
+    return Inventory(size=23, seed=7)
+
+
+@pytest.fixture
+def simulator(inventory) -> Iterator[Simulator]:
+    with Simulator(inventory, max_page_limit=10) as sim:
+        yield sim
+
+
+def mandant_for(sim: Simulator, secret: str = "demo-secret", name: str = "north") -> Mandant:
+    return Mandant(
+        name=name,
+        api_url=sim.api_url,
+        token_url=sim.token_url,
+        client_id="demo-client",
+        client_secret=Secret(secret),
+        token_auth_method="basic",
+    )
+
+
+def test_first_refresh_is_the_baseline(simulator):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=5)
+    refresher.refresh()
+    state = refresher.state
+    assert state.up and state.ready
+    assert len(state.snapshot) == 23
+    assert sum(state.snapshot.by_firmware.values()) == 23
+    assert (state.added_total, state.removed_total, state.firmware_changes_total) == (0, 0, 0)
+    assert state.api_requests[("charging_stations", "200")] == 5
+    assert state.api_requests[("token", "200")] == 1
+
+
+def test_changes_between_refreshes_are_counted_exactly(simulator, inventory):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=100)
+    refresher.refresh()
+    added = inventory.add(3)
+    removed = inventory.remove(2)
+    rolled = inventory.rollout("9.9.9", 4)
+    refresher.refresh()
+    state = refresher.state
+    assert len(state.snapshot) == 23 + 3 - 2
+    assert state.added_total == len(added) == 3
+    assert state.removed_total == len(removed) == 2
+    assert state.firmware_changes_total == len(set(rolled) - set(removed))
+    assert state.snapshot.by_firmware["9.9.9"] == len(set(rolled) - set(removed))
+
+
+def test_one_token_serves_many_refreshes(simulator):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10)
+    for _ in range(4):
+        refresher.refresh()
+    assert simulator.tokens_issued == 1
+    assert refresher.state.api_requests[("token", "200")] == 1
+
+
+def test_a_revoked_token_is_replaced_on_401(simulator):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10)
+    refresher.refresh()
+    simulator.revoke_tokens()
+    refresher.refresh()
+    assert refresher.state.up
+    assert simulator.tokens_issued == 2
+    assert refresher.state.api_requests[("charging_stations", "401")] == 1
+
+
+def test_a_failed_refresh_keeps_the_last_good_snapshot_and_recovers(simulator):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10)
+    refresher.refresh()
+    good = refresher.state.snapshot
+    simulator.stop()
+    refresher.refresh()
+    state = refresher.state
+    assert not state.up
+    assert state.snapshot is good
+    assert state.failures["connection"] == 1
+    assert "cannot connect" in state.last_error
+
+
+def test_wrong_secret_is_an_auth_failure_without_the_secret_in_the_message(simulator):
+    refresher = MandantRefresher(mandant_for(simulator, secret="wrong-secret-123"), page_limit=10)
+    refresher.refresh()
+    state = refresher.state
+    assert not state.up and not state.ready
+    assert state.failures["auth"] == 1
+    assert "invalid_client" in state.last_error
+    assert "wrong-secret-123" not in state.last_error
+
+
+def test_request_counter_counts_per_endpoint_and_code():
+    counter = RequestCounter()
+    counter("token", "200")
+    counter("charging_stations", "200")
+    counter("charging_stations", "200")
+    assert dict(counter.counts()) == {("token", "200"): 1, ("charging_stations", "200"): 2}
+
+
+def test_scheduler_refreshes_every_mandant_at_start(simulator):
+    refreshers = [
+        MandantRefresher(mandant_for(simulator, name="a"), page_limit=10),
+        MandantRefresher(mandant_for(simulator, name="b", secret="bad"), page_limit=10),
+    ]
+    scheduler = start_scheduler(refreshers, interval=3600)
+    try:
+        wait_until(lambda: refreshers[0].state.ready, what="first refresh of mandant a")
+        wait_until(lambda: refreshers[1].state.last_error, what="failed refresh of mandant b")
+        assert refreshers[0].state.up
+        assert len(refreshers[0].state.snapshot) == 23
+        assert not refreshers[1].state.up
+        job = scheduler.get_job("refresh-a")
+        assert job.max_instances == 1 and job.coalesce
+    finally:
+        scheduler.shutdown(wait=True)
