@@ -7,7 +7,7 @@ quickstart's own sample skips records with it): the offset advances by the rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,38 +102,69 @@ class CpoClient:
         self._on_response: Callable[[str, str], None] = on_response or (lambda e, c: None)
 
     def stations(self) -> list[Station]:
-        """Every station of the listing, de-duplicated by id, in the order the API gave them."""
-        seen: dict[str, Station] = {}
-        duplicates = 0
-        pages = 0
-        for page in self._pages():
-            pages += 1
-            for station in page:
-                if station.id in seen:
-                    duplicates += 1
-                else:
-                    seen[station.id] = station
-        if duplicates:
-            LOG.warning(
-                "listing of %s repeated %d station(s); counted once", self._host, duplicates
-            )
-        LOG.debug("read %d stations from %s in %d page(s)", len(seen), self._host, pages)
-        return list(seen.values())
+        """Every station of the listing, de-duplicated by id, in the order the API gave them.
 
-    def _pages(self) -> Iterator[list[Station]]:
+        A listing that changed while we read it (the total moved, or the rows received do not
+        add up to the total) is read once more; if it changes again nothing is returned, so a
+        half-read list is never taken for a fleet that shrank.
+        """
+        problem = ""
+        for attempt in (1, 2):
+            rows, problem = self._read_listing()
+            if not problem:
+                return self._unique(rows)
+            if attempt == 1:
+                LOG.warning(
+                    "listing of %s changed while reading (%s); reading it again",
+                    self._host,
+                    problem,
+                )
+        raise ParseError(
+            f"charging stations of {self._host}: listing changed while reading it twice ({problem})"
+        )
+
+    def _unique(self, rows: list[Station]) -> list[Station]:
+        unique: dict[str, Station] = {}
+        for station in rows:
+            unique.setdefault(station.id, station)
+        if len(unique) < len(rows):
+            LOG.warning(
+                "listing of %s repeated %d station(s); counted once",
+                self._host,
+                len(rows) - len(unique),
+            )
+        return list(unique.values())
+
+    def _read_listing(self) -> tuple[list[Station], str]:
+        """All rows of one walk through the pages, and what makes it inconsistent ('' if OK)."""
+        rows: list[Station] = []
+        totals: set[int] = set()
+        pages = 0
         offset = 0
-        for _ in range(self._max_pages):
+        while True:
+            if pages == self._max_pages:
+                raise ParseError(
+                    f"charging stations of {self._host}: no last page after {pages} pages"
+                )
             stations, pagination = parse_page(self._get_page(offset))
-            if not stations:
-                return
-            yield stations
+            pages += 1
+            rows.extend(stations)
             offset += len(stations)
             total = _int_or_none(pagination.get("total"))
-            if pagination.get("lastPage") is True or (total is not None and offset >= total):
-                return
-        raise ParseError(
-            f"charging stations of {self._host}: no last page after {self._max_pages} pages"
-        )
+            if total is not None:
+                totals.add(total)
+            if (
+                not stations
+                or pagination.get("lastPage") is True
+                or (total is not None and offset >= total)
+            ):
+                break
+        LOG.debug("read %d rows from %s in %d page(s)", len(rows), self._host, pages)
+        if len(totals) > 1:
+            return rows, f"total went from {min(totals)} to {max(totals)}"
+        if totals and len(rows) != next(iter(totals)):
+            return rows, f"{len(rows)} rows received for a total of {next(iter(totals))}"
+        return rows, ""
 
     def _get_page(self, offset: int) -> Any:
         params = {"page[limit]": self._page_limit, "page[offset]": offset}

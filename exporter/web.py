@@ -118,6 +118,8 @@ def _respond(
 class _QuietHandler(WSGIRequestHandler):
     """Request handler that logs at debug level instead of printing every request to stderr."""
 
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+
     def log_message(self, format: str, *args: Any) -> None:
         LOG.debug("%s %s", self.address_string(), format % args)
 

@@ -256,3 +256,48 @@ def test_page_without_meta_gives_empty_pagination():
     stations, pagination = parse_page({"data": [row("a")]})
     assert [s.id for s in stations] == ["a"]
     assert pagination == {}
+
+
+def changing_fleet(fleets: list[list[dict]], limit: int = 2):
+    """A stations endpoint whose listing switches to the next fleet after every page served."""
+    served = iter(range(10**6))
+
+    def callback(request):
+        query = parse_qs(urlsplit(request.url).query)
+        offset = int(query["page[offset]"][0])
+        rows = fleets[min(next(served), len(fleets) - 1)]
+        body = {"data": rows[offset : offset + limit], "meta": {"pagination": {"total": len(rows)}}}
+        return 200, {}, json.dumps(body)
+
+    responses.add_callback(responses.GET, STATIONS_URL, callback=callback)
+
+
+@responses.activate
+def test_a_listing_that_changes_while_read_is_read_again():
+    add_tokens("tok")
+    five = [row(str(i)) for i in range(5)]
+    four = five[1:]
+    # the first walk sees 5, then 4 rows (a station was deleted between pages); the second is stable
+    changing_fleet([five, four, four, four, four, four])
+    stations = make_client(page_limit=2).stations()
+    assert [s.id for s in stations] == ["1", "2", "3", "4"]
+    assert offsets_requested() == [0, 2, 0, 2]
+
+
+@responses.activate
+def test_a_listing_that_keeps_changing_publishes_nothing():
+    add_tokens("tok")
+    fleets = [[row(str(i)) for i in range(n)] for n in range(10, 0, -1)]
+    changing_fleet(fleets)
+    with pytest.raises(ParseError, match="listing changed while reading it twice"):
+        make_client(page_limit=2).stations()
+
+
+@responses.activate
+def test_an_early_last_page_that_leaves_a_gap_is_inconsistent():
+    add_tokens("tok")
+    page = {"data": [row("a")], "meta": {"pagination": {"total": 3, "lastPage": True}}}
+    responses.get(STATIONS_URL, json=page)
+    with pytest.raises(ParseError, match="1 rows received for a total of 3"):
+        make_client().stations()
+    assert offsets_requested() == [0, 0]
