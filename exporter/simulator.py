@@ -134,6 +134,11 @@ class Inventory:
             rows = self._stations[offset : offset + limit]
             return [_copy(station) for station in rows], len(self._stations)
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Hold it to make several changes appear to readers as one."""
+        return self._lock
+
     def firmware_counts(self) -> dict[str, int]:
         """Number of stations per firmware version."""
         with self._lock:
@@ -460,9 +465,10 @@ class Simulator:
             raise ValueError(f"rollout.from must be a version string or null, got {from_version!r}")
         add, remove = _count_field(body, "add"), _count_field(body, "remove")
         count = _count_field(rollout, "count")
-        added = self.inventory.add(add)
-        removed = self.inventory.remove(remove)
-        rolled_out = self.inventory.rollout(to_version, count, from_version) if rollout else []
+        with self.inventory.lock:  # clients see all of the change or none of it
+            added = self.inventory.add(add)
+            removed = self.inventory.remove(remove)
+            rolled_out = self.inventory.rollout(to_version, count, from_version) if rollout else []
         return {"added": added, "removed": removed, "rolled_out": rolled_out}
 
 

@@ -1,0 +1,940 @@
+"""Tests of exporter/config.py: precedence, validation messages, secrets, the YAML file, --help."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from exporter.config import (
+    DEFAULT_PORT,
+    DEFAULT_TOKEN_URL,
+    TOKEN_AUTH_METHODS,
+    Mandant,
+    Secret,
+    Settings,
+    build_parser,
+    load_settings,
+    parse_duration,
+)
+from exporter.errors import ConfigError
+
+SECRET = "s3cr3t-XYZ"
+API_URL = "https://yourmandant.beenergised.cloud"
+ENV = {
+    "BEENERGISED_API_URL": API_URL,
+    "BEENERGISED_CLIENT_ID": "abc",
+    "BEENERGISED_CLIENT_SECRET": SECRET,
+}
+
+FLAGS_AND_ENV = [
+    ("--api-url", "BEENERGISED_API_URL"),
+    ("--token-url", "BEENERGISED_TOKEN_URL"),
+    ("--client-id", "BEENERGISED_CLIENT_ID"),
+    ("--client-secret-file", "BEENERGISED_CLIENT_SECRET_FILE"),
+    ("--token-auth-method", "BEENERGISED_TOKEN_AUTH_METHOD"),
+    ("--refresh-interval", "BEENERGISED_REFRESH_INTERVAL"),
+    ("--page-limit", "BEENERGISED_PAGE_LIMIT"),
+    ("--config.file", "BEENERGISED_CONFIG_FILE"),
+    ("--web.listen-address", "BEENERGISED_WEB_LISTEN_ADDRESS"),
+    ("--web.telemetry-path", "BEENERGISED_WEB_TELEMETRY_PATH"),
+    ("--log.level", "BEENERGISED_LOG_LEVEL"),
+    ("--log.format", "BEENERGISED_LOG_FORMAT"),
+    ("--demo", "BEENERGISED_DEMO"),
+    ("--no-station-info", "BEENERGISED_NO_STATION_INFO"),
+]
+
+
+def load(argv: Sequence[str] = (), env: dict[str, str] | None = None) -> Settings:
+    return load_settings(list(argv), ENV if env is None else env)
+
+
+def error(argv: Sequence[str] = (), env: dict[str, str] | None = None) -> str:
+    """The message of the ConfigError, checked to be one line without the secret."""
+    with pytest.raises(ConfigError) as caught:
+        load(argv, env)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert SECRET not in message
+    return message
+
+
+def write(tmp_path: Path, text: str, name: str = "exporter.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def secret_file(tmp_path: Path, content: str | bytes = SECRET + "\n", name: str = "secret") -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+# --- Secret and the dataclasses ---------------------------------------------------------------
+
+
+def test_secret_hides_its_value_everywhere() -> None:
+    secret = Secret(SECRET)
+    assert str(secret) == "***"
+    assert repr(secret) == "***"
+    assert f"{secret}" == "***"
+    assert f"{secret:>20}" == "***"
+    assert "%s %r" % (secret, secret) == "*** ***"  # noqa: UP031 - the old style must hide it too
+    assert secret.reveal() == SECRET
+
+
+def test_secret_compares_and_hashes_by_value() -> None:
+    assert Secret(SECRET) == Secret(SECRET)
+    assert Secret(SECRET) != Secret("other")
+    assert Secret(SECRET) != SECRET
+    assert hash(Secret(SECRET)) == hash(Secret(SECRET))
+    assert len({Secret(SECRET), Secret(SECRET), Secret("other")}) == 2
+
+
+def test_mandant_refuses_a_plain_string_secret() -> None:
+    with pytest.raises(TypeError) as caught:
+        Mandant("m", API_URL, DEFAULT_TOKEN_URL, "abc", SECRET, "basic")  # type: ignore[arg-type]
+    assert SECRET not in str(caught.value)
+
+
+def test_mandant_refuses_an_unknown_auth_method() -> None:
+    with pytest.raises(ValueError):
+        Mandant("m", API_URL, DEFAULT_TOKEN_URL, "abc", Secret(SECRET), "digest")
+
+
+def test_settings_are_frozen() -> None:
+    settings = load()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.page_limit = 5  # type: ignore[misc]
+
+
+# --- defaults ---------------------------------------------------------------------------------
+
+
+def test_defaults_with_one_mandant_from_the_environment() -> None:
+    settings = load()
+    assert settings == Settings(
+        mandants=(
+            Mandant(
+                name="yourmandant",
+                api_url=API_URL,
+                token_url=DEFAULT_TOKEN_URL,
+                client_id="abc",
+                client_secret=Secret(SECRET),
+                token_auth_method="basic",
+            ),
+        ),
+        refresh_interval=300.0,
+        page_limit=100,
+        listen_host="",
+        listen_port=DEFAULT_PORT,
+        telemetry_path="/metrics",
+        log_level="info",
+        log_format="logfmt",
+        demo=False,
+        station_info=True,
+        warnings=(),
+    )
+
+
+def test_default_port_is_outside_the_taken_ranges() -> None:
+    assert 10027 <= DEFAULT_PORT <= 10999
+    assert DEFAULT_PORT not in (10050, 10051)  # Zabbix agent and trapper
+    assert TOKEN_AUTH_METHODS == ("basic", "post", "query")
+
+
+def test_empty_environment_variables_count_as_unset() -> None:
+    settings = load(env={**ENV, "BEENERGISED_PAGE_LIMIT": "", "BEENERGISED_LOG_LEVEL": ""})
+    assert settings.page_limit == 100
+    assert settings.log_level == "info"
+
+
+# --- precedence: flag > environment > config file > default -----------------------------------
+
+
+@dataclasses.dataclass
+class Case:
+    flag: list[str]
+    env: tuple[str, str]
+    file: str | None  # YAML line, or None when the file has no such setting
+    get: Callable[[Settings], object]
+    by_flag: object
+    by_env: object
+    by_file: object
+    default: object
+
+
+PRECEDENCE = {
+    "refresh_interval": Case(
+        ["--refresh-interval", "2m"],
+        ("BEENERGISED_REFRESH_INTERVAL", "3m"),
+        "refresh_interval: 4m",
+        lambda s: s.refresh_interval,
+        120.0,
+        180.0,
+        240.0,
+        300.0,
+    ),
+    "page_limit": Case(
+        ["--page-limit", "10"],
+        ("BEENERGISED_PAGE_LIMIT", "20"),
+        "page_limit: 30",
+        lambda s: s.page_limit,
+        10,
+        20,
+        30,
+        100,
+    ),
+    "token_auth_method": Case(
+        ["--token-auth-method", "post"],
+        ("BEENERGISED_TOKEN_AUTH_METHOD", "query"),
+        "token_auth_method: post",
+        lambda s: s.mandants[0].token_auth_method,
+        "post",
+        "query",
+        "post",
+        "basic",
+    ),
+    "station_info": Case(
+        ["--no-station-info"],
+        ("BEENERGISED_NO_STATION_INFO", "false"),
+        "station_info: false",
+        lambda s: s.station_info,
+        False,
+        True,
+        False,
+        True,
+    ),
+    "listen_address": Case(
+        ["--web.listen-address", "127.0.0.1:9001"],
+        ("BEENERGISED_WEB_LISTEN_ADDRESS", ":9002"),
+        None,
+        lambda s: (s.listen_host, s.listen_port),
+        ("127.0.0.1", 9001),
+        ("", 9002),
+        None,
+        ("", DEFAULT_PORT),
+    ),
+    "telemetry_path": Case(
+        ["--web.telemetry-path", "/flag"],
+        ("BEENERGISED_WEB_TELEMETRY_PATH", "/env"),
+        None,
+        lambda s: s.telemetry_path,
+        "/flag",
+        "/env",
+        None,
+        "/metrics",
+    ),
+    "log_level": Case(
+        ["--log.level", "debug"],
+        ("BEENERGISED_LOG_LEVEL", "error"),
+        None,
+        lambda s: s.log_level,
+        "debug",
+        "error",
+        None,
+        "info",
+    ),
+    "log_format": Case(
+        ["--log.format", "json"],
+        ("BEENERGISED_LOG_FORMAT", "logfmt"),
+        None,
+        lambda s: s.log_format,
+        "json",
+        "logfmt",
+        None,
+        "logfmt",
+    ),
+    "token_url": Case(
+        ["--token-url", "https://flag.example/token"],
+        ("BEENERGISED_TOKEN_URL", "https://env.example/token"),
+        None,
+        lambda s: s.mandants[0].token_url,
+        "https://flag.example/token",
+        "https://env.example/token",
+        None,
+        DEFAULT_TOKEN_URL,
+    ),
+    "client_id": Case(
+        ["--client-id", "from-flag"],
+        ("BEENERGISED_CLIENT_ID", "from-env"),
+        None,
+        lambda s: s.mandants[0].client_id,
+        "from-flag",
+        "from-env",
+        None,
+        None,
+    ),
+    "api_url": Case(
+        ["--api-url", "https://flag.beenergised.cloud"],
+        ("BEENERGISED_API_URL", "https://env.beenergised.cloud"),
+        None,
+        lambda s: (s.mandants[0].name, s.mandants[0].api_url),
+        ("flag", "https://flag.beenergised.cloud"),
+        ("env", "https://env.beenergised.cloud"),
+        None,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PRECEDENCE)
+def test_flag_beats_environment_and_file(name: str, tmp_path: Path) -> None:
+    case = PRECEDENCE[name]
+    config = write(tmp_path, case.file or "")
+    env = {**ENV, case.env[0]: case.env[1]}
+    assert case.get(load([*case.flag, "--config.file", str(config)], env)) == case.by_flag
+
+
+@pytest.mark.parametrize("name", PRECEDENCE)
+def test_environment_beats_file(name: str, tmp_path: Path) -> None:
+    case = PRECEDENCE[name]
+    config = write(tmp_path, case.file or "")
+    env = {**ENV, case.env[0]: case.env[1]}
+    assert case.get(load(["--config.file", str(config)], env)) == case.by_env
+
+
+@pytest.mark.parametrize("name", [name for name, case in PRECEDENCE.items() if case.file])
+def test_file_beats_default(name: str, tmp_path: Path) -> None:
+    case = PRECEDENCE[name]
+    config = write(tmp_path, case.file or "")
+    assert case.get(load(["--config.file", str(config)])) == case.by_file
+
+
+@pytest.mark.parametrize("name", [name for name, case in PRECEDENCE.items() if case.default])
+def test_default_when_nothing_given(name: str, tmp_path: Path) -> None:
+    case = PRECEDENCE[name]
+    assert case.get(load()) == case.default
+
+
+def test_config_file_flag_beats_environment(tmp_path: Path) -> None:
+    by_flag = write(tmp_path, "page_limit: 7", "flag.yml")
+    by_env = write(tmp_path, "page_limit: 8", "env.yml")
+    env = {**ENV, "BEENERGISED_CONFIG_FILE": str(by_env)}
+    assert load(["--config.file", str(by_flag)], env).page_limit == 7
+    assert load([], env).page_limit == 8
+
+
+def test_secret_file_flag_beats_secret_in_environment(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "from-file\n")
+    settings = load(["--client-secret-file", str(path)])
+    assert settings.mandants[0].client_secret.reveal() == "from-file"
+
+
+def test_secret_file_from_environment(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    env = {**ENV, "BEENERGISED_CLIENT_SECRET_FILE": str(path)}
+    del env["BEENERGISED_CLIENT_SECRET"]
+    assert load(env=env).mandants[0].client_secret.reveal() == SECRET
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("TRUE", True), ("Yes", True), ("1", True), ("no", False), ("0", False)],
+)
+def test_booleans_from_the_environment(value: str, expected: bool) -> None:
+    settings = load(env={**ENV, "BEENERGISED_NO_STATION_INFO": value})
+    assert settings.station_info is not expected
+
+
+def test_demo_needs_no_mandant() -> None:
+    for argv, env in ((["--demo"], {}), ([], {"BEENERGISED_DEMO": "yes"})):
+        settings = load(argv, env)
+        assert settings.demo is True
+        assert settings.mandants == ()
+    assert load(env={**ENV, "BEENERGISED_DEMO": "false"}).demo is False
+
+
+def test_choices_are_case_insensitive() -> None:
+    settings = load(["--log.level", "WARN", "--log.format", "JSON", "--token-auth-method", "Post"])
+    assert (settings.log_level, settings.log_format) == ("warn", "json")
+    assert settings.mandants[0].token_auth_method == "post"
+
+
+# --- durations --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("300", 300.0),
+        ("1.5", 1.5),
+        (".5", 0.5),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("500ms", 0.5),
+        ("1m500ms", 60.5),
+        ("1d", 86400.0),
+        ("2w", 14 * 86400.0),
+        ("1y", 365 * 86400.0),
+        (" 5m ", 300.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text", ["", "5x", "m", "1m1h", "1.5m", "-5", "nan", "inf", "5 m", "1h 30m", "5M", "\u0665m"]
+)
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_refresh_interval_accepts_a_duration_flag_and_a_number_in_the_file(tmp_path: Path) -> None:
+    assert load(["--refresh-interval", "1h30m"]).refresh_interval == 5400.0
+    config = write(tmp_path, "refresh_interval: 90")
+    assert load(["--config.file", str(config)]).refresh_interval == 90.0
+
+
+def test_short_refresh_interval_is_accepted_with_a_warning() -> None:
+    settings = load(["--refresh-interval", "10s"])
+    assert settings.refresh_interval == 10.0
+    assert len(settings.warnings) == 1
+    assert settings.warnings[0].startswith("--refresh-interval: 10s is below 30s")
+    assert load(["--refresh-interval", "30s"]).warnings == ()
+
+
+# --- listen address ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [
+        (":9000", "", 9000),
+        ("127.0.0.1:9000", "127.0.0.1", 9000),
+        ("localhost:1", "localhost", 1),
+        ("exporter.example.org:65535", "exporter.example.org", 65535),
+        ("[::1]:9000", "::1", 9000),
+        ("[::]:9000", "::", 9000),
+        ("127.0.0.1:0", "127.0.0.1", 0),
+    ],
+)
+def test_listen_address_forms(address: str, host: str, port: int) -> None:
+    settings = load(["--web.listen-address", address])
+    assert (settings.listen_host, settings.listen_port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("9000", "not an address: '9000'"),
+        ("localhost", "not an address: 'localhost'"),
+        (":65536", "not a port: '65536'"),
+        (":http", "not a port: 'http'"),
+        (":\u00b2", "not a port: '\u00b2'"),
+        ("host:", "not a port: ''"),
+        ("::1:9000", "put the IPv6 address in brackets"),
+        ("[::1]", "not an address: '[::1]'"),
+        ("[nope]:9000", "not an IPv6 address: 'nope'"),
+        ("my host:9000", "not a host name: 'my host'"),
+    ],
+)
+def test_bad_listen_address(address: str, problem: str) -> None:
+    assert error(["--web.listen-address", address]).startswith(f"--web.listen-address: {problem}")
+    env = {**ENV, "BEENERGISED_WEB_LISTEN_ADDRESS": address}
+    assert error(env=env).startswith(f"BEENERGISED_WEB_LISTEN_ADDRESS: {problem}")
+
+
+# --- validation messages ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["foo", "ftp://host", "https://", "https://host:99999", "//host"])
+def test_bad_api_url_names_flag_or_variable(url: str) -> None:
+    assert error(["--api-url", url]).startswith(f"--api-url: not a URL: {url!r}")
+    env = {**ENV, "BEENERGISED_API_URL": url}
+    assert error(env=env).startswith(f"BEENERGISED_API_URL: not a URL: {url!r}")
+
+
+def test_bad_token_url() -> None:
+    assert error(["--token-url", "cognito"]).startswith("--token-url: not a URL: 'cognito'")
+
+
+def test_url_with_credentials_is_refused_without_echoing_them() -> None:
+    message = error(["--api-url", f"https://user:{SECRET}@host.example"])
+    assert message == "--api-url: must not contain a user name or password"
+
+
+def test_api_url_loses_trailing_slash_and_http_on_loopback_is_quiet() -> None:
+    settings = load(["--api-url", "http://127.0.0.1:8080/"])
+    assert settings.mandants[0].api_url == "http://127.0.0.1:8080"
+    assert settings.mandants[0].name == "127.0.0.1"
+    assert settings.warnings == ()
+
+
+def test_plain_http_to_a_remote_host_warns() -> None:
+    settings = load(["--api-url", "http://north.beenergised.cloud"])
+    assert settings.mandants[0].api_url == "http://north.beenergised.cloud"
+    assert any(
+        "api_url http://north.beenergised.cloud is plain http" in w for w in settings.warnings
+    )
+
+
+def test_query_auth_method_warns_that_the_secret_travels_in_the_url() -> None:
+    settings = load(["--token-auth-method", "query"])
+    assert settings.mandants[0].token_auth_method == "query"
+    (warning,) = settings.warnings
+    assert "mandant yourmandant" in warning
+    assert "URL" in warning
+    assert "proxies" in warning
+    assert SECRET not in warning
+
+
+def test_missing_client_id() -> None:
+    env = {key: value for key, value in ENV.items() if key != "BEENERGISED_CLIENT_ID"}
+    assert error(env=env) == (
+        "BEENERGISED_CLIENT_ID (or --client-id): missing: the client id of your CPO API token"
+    )
+
+
+def test_missing_client_secret() -> None:
+    env = {key: value for key, value in ENV.items() if key != "BEENERGISED_CLIENT_SECRET"}
+    assert error(env=env).startswith(
+        "BEENERGISED_CLIENT_SECRET_FILE (or --client-secret-file, or BEENERGISED_CLIENT_SECRET): "
+        "missing: the client secret of your CPO API token"
+    )
+
+
+def test_missing_everything_points_at_the_variables_and_demo() -> None:
+    message = error(env={})
+    assert message.startswith("BEENERGISED_API_URL (or --api-url): missing:")
+    assert "BEENERGISED_CLIENT_ID" in message
+    assert "--demo" in message
+
+
+def test_secret_file_and_secret_variable_together_are_refused(tmp_path: Path) -> None:
+    env = {**ENV, "BEENERGISED_CLIENT_SECRET_FILE": str(secret_file(tmp_path))}
+    assert error(env=env).startswith(
+        "BEENERGISED_CLIENT_SECRET_FILE and BEENERGISED_CLIENT_SECRET: both set"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "prefix"),
+    [
+        (["--refresh-interval", "0"], {}, "--refresh-interval: must be positive, got '0'"),
+        (["--refresh-interval", "0s"], {}, "--refresh-interval: must be positive"),
+        (["--refresh-interval", "-5"], {}, "--refresh-interval: not a duration: '-5'"),
+        ([], {"BEENERGISED_REFRESH_INTERVAL": "soon"}, "BEENERGISED_REFRESH_INTERVAL: not a"),
+        (["--page-limit", "0"], {}, "--page-limit: must be at least 1, got '0'"),
+        (["--page-limit", "-3"], {}, "--page-limit: not an integer: '-3'"),
+        (["--page-limit", "\u00b2"], {}, "--page-limit: not an integer: '\u00b2'"),
+        ([], {"BEENERGISED_PAGE_LIMIT": "many"}, "BEENERGISED_PAGE_LIMIT: not an integer: 'many'"),
+        (["--log.level", "verbose"], {}, "--log.level: must be one of debug, info, warn, error"),
+        ([], {"BEENERGISED_LOG_FORMAT": "xml"}, "BEENERGISED_LOG_FORMAT: must be one of logfmt"),
+        (["--token-auth-method", "jwt"], {}, "--token-auth-method: must be one of basic, post"),
+        (["--web.telemetry-path", "metrics"], {}, "--web.telemetry-path: must be a path"),
+        ([], {"BEENERGISED_DEMO": "maybe"}, "BEENERGISED_DEMO: not a boolean: 'maybe'"),
+        ([], {"BEENERGISED_NO_STATION_INFO": "2"}, "BEENERGISED_NO_STATION_INFO: not a boolean"),
+    ],
+)
+def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], prefix: str) -> None:
+    assert error(argv, {**ENV, **env}).startswith(prefix)
+
+
+def test_secret_on_the_command_line_is_refused_without_echoing_it() -> None:
+    for argv in (["--client-secret", SECRET], [f"--client-secret={SECRET}"]):
+        assert error(argv).startswith("--client-secret: not supported")
+
+
+def test_unknown_flag_is_a_config_error() -> None:
+    assert error(["--bogus"]) == "unrecognized arguments: --bogus (see --help)"
+    assert error(["--page-limit"]) == "--page-limit: expected one argument (see --help)"
+
+
+def test_abbreviated_flags_are_refused_and_their_values_not_echoed() -> None:
+    assert error(["--page", "5"]) == "unrecognized arguments: --page (see --help)"
+    assert error(["--client-sec", SECRET]) == "unrecognized arguments: --client-sec (see --help)"
+    assert error([SECRET]) == "unrecognized arguments: values that belong to no flag (see --help)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "offender"),
+    [
+        (["--demo", "--api-url", API_URL], {}, "--api-url"),
+        (["--demo"], {"BEENERGISED_API_URL": API_URL}, "BEENERGISED_API_URL"),
+        (["--demo"], {"BEENERGISED_CLIENT_SECRET": SECRET}, "BEENERGISED_CLIENT_SECRET"),
+        ([], {"BEENERGISED_DEMO": "1", "BEENERGISED_CLIENT_ID": "abc"}, "BEENERGISED_CLIENT_ID"),
+    ],
+)
+def test_demo_with_mandant_settings_is_refused(
+    argv: list[str], env: dict[str, str], offender: str
+) -> None:
+    demo = "--demo" if "--demo" in argv else "BEENERGISED_DEMO"
+    assert error(argv, env).startswith(
+        f"{demo} runs against the built-in simulator; remove {offender}"
+    )
+
+
+def test_demo_with_config_file_mandants_is_refused(tmp_path: Path) -> None:
+    config = write(tmp_path, f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n")
+    message = error(["--demo", "--config.file", str(config)], {})
+    assert message.startswith(
+        f"--demo runs against the built-in simulator; remove mandants: from {config}"
+    )
+
+
+# --- secret files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [SECRET, SECRET + "\n", SECRET + "\r\n", SECRET + " \n\n"])
+def test_secret_file_loses_trailing_whitespace(content: str, tmp_path: Path) -> None:
+    path = secret_file(tmp_path, content)
+    assert load(["--client-secret-file", str(path)]).mandants[0].client_secret.reveal() == SECRET
+
+
+def test_unreadable_secret_file_names_setting_and_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    message = error(["--client-secret-file", str(missing)])
+    assert (
+        message == f"--client-secret-file: cannot read {str(missing)!r}: No such file or directory"
+    )
+    env = {**ENV, "BEENERGISED_CLIENT_SECRET_FILE": str(missing)}
+    del env["BEENERGISED_CLIENT_SECRET"]
+    assert error(env=env).startswith(
+        f"BEENERGISED_CLIENT_SECRET_FILE: cannot read {str(missing)!r}"
+    )
+
+
+def test_empty_secret_file_is_refused(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "\n")
+    assert (
+        error(["--client-secret-file", str(path)])
+        == f"--client-secret-file: {str(path)!r} is empty"
+    )
+
+
+def test_secret_file_that_is_not_text_is_refused_without_its_bytes(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, SECRET.encode() + b"\xff\xfe")
+    assert error(["--client-secret-file", str(path)]).endswith("is not UTF-8 text")
+
+
+def test_secret_file_that_is_a_directory(tmp_path: Path) -> None:
+    assert error(["--client-secret-file", str(tmp_path)]).startswith(
+        f"--client-secret-file: cannot read {str(tmp_path)!r}"
+    )
+
+
+# --- the YAML config file ---------------------------------------------------------------------
+
+MULTI = """\
+refresh_interval: 2m
+page_limit: 50
+token_auth_method: post
+station_info: false
+mandants:
+  - name: north
+    api_url: https://north.beenergised.cloud/
+    client_id: id-north
+    client_secret_file: secrets/north
+  - api_url: https://south.beenergised.cloud
+    client_id: id-south
+    client_secret: "{secret}"
+    token_url: https://auth.example/token
+    token_auth_method: basic
+"""
+
+
+def multi_config(tmp_path: Path) -> Path:
+    (tmp_path / "secrets").mkdir()
+    secret_file(tmp_path / "secrets", "north-secret\n", "north")
+    return write(tmp_path, MULTI.format(secret=SECRET))
+
+
+def test_multi_mandant_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = multi_config(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the relative secret path must not depend on the cwd
+    settings = load(["--config.file", str(config)], {})
+    assert settings.mandants == (
+        Mandant(
+            name="north",
+            api_url="https://north.beenergised.cloud",
+            token_url=DEFAULT_TOKEN_URL,
+            client_id="id-north",
+            client_secret=Secret("north-secret"),
+            token_auth_method="post",
+        ),
+        Mandant(
+            name="south",
+            api_url="https://south.beenergised.cloud",
+            token_url="https://auth.example/token",
+            client_id="id-south",
+            client_secret=Secret(SECRET),
+            token_auth_method="basic",
+        ),
+    )
+    assert (settings.refresh_interval, settings.page_limit) == (120.0, 50)
+    assert settings.station_info is False
+
+
+def test_environment_overrides_file_globals_but_not_per_mandant_values(tmp_path: Path) -> None:
+    config = multi_config(tmp_path)
+    env = {"BEENERGISED_TOKEN_AUTH_METHOD": "query", "BEENERGISED_PAGE_LIMIT": "5"}
+    settings = load(["--config.file", str(config)], env)
+    assert [m.token_auth_method for m in settings.mandants] == ["query", "basic"]
+    assert settings.page_limit == 5
+    assert [w for w in settings.warnings if "query" in w] == [
+        w for w in settings.warnings if w.startswith("mandant north:")
+    ]
+
+
+def test_absolute_secret_path_in_config_file(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    config = write(
+        tmp_path,
+        f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n    client_secret_file: {path}\n",
+    )
+    assert load(["--config.file", str(config)], {}).mandants[0].client_secret.reveal() == SECRET
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://yourmandant.beenergised.cloud", "yourmandant"),
+        ("https://north.beenergised.cloud/api", "north"),
+        ("http://localhost:8080", "localhost"),
+        ("http://127.0.0.1:8080", "127.0.0.1"),
+        ("http://[::1]:8080", "::1"),
+    ],
+)
+def test_default_mandant_name_from_host(url: str, name: str, tmp_path: Path) -> None:
+    config = write(
+        tmp_path, f"mandants:\n  - api_url: '{url}'\n    client_id: a\n    client_secret: b\n"
+    )
+    assert load(["--config.file", str(config)], {}).mandants[0].name == name
+    assert load(["--api-url", url]).mandants[0].name == name
+
+
+def test_duplicate_names_are_refused(tmp_path: Path) -> None:
+    entry = (
+        "  - name: north\n    api_url: https://{}.beenergised.cloud\n"
+        "    client_id: a\n    client_secret: b\n"
+    )
+    config = write(tmp_path, "mandants:\n" + entry.format("one") + entry.format("two"))
+    assert error(["--config.file", str(config)], {}) == (
+        f"{config}: mandants[1].name: duplicate mandant name 'north', also used by mandants[0]; "
+        "names must be unique"
+    )
+
+
+def test_duplicate_names_from_hosts_are_refused(tmp_path: Path) -> None:
+    entry = f"  - api_url: {API_URL}\n    client_id: a\n    client_secret: b\n"
+    config = write(tmp_path, "mandants:\n" + entry + entry)
+    assert error(["--config.file", str(config)], {}).startswith(
+        f"{config}: mandants[1]: duplicate mandant name 'yourmandant' (taken from api_url)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("refresh_intervall: 5m", ": unknown key 'refresh_intervall'"),
+        ("listen_address: ':1'", ": unknown key 'listen_address'"),
+        (
+            f"mandants:\n  - api_ulr: {API_URL}\n    client_id: a\n    client_secret: b\n",
+            ": mandants[0]: unknown key 'api_ulr'",
+        ),
+        ("- a\n- b\n", ": expected a mapping of settings, got list"),
+        ("mandants: []", ": mandants: expected a non-empty list of mandants"),
+        ("mandants:", ": mandants: expected a non-empty list of mandants"),
+        ("mandants:\n  - just-a-string\n", ": mandants[0]: expected a mapping, got str"),
+        (
+            "mandants:\n  - api_url: foo\n    client_id: a\n    client_secret: b\n",
+            ": mandants[0].api_url: not a URL: 'foo'",
+        ),
+        (
+            f"mandants:\n  - api_url: {API_URL}\n    client_secret: b\n",
+            ": mandants[0].client_id: missing: the client id of your CPO API token",
+        ),
+        (
+            "mandants:\n  - client_id: a\n    client_secret: b\n",
+            ": mandants[0].api_url: missing:",
+        ),
+        (
+            f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n",
+            ": mandants[0].client_secret_file (or client_secret): missing:",
+        ),
+        (
+            f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n    client_secret: b\n"
+            "    client_secret_file: c\n",
+            ": mandants[0]: give exactly one of client_secret and client_secret_file",
+        ),
+        (
+            f"mandants:\n  - api_url: {API_URL}\n    client_id: 12345\n    client_secret: b\n",
+            ": mandants[0].client_id: expected a string, got int (put it in quotes)",
+        ),
+        (
+            f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n    client_secret: b\n"
+            "    token_auth_method: digest\n",
+            ": mandants[0].token_auth_method: must be one of basic, post, query",
+        ),
+        (
+            f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n    client_secret: b\n"
+            "    token_url: nowhere\n",
+            ": mandants[0].token_url: not a URL: 'nowhere'",
+        ),
+        (
+            f"mandants:\n  - name: ''\n    api_url: {API_URL}\n    client_id: a\n"
+            "    client_secret: b\n",
+            ": mandants[0].name: the mandant name must not be empty",
+        ),
+        ("refresh_interval: 0", ": refresh_interval: must be positive, got 0"),
+        ("refresh_interval: true", ": refresh_interval: not a duration: True"),
+        ("page_limit: 1.5", ": page_limit: not an integer: 1.5"),
+        ("page_limit: 0", ": page_limit: must be at least 1, got 0"),
+        ("page_limit: [1]", ": page_limit: not an integer: [1]"),
+        ("refresh_interval: [1]", ": refresh_interval: not a duration: [1]"),
+        ("token_auth_method: 1", ": token_auth_method: must be one of basic, post, query, got 1"),
+        ("station_info: maybe", ": station_info: not a boolean: 'maybe'"),
+        ("token_auth_method: jwt", ": token_auth_method: must be one of basic, post, query"),
+        ("page_limit: [1", ": not valid YAML: line 1, column"),
+    ],
+)
+def test_config_file_errors_name_the_location(text: str, problem: str, tmp_path: Path) -> None:
+    config = write(tmp_path, text)
+    env = {} if "mandants" in text else ENV
+    assert error(["--config.file", str(config)], env).startswith(f"{config}{problem}")
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yml"
+    assert error(["--config.file", str(missing)]) == (
+        f"--config.file: cannot read {str(missing)!r}: No such file or directory"
+    )
+    env = {**ENV, "BEENERGISED_CONFIG_FILE": str(missing)}
+    assert error(env=env).startswith("BEENERGISED_CONFIG_FILE: cannot read")
+
+
+def test_empty_config_file_is_fine(tmp_path: Path) -> None:
+    assert load(["--config.file", str(write(tmp_path, ""))]).page_limit == 100
+
+
+def test_relative_secret_file_in_config_that_is_missing_names_the_resolved_path(
+    tmp_path: Path,
+) -> None:
+    config = write(
+        tmp_path,
+        f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n    client_secret_file: s/gone\n",
+    )
+    assert error(["--config.file", str(config)], {}).startswith(
+        f"{config}: mandants[0].client_secret_file: cannot read {str(tmp_path / 's/gone')!r}"
+    )
+
+
+def test_secret_given_as_its_file_name_is_not_printed() -> None:
+    env = {**ENV, "BEENERGISED_CLIENT_SECRET_FILE": SECRET}
+    del env["BEENERGISED_CLIENT_SECRET"]
+    assert error(env=env).startswith(
+        "BEENERGISED_CLIENT_SECRET_FILE: cannot read the file named there: No such file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "offender"),
+    [
+        (["--api-url", API_URL], {}, "--api-url"),
+        ([], {"BEENERGISED_API_URL": API_URL}, "BEENERGISED_API_URL"),
+        (["--client-id", "a"], {}, "--client-id"),
+        ([], {"BEENERGISED_CLIENT_SECRET": SECRET}, "BEENERGISED_CLIENT_SECRET"),
+        ([], {"BEENERGISED_TOKEN_URL": "https://auth.example"}, "BEENERGISED_TOKEN_URL"),
+    ],
+)
+def test_config_mandants_and_single_mandant_settings_conflict(
+    argv: list[str], env: dict[str, str], offender: str, tmp_path: Path
+) -> None:
+    config = multi_config(tmp_path)
+    assert error([*argv, "--config.file", str(config)], env).startswith(
+        f"{offender}: {config} also lists mandants; choose one"
+    )
+
+
+# --- the secret never shows -------------------------------------------------------------------
+
+
+def test_secret_absent_from_settings_reprs(tmp_path: Path) -> None:
+    settings = load(["--config.file", str(multi_config(tmp_path))], {})
+    assert settings.mandants[1].client_secret.reveal() == SECRET
+    for text in (repr(settings), str(settings), f"{settings}", repr(settings.mandants)):
+        assert SECRET not in text
+        assert "***" in text
+    assert all(SECRET not in w for w in load(["--token-auth-method", "query"]).warnings)
+
+
+def test_secret_absent_from_every_provoked_error(tmp_path: Path) -> None:
+    secret_path = secret_file(tmp_path, SECRET + "\xff")
+    bad_yaml = write(
+        tmp_path, f"mandants:\n  - client_secret: {SECRET}\n    api_url: [x\n", "a.yml"
+    )
+    int_secret = write(
+        tmp_path,
+        f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n    client_secret: 7\n",
+        "b.yml",
+    )
+    scenarios: list[tuple[list[str], dict[str, str]]] = [
+        (["--api-url", "foo"], ENV),
+        (["--demo"], ENV),
+        (["--page-limit", "x"], ENV),
+        (["--client-secret", SECRET], ENV),
+        ([f"--client-secret={SECRET}"], ENV),
+        (["--client-secret-file", SECRET], ENV),
+        (["--client-secret-file", str(tmp_path)], ENV),
+        (["--config.file", str(bad_yaml)], {}),
+        (["--config.file", str(int_secret)], {}),
+        ([], {**ENV, "BEENERGISED_CLIENT_SECRET_FILE": str(secret_path)}),
+        ([], {**ENV, "BEENERGISED_API_URL": f"https://u:{SECRET}@h"}),
+        ([], {**ENV, "BEENERGISED_CLIENT_ID": ""}),
+    ]
+    for argv, env in scenarios:
+        with pytest.raises(ConfigError) as caught:
+            load(argv, env)
+        assert SECRET not in str(caught.value), argv
+        assert SECRET not in repr(caught.value), argv
+
+
+# --- help -------------------------------------------------------------------------------------
+
+
+def help_blocks(text: str) -> dict[str, str]:
+    """Each option's help in ``--help`` output, keyed by its first flag, on one line."""
+    blocks: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        start = re.match(r"  (-[^\s,]+)", line)
+        if start:
+            current = start[1]
+            blocks[current] = line.strip()
+        elif current and line.startswith("   "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+def test_help_lists_every_flag_with_its_variable_and_default() -> None:
+    text = build_parser().format_help()
+    blocks = help_blocks(text)
+    for flag, env in FLAGS_AND_ENV:
+        assert f"env {env}" in blocks[flag], flag
+        assert re.search(r"default|required", blocks[flag]), flag
+    assert f"default :{DEFAULT_PORT}" in blocks["--web.listen-address"]
+    assert f"default {DEFAULT_TOKEN_URL}" in blocks["--token-url"]
+    assert "env BEENERGISED_CLIENT_SECRET;" in blocks["--client-secret-file"]
+    assert set(blocks) == {"-h", *(flag for flag, _ in FLAGS_AND_ENV)}
+
+
+def test_help_flag_prints_help_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        load_settings(["--help"], {})
+    assert caught.value.code == 0
+    assert "BEENERGISED_API_URL" in capsys.readouterr().out
