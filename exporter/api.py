@@ -7,20 +7,14 @@ quickstart's own sample skips records with it): the offset advances by the rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from exporter.auth import ResponseHook, TokenSource
-from exporter.errors import (
-    ApiConnectionError,
-    ApiHttpError,
-    ApiTimeoutError,
-    AuthError,
-    ParseError,
-)
+from exporter.auth import TokenSource
+from exporter.errors import ApiHttpError, AuthError, ParseError
+from exporter.http import ResponseHook, send
 from exporter.model import Station
 
 LOG = logging.getLogger(__name__)
@@ -99,7 +93,7 @@ class CpoClient:
         self._page_limit = page_limit
         self._timeout = timeout
         self._max_pages = max_pages
-        self._on_response: Callable[[str, str], None] = on_response or (lambda e, c: None)
+        self._on_response = on_response or (lambda endpoint, code: None)
 
     def stations(self) -> list[Station]:
         """Every station of the listing, de-duplicated by id, in the order the API gave them.
@@ -192,23 +186,17 @@ class CpoClient:
             ) from None
 
     def _request(self, params: dict[str, int], token: str) -> requests.Response:
-        try:
-            response = self._session.get(
-                self._url,
-                params=params,
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Accept": "application/vnd.api+json, application/json",
-                },
-                timeout=self._timeout,
-            )
-        except requests.Timeout:
-            self._on_response("charging_stations", "error")
-            raise ApiTimeoutError(f"charging stations of {self._host}: timed out") from None
-        except requests.RequestException as exc:
-            self._on_response("charging_stations", "error")
-            raise ApiConnectionError(
-                f"charging stations of {self._host}: cannot connect ({type(exc).__name__})"
-            ) from None
-        self._on_response("charging_stations", str(response.status_code))
-        return response
+        return send(
+            self._session,
+            "GET",
+            self._url,
+            endpoint="charging_stations",
+            what=f"charging stations of {self._host}",
+            on_response=self._on_response,
+            params=params,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.api+json, application/json",
+            },
+            timeout=self._timeout,
+        )

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import requests
 
 from exporter.config import Secret
-from exporter.errors import ApiConnectionError, ApiTimeoutError, AuthError, ParseError
+from exporter.errors import AuthError, ParseError
+from exporter.http import ResponseHook, send
 
 LOG = logging.getLogger(__name__)
 
@@ -21,9 +22,6 @@ RENEW_MARGIN_MAX = 300.0
 
 ASSUMED_LIFETIME = 3600.0
 """Lifetime assumed when the token endpoint sends no usable ``expires_in``."""
-
-ResponseHook = Callable[[str, str], None]
-"""Called with (endpoint, status code or ``error``) for every request made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,25 +99,19 @@ class TokenSource:
             data |= {"client_id": self._client_id, "client_secret": secret}
         else:  # "query", as the quickstart's curl sample does it
             params = {**data, "client_id": self._client_id, "client_secret": secret}
-        try:
-            response = self._session.post(
-                self._token_url,
-                data=data,
-                params=params,
-                auth=auth,
-                headers={"Accept": "application/json"},
-                timeout=self._timeout,
-            )
-        except requests.Timeout:
-            self._on_response("token", "error")
-            raise ApiTimeoutError(f"token endpoint {host}: timed out") from None
-        except requests.RequestException as exc:
-            # Never chain or format the exception: with the query method its text holds the URL.
-            self._on_response("token", "error")
-            raise ApiConnectionError(
-                f"token endpoint {host}: cannot connect ({type(exc).__name__})"
-            ) from None
-        self._on_response("token", str(response.status_code))
+        response = send(
+            self._session,
+            "POST",
+            self._token_url,
+            endpoint="token",
+            what=f"token endpoint {host}",
+            on_response=self._on_response,
+            data=data,
+            params=params,
+            auth=auth,
+            headers={"Accept": "application/json"},
+            timeout=self._timeout,
+        )
         return self._read_token(response, host)
 
     def _read_token(self, response: requests.Response, host: str) -> Token:
