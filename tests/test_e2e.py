@@ -59,7 +59,7 @@ def refreshes_seen(exporter: ExporterProcess, mandant: str) -> float:
 def test_fleet_changes_and_one_token_end_to_end(simulator_process, exporter_process):
     simulator = simulator_process(
         "--stations", "57", "--max-page-limit", "10", "--client-id", "e2e-client",
-        "--client-secret", SECRET, "--seed", "3",
+        "--client-secret", SECRET, "--seed", "3", "--quickstart-next-links",
     )  # fmt: skip
     exporter = exporter_process(["--refresh-interval=1s", "--page-limit=25"], env_for(simulator))
     mandant = "127.0.0.1"  # the default name of a mandant whose URL has an IP address
