@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import requests
 
 from exporter.auth import TokenSource
-from exporter.errors import ApiHttpError, AuthError, ParseError
-from exporter.http import ResponseHook, send
+from exporter.errors import ApiHttpError, AuthError, PaginationError, ParseError
+from exporter.http import DEFAULT_RETRY, Deadline, ResponseHook, RetryPolicy, send
 from exporter.model import Station
 
 LOG = logging.getLogger(__name__)
@@ -82,54 +82,42 @@ class CpoClient:
         tokens: TokenSource,
         session: requests.Session,
         page_limit: int,
-        timeout: tuple[float, float] = (5.0, 30.0),
         max_pages: int = MAX_PAGES,
         on_response: ResponseHook | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self._url = api_url.rstrip("/") + STATIONS_PATH
         self._host = urlsplit(api_url).netloc
         self._tokens = tokens
         self._session = session
         self._page_limit = page_limit
-        self._timeout = timeout
         self._max_pages = max_pages
         self._on_response = on_response or (lambda endpoint, code: None)
+        self._retry = retry
 
-    def stations(self) -> list[Station]:
-        """Every station of the listing, de-duplicated by id, in the order the API gave them.
+    def stations(self, deadline: Deadline) -> list[Station]:
+        """Every station of the listing, in the order the API gave them.
 
-        A listing that changed while we read it (the total moved, or the rows received do not
-        add up to the total) is read once more; if it changes again nothing is returned, so a
-        half-read list is never taken for a fleet that shrank.
+        A listing that changed while we read it (the total moved, the rows received do not add
+        up to the total, or a station came twice) is read once more; if it is inconsistent
+        again nothing is returned, so a half-read list is never taken for a fleet that shrank.
         """
         problem = ""
         for attempt in (1, 2):
-            rows, problem = self._read_listing()
+            rows, problem = self._read_listing(deadline)
             if not problem:
-                return self._unique(rows)
+                return rows
             if attempt == 1:
-                LOG.warning(
+                LOG.info(
                     "listing of %s changed while reading (%s); reading it again",
                     self._host,
                     problem,
                 )
-        raise ParseError(
-            f"charging stations of {self._host}: listing changed while reading it twice ({problem})"
+        raise PaginationError(
+            f"charging stations of {self._host}: listing inconsistent twice in a row ({problem})"
         )
 
-    def _unique(self, rows: list[Station]) -> list[Station]:
-        unique: dict[str, Station] = {}
-        for station in rows:
-            unique.setdefault(station.id, station)
-        if len(unique) < len(rows):
-            LOG.warning(
-                "listing of %s repeated %d station(s); counted once",
-                self._host,
-                len(rows) - len(unique),
-            )
-        return list(unique.values())
-
-    def _read_listing(self) -> tuple[list[Station], str]:
+    def _read_listing(self, deadline: Deadline) -> tuple[list[Station], str]:
         """All rows of one walk through the pages, and what makes it inconsistent ('' if OK)."""
         rows: list[Station] = []
         totals: set[int] = set()
@@ -140,7 +128,7 @@ class CpoClient:
                 raise ParseError(
                     f"charging stations of {self._host}: no last page after {pages} pages"
                 )
-            stations, pagination = parse_page(self._get_page(offset))
+            stations, pagination = parse_page(self._get_page(offset, deadline))
             pages += 1
             rows.extend(stations)
             offset += len(stations)
@@ -158,25 +146,39 @@ class CpoClient:
             return rows, f"total went from {min(totals)} to {max(totals)}"
         if totals and len(rows) != next(iter(totals)):
             return rows, f"{len(rows)} rows received for a total of {next(iter(totals))}"
+        repeated = len(rows) - len({station.id for station in rows})
+        if repeated:
+            return rows, f"{repeated} station(s) listed twice"
         return rows, ""
 
-    def _get_page(self, offset: int) -> Any:
+    def _get_page(self, offset: int, deadline: Deadline) -> Any:
         params = {"page[limit]": self._page_limit, "page[offset]": offset}
-        token = self._tokens.token()
-        response = self._request(params, token)
+        token = self._tokens.token(deadline)
+        response = self._request(params, token, deadline)
         if response.status_code == 401:
             # The token may have been revoked or expired early: one retry with a fresh one.
             self._tokens.invalidate(token)
-            response = self._request(params, self._tokens.token())
+            response = self._request(params, self._tokens.token(deadline), deadline)
             if response.status_code == 401:
                 raise AuthError(
                     f"charging stations of {self._host}: a fresh token was rejected (HTTP 401); "
                     "check that the API client has a cpoapi scope"
                 )
+        if response.status_code == 403:
+            raise AuthError(
+                f"charging stations of {self._host}: forbidden (HTTP 403); check the scopes and "
+                "entity restrictions of the API client"
+            )
         if response.status_code != 200:
             raise ApiHttpError(
                 f"charging stations of {self._host}: HTTP {response.status_code} "
                 f"at page[offset]={offset}"
+            )
+        content_type = response.headers.get("Content-Type", "")
+        if content_type and "json" not in content_type.lower():
+            raise ParseError(
+                f"charging stations of {self._host}: answer at page[offset]={offset} is "
+                f"{content_type.split(';')[0]!r}, not JSON"
             )
         try:
             return response.json()
@@ -185,7 +187,7 @@ class CpoClient:
                 f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"
             ) from None
 
-    def _request(self, params: dict[str, int], token: str) -> requests.Response:
+    def _request(self, params: dict[str, int], token: str, deadline: Deadline) -> requests.Response:
         return send(
             self._session,
             "GET",
@@ -193,10 +195,11 @@ class CpoClient:
             endpoint="charging_stations",
             what=f"charging stations of {self._host}",
             on_response=self._on_response,
+            deadline=deadline,
+            retry=self._retry,
             params=params,
             headers={
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/vnd.api+json, application/json",
             },
-            timeout=self._timeout,
         )

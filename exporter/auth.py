@@ -13,7 +13,7 @@ import requests
 
 from exporter.config import Secret
 from exporter.errors import AuthError, ParseError
-from exporter.http import ResponseHook, send
+from exporter.http import DEFAULT_RETRY, Deadline, ResponseHook, RetryPolicy, send
 
 LOG = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class TokenSource:
         client_secret: Secret,
         auth_method: str,
         session: requests.Session,
-        timeout: tuple[float, float] = (5.0, 30.0),
         on_response: ResponseHook | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._token_url = token_url
@@ -57,8 +57,8 @@ class TokenSource:
         self._client_secret = client_secret
         self._auth_method = auth_method
         self._session = session
-        self._timeout = timeout
         self._on_response = on_response or (lambda endpoint, code: None)
+        self._retry = retry
         self._clock = clock
         self._token: Token | None = None
         self._fetch_lock = threading.Lock()
@@ -69,7 +69,7 @@ class TokenSource:
         token = self._token
         return token.expires_at if token else None
 
-    def token(self) -> str:
+    def token(self, deadline: Deadline) -> str:
         """A token that is not due for renewal, fetching a new one when needed."""
         token = self._token
         if token and self._clock() < token.renew_at:
@@ -78,7 +78,7 @@ class TokenSource:
             token = self._token
             if token and self._clock() < token.renew_at:
                 return token.value
-            self._token = self._fetch()
+            self._token = self._fetch(deadline)
             return self._token.value
 
     def invalidate(self, value: str) -> None:
@@ -87,7 +87,7 @@ class TokenSource:
             if self._token and self._token.value == value:
                 self._token = None
 
-    def _fetch(self) -> Token:
+    def _fetch(self, deadline: Deadline) -> Token:
         host = urlsplit(self._token_url).netloc
         data = {"grant_type": "client_credentials"}
         params: dict[str, str] = {}
@@ -110,7 +110,8 @@ class TokenSource:
             params=params,
             auth=auth,
             headers={"Accept": "application/json"},
-            timeout=self._timeout,
+            deadline=deadline,
+            retry=self._retry,
         )
         return self._read_token(response, host)
 

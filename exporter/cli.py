@@ -20,13 +20,15 @@ from exporter.config import Mandant, Secret, Settings, load_settings
 from exporter.errors import ConfigError
 from exporter.logs import setup_logging
 from exporter.metrics import FleetCollector
-from exporter.refresh import MandantRefresher, MandantState, start_scheduler
+from exporter.refresh import MandantRefresher, MandantState, refresh_timeout, start_scheduler
 from exporter.web import ExporterApp, serve
 
 LOG = logging.getLogger("exporter")
 
 DEMO_STATIONS = 40
 DEMO_CHURN_INTERVAL = 20.0
+SHUTDOWN_GRACE = 3.0
+"""Seconds to wait for running refreshes at shutdown, so SIGTERM always ends within 5 s."""
 
 
 def start_demo_api(settings: Settings) -> tuple[Settings, object]:
@@ -81,8 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.demo:
         settings, simulator = start_demo_api(settings)
 
+    shutting_down = threading.Event()
     refreshers = [
-        MandantRefresher(mandant, page_limit=settings.page_limit) for mandant in settings.mandants
+        MandantRefresher(
+            mandant,
+            page_limit=settings.page_limit,
+            timeout=refresh_timeout(settings.refresh_interval),
+            cancel=shutting_down,
+        )
+        for mandant in settings.mandants
     ]
 
     def states() -> list[MandantState]:
@@ -108,18 +117,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.refresh_interval,
     )
 
-    stop = threading.Event()
-
     def on_signal(signum: int, _frame: object) -> None:
         LOG.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
+        shutting_down.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
-    scheduler.shutdown(wait=False)
+    shutting_down.wait()
     server.shutdown()
     server.server_close()
     if simulator is not None:
         simulator.stop()
+    # Backoff waits end at once; a request in flight may not, so wait for it a little only.
+    stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+    stopper.start()
+    stopper.join(SHUTDOWN_GRACE)
+    if stopper.is_alive():
+        LOG.warning("a refresh is still waiting for the API; exiting without it")
+        logging.shutdown()
+        os._exit(0)
+    LOG.info("stopped")
     return 0

@@ -43,3 +43,9 @@ class ParseError(RefreshError):
     """The API answered with a body we cannot read as the documented JSON:API shape."""
 
     reason = "parse"
+
+
+class PaginationError(RefreshError):
+    """The listing changed while it was read, twice in a row: nothing new is published."""
+
+    reason = "pagination"

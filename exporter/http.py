@@ -1,20 +1,86 @@
-"""One HTTP request to the token endpoint or the API: counted, and its failures translated.
+"""One HTTP request to the token endpoint or the API: retried, bounded, counted, translated.
 
-Exceptions of ``requests`` are never chained or formatted into our errors: their text holds
-the request URL, which carries the client secret with ``--token-auth-method=query``.
+Connection errors and the statuses that mean "try again later" (429, 502, 503, 504) are
+retried with exponential backoff and full jitter, honouring ``Retry-After`` up to a bound, and
+never past the refresh's deadline. Exceptions of ``requests`` are never chained or formatted
+into our errors: their text holds the request URL, which carries the client secret with
+``--token-auth-method=query``.
 """
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 
 from exporter.errors import ApiConnectionError, ApiTimeoutError
 
+LOG = logging.getLogger(__name__)
+
 ResponseHook = Callable[[str, str], None]
 """Called with (endpoint, status code or ``error``) for every request made."""
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently one request is retried."""
+
+    attempts: int = 4
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_retry_after: float = 120.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff before retry number ``attempt`` (1, 2, ...)."""
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class Deadline:
+    """The time a refresh may take; waits end early when ``cancel`` is set (shutdown)."""
+
+    def __init__(
+        self,
+        seconds: float,
+        cancel: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._end = clock() + seconds
+        self._cancel = cancel or threading.Event()
+
+    def remaining(self) -> float:
+        return 0.0 if self._cancel.is_set() else max(0.0, self._end - self._clock())
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (never past the deadline), or until cancelled."""
+        self._cancel.wait(min(seconds, self.remaining()))
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def send(
@@ -25,16 +91,49 @@ def send(
     endpoint: str,
     what: str,
     on_response: ResponseHook,
+    deadline: Deadline,
+    retry: RetryPolicy = DEFAULT_RETRY,
     **kwargs: Any,
 ) -> requests.Response:
-    """Make the request; count it under ``endpoint``; name failures after ``what``."""
-    try:
-        response = session.request(method, url, **kwargs)
-    except requests.Timeout:
-        on_response(endpoint, "error")
-        raise ApiTimeoutError(f"{what}: timed out") from None
-    except requests.RequestException as exc:
-        on_response(endpoint, "error")
-        raise ApiConnectionError(f"{what}: cannot connect ({type(exc).__name__})") from None
-    on_response(endpoint, str(response.status_code))
-    return response
+    """Make the request, retrying what is worth retrying; count every attempt.
+
+    Returns the last response, which may still be an error status: the caller decides what a
+    status means. Raises ApiTimeoutError or ApiConnectionError when no answer came.
+    """
+    for attempt in range(1, retry.attempts + 1):
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise ApiTimeoutError(f"{what}: refresh deadline reached")
+        timeout = (min(CONNECT_TIMEOUT, remaining), min(READ_TIMEOUT, remaining))
+        failure: Exception | None = None
+        try:
+            response = session.request(method, url, timeout=timeout, **kwargs)
+        except requests.ConnectTimeout:
+            failure = ApiTimeoutError(f"{what}: timed out connecting")
+        except requests.Timeout:
+            # A read timeout is not retried: the server got the request and may be overloaded.
+            on_response(endpoint, "error")
+            raise ApiTimeoutError(f"{what}: timed out waiting for the answer") from None
+        except requests.RequestException as exc:
+            failure = ApiConnectionError(f"{what}: cannot connect ({type(exc).__name__})")
+        if failure is not None:
+            on_response(endpoint, "error")
+            delay = retry.backoff(attempt)
+        else:
+            on_response(endpoint, str(response.status_code))
+            if response.status_code not in RETRY_STATUSES:
+                return response
+            asked = retry_after(response)
+            if asked is not None and asked > retry.max_retry_after:
+                LOG.info("%s: Retry-After of %.0fs is longer than we wait", what, asked)
+                return response
+            delay = retry.backoff(attempt) if asked is None else asked
+        if attempt == retry.attempts or delay >= deadline.remaining():
+            if failure is not None:
+                raise failure
+            return response
+        LOG.debug(
+            "%s: %s; retry %d in %.2fs", what, failure or response.status_code, attempt, delay
+        )
+        deadline.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -138,7 +138,7 @@ class FleetCollector(Collector):
         )
         failures = CounterMetricFamily(
             "beenergised_refresh_failures",
-            "Failed refreshes by reason (auth, http, timeout, connection, parse).",
+            "Failed refreshes by reason (auth, http, timeout, connection, parse, pagination).",
             labels=["mandant", "reason"],
         )
         requests = CounterMetricFamily(

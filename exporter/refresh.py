@@ -24,11 +24,12 @@ from exporter.api import CpoClient
 from exporter.auth import TokenSource
 from exporter.config import Mandant
 from exporter.errors import RefreshError
+from exporter.http import Deadline
 from exporter.model import Snapshot, diff
 
 LOG = logging.getLogger(__name__)
 
-FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse")
+FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination")
 """The fixed set of values of the ``reason`` label of the failure counter."""
 
 
@@ -92,9 +93,13 @@ class MandantRefresher:
         mandant: Mandant,
         *,
         page_limit: int,
+        timeout: float,
+        cancel: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.mandant = mandant
+        self._timeout = timeout
+        self._cancel = cancel or threading.Event()
         self._clock = clock
         self._requests = RequestCounter()
         session = new_session()
@@ -121,7 +126,7 @@ class MandantRefresher:
         started = time.monotonic()
         previous = self.state
         try:
-            stations = self._client.stations()
+            stations = self._client.stations(Deadline(self._timeout, self._cancel))
         except RefreshError as exc:
             self._publish_failure(previous, exc.reason, str(exc), started)
             return
@@ -178,6 +183,11 @@ class MandantRefresher:
             api_requests=self._requests.counts(),
             token_expiry=self._tokens.expires_at,
         )
+
+
+def refresh_timeout(interval: float) -> float:
+    """The deadline of one refresh: 90% of the interval, so a refresh ends before the next."""
+    return 0.9 * interval
 
 
 def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> BackgroundScheduler:

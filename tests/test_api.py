@@ -8,7 +8,8 @@ import responses
 from exporter.api import STATIONS_PATH, CpoClient, parse_page, parse_station
 from exporter.auth import TokenSource
 from exporter.config import Secret
-from exporter.errors import ApiHttpError, ApiTimeoutError, AuthError, ParseError
+from exporter.errors import ApiHttpError, ApiTimeoutError, AuthError, PaginationError, ParseError
+from exporter.http import Deadline, RetryPolicy
 
 API = "https://mandant.example.test"
 STATIONS_URL = API + STATIONS_PATH
@@ -66,7 +67,9 @@ def serve_fleet(
             }
         return 200, {"Content-Type": "application/vnd.api+json"}, json.dumps(body)
 
-    responses.add_callback(responses.GET, STATIONS_URL, callback=callback)
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=callback, content_type="application/json"
+    )
 
 
 def make_client(page_limit: int = 2, max_pages: int = 100, calls=None) -> CpoClient:
@@ -79,6 +82,7 @@ def make_client(page_limit: int = 2, max_pages: int = 100, calls=None) -> CpoCli
         auth_method="basic",
         session=session,
         on_response=hook,
+        retry=RetryPolicy(attempts=1),  # retries are tested in test_http.py
     )
     return CpoClient(
         api_url=API + "/",
@@ -87,6 +91,7 @@ def make_client(page_limit: int = 2, max_pages: int = 100, calls=None) -> CpoCli
         page_limit=page_limit,
         max_pages=max_pages,
         on_response=hook,
+        retry=RetryPolicy(attempts=1),
     )
 
 
@@ -101,7 +106,7 @@ def add_tokens(*values: str) -> None:
 def test_reads_every_page_and_sends_the_bearer_token():
     add_tokens("tok")
     serve_fleet([row(str(i)) for i in range(5)])
-    stations = make_client(page_limit=2).stations()
+    stations = make_client(page_limit=2).stations(Deadline(60))
     assert [s.id for s in stations] == ["0", "1", "2", "3", "4"]
     assert offsets_requested() == [0, 2, 4]
     page_calls = [c for c in responses.calls if c.request.url.startswith(STATIONS_URL)]
@@ -113,7 +118,7 @@ def test_reads_every_page_and_sends_the_bearer_token():
 def test_ignores_the_quickstarts_skipping_next_link():
     add_tokens("tok")
     serve_fleet([row(str(i)) for i in range(10)], next_factor=10)
-    stations = make_client(page_limit=1).stations()
+    stations = make_client(page_limit=1).stations(Deadline(60))
     assert len(stations) == 10
     assert offsets_requested() == list(range(10))
 
@@ -122,7 +127,7 @@ def test_ignores_the_quickstarts_skipping_next_link():
 def test_advances_by_rows_received_when_the_server_clamps_the_limit():
     add_tokens("tok")
     serve_fleet([row(str(i)) for i in range(7)], max_limit=3)
-    stations = make_client(page_limit=100).stations()
+    stations = make_client(page_limit=100).stations(Deadline(60))
     assert len(stations) == 7
     assert offsets_requested() == [0, 3, 6]
 
@@ -131,7 +136,7 @@ def test_advances_by_rows_received_when_the_server_clamps_the_limit():
 def test_without_pagination_meta_reads_until_an_empty_page():
     add_tokens("tok")
     serve_fleet([row(str(i)) for i in range(3)], meta=False)
-    assert len(make_client(page_limit=2).stations()) == 3
+    assert len(make_client(page_limit=2).stations(Deadline(60))) == 3
     assert offsets_requested() == [0, 2, 3]  # the offset moves by the rows actually received
 
 
@@ -141,7 +146,7 @@ def test_stops_on_last_page_flag_even_without_total():
     responses.get(
         STATIONS_URL, json={"data": [row("a")], "meta": {"pagination": {"lastPage": True}}}
     )
-    assert [s.id for s in make_client().stations()] == ["a"]
+    assert [s.id for s in make_client().stations(Deadline(60))] == ["a"]
     assert offsets_requested() == [0]
 
 
@@ -154,18 +159,38 @@ def test_a_server_that_never_ends_is_cut_off_by_the_page_bound():
         body = {"data": [row(f"r{next(counter)}")], "meta": {"pagination": {"lastPage": False}}}
         return 200, {}, json.dumps(body)
 
-    responses.add_callback(responses.GET, STATIONS_URL, callback=endless)
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=endless, content_type="application/json"
+    )
     with pytest.raises(ParseError, match="no last page after 5 pages"):
-        make_client(max_pages=5).stations()
+        make_client(max_pages=5).stations(Deadline(60))
     assert len(offsets_requested()) == 5
 
 
 @responses.activate
-def test_duplicate_rows_across_pages_are_counted_once():
+def test_a_station_listed_twice_is_an_inconsistent_listing():
     add_tokens("tok")
     rows = [row("a"), row("b"), row("b"), row("c")]
     serve_fleet(rows)
-    assert [s.id for s in make_client(page_limit=2).stations()] == ["a", "b", "c"]
+    with pytest.raises(PaginationError, match="1 station\\(s\\) listed twice"):
+        make_client(page_limit=2).stations(Deadline(60))
+    assert offsets_requested() == [0, 2, 0, 2]  # read once more before giving up
+
+
+@responses.activate
+def test_forbidden_is_an_auth_failure():
+    add_tokens("tok")
+    responses.get(STATIONS_URL, status=403)
+    with pytest.raises(AuthError, match="HTTP 403"):
+        make_client().stations(Deadline(60))
+
+
+@responses.activate
+def test_a_json_body_with_a_wrong_content_type_is_a_parse_error():
+    add_tokens("tok")
+    responses.get(STATIONS_URL, body=json.dumps({"data": []}), content_type="text/plain")
+    with pytest.raises(ParseError, match="'text/plain', not JSON"):
+        make_client().stations(Deadline(60))
 
 
 @responses.activate
@@ -174,7 +199,7 @@ def test_on_401_the_token_is_renewed_and_the_request_retried_once():
     calls: list = []
     responses.get(STATIONS_URL, status=401, json={"errors": [{"status": "401"}]})
     responses.get(STATIONS_URL, json={"data": [row("a")], "meta": {"pagination": {"total": 1}}})
-    assert len(make_client(calls=calls).stations()) == 1
+    assert len(make_client(calls=calls).stations(Deadline(60))) == 1
     auth_headers = [
         c.request.headers["Authorization"]
         for c in responses.calls
@@ -194,16 +219,16 @@ def test_a_second_401_is_an_auth_failure():
     add_tokens("old", "new")
     responses.get(STATIONS_URL, status=401)
     with pytest.raises(AuthError, match="fresh token was rejected"):
-        make_client().stations()
+        make_client().stations(Deadline(60))
     assert len(offsets_requested()) == 2
 
 
 @responses.activate
 def test_http_errors_name_the_status_and_offset():
     add_tokens("tok")
-    responses.get(STATIONS_URL, status=502, body="bad gateway")
-    with pytest.raises(ApiHttpError, match=r"HTTP 502 at page\[offset\]=0"):
-        make_client().stations()
+    responses.get(STATIONS_URL, status=500, body="internal server error")
+    with pytest.raises(ApiHttpError, match=r"HTTP 500 at page\[offset\]=0"):
+        make_client().stations(Deadline(60))
 
 
 @responses.activate
@@ -211,7 +236,7 @@ def test_timeouts_are_reported_as_timeouts():
     add_tokens("tok")
     responses.get(STATIONS_URL, body=requests.ReadTimeout("read timed out"))
     with pytest.raises(ApiTimeoutError):
-        make_client().stations()
+        make_client().stations(Deadline(60))
 
 
 @responses.activate
@@ -219,7 +244,7 @@ def test_html_error_page_is_a_parse_error():
     add_tokens("tok")
     responses.get(STATIONS_URL, body="<html>502</html>", content_type="text/html")
     with pytest.raises(ParseError, match="not JSON"):
-        make_client().stations()
+        make_client().stations(Deadline(60))
 
 
 @pytest.mark.parametrize(
@@ -269,7 +294,9 @@ def changing_fleet(fleets: list[list[dict]], limit: int = 2):
         body = {"data": rows[offset : offset + limit], "meta": {"pagination": {"total": len(rows)}}}
         return 200, {}, json.dumps(body)
 
-    responses.add_callback(responses.GET, STATIONS_URL, callback=callback)
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=callback, content_type="application/json"
+    )
 
 
 @responses.activate
@@ -279,7 +306,7 @@ def test_a_listing_that_changes_while_read_is_read_again():
     four = five[1:]
     # the first walk sees 5, then 4 rows (a station was deleted between pages); the second is stable
     changing_fleet([five, four, four, four, four, four])
-    stations = make_client(page_limit=2).stations()
+    stations = make_client(page_limit=2).stations(Deadline(60))
     assert [s.id for s in stations] == ["1", "2", "3", "4"]
     assert offsets_requested() == [0, 2, 0, 2]
 
@@ -289,8 +316,8 @@ def test_a_listing_that_keeps_changing_publishes_nothing():
     add_tokens("tok")
     fleets = [[row(str(i)) for i in range(n)] for n in range(10, 0, -1)]
     changing_fleet(fleets)
-    with pytest.raises(ParseError, match="listing changed while reading it twice"):
-        make_client(page_limit=2).stations()
+    with pytest.raises(PaginationError, match="inconsistent twice in a row"):
+        make_client(page_limit=2).stations(Deadline(60))
 
 
 @responses.activate
@@ -298,6 +325,6 @@ def test_an_early_last_page_that_leaves_a_gap_is_inconsistent():
     add_tokens("tok")
     page = {"data": [row("a")], "meta": {"pagination": {"total": 3, "lastPage": True}}}
     responses.get(STATIONS_URL, json=page)
-    with pytest.raises(ParseError, match="1 rows received for a total of 3"):
-        make_client().stations()
+    with pytest.raises(PaginationError, match="1 rows received for a total of 3"):
+        make_client().stations(Deadline(60))
     assert offsets_requested() == [0, 0]

@@ -8,6 +8,7 @@ import responses
 from exporter.auth import TokenSource
 from exporter.config import Secret
 from exporter.errors import ApiConnectionError, AuthError, ParseError
+from exporter.http import Deadline, RetryPolicy
 
 TOKEN_URL = "https://auth.example.test/token"
 SECRET = "s3cr3t-client-secret"
@@ -30,6 +31,7 @@ def make_source(method: str = "basic", clock: Clock | None = None, calls=None) -
         session=requests.Session(),
         clock=clock or Clock(),
         on_response=(lambda e, c: calls.append((e, c))) if calls is not None else None,
+        retry=RetryPolicy(attempts=1),  # retries are tested in test_http.py
     )
 
 
@@ -40,7 +42,7 @@ def token_reply(value: str = "tok-1", expires_in: object = 3600) -> dict:
 @responses.activate
 def test_basic_method_sends_credentials_in_the_authorization_header_only():
     responses.post(TOKEN_URL, json=token_reply())
-    assert make_source("basic").token() == "tok-1"
+    assert make_source("basic").token(Deadline(60)) == "tok-1"
     request = responses.calls[0].request
     expected = base64.b64encode(f"my-client:{SECRET}".encode()).decode()
     assert request.headers["Authorization"] == f"Basic {expected}"
@@ -51,7 +53,7 @@ def test_basic_method_sends_credentials_in_the_authorization_header_only():
 @responses.activate
 def test_post_method_sends_credentials_in_the_form_body():
     responses.post(TOKEN_URL, json=token_reply())
-    make_source("post").token()
+    make_source("post").token(Deadline(60))
     request = responses.calls[0].request
     assert "Authorization" not in request.headers
     body = parse_qs(request.body)
@@ -63,7 +65,7 @@ def test_post_method_sends_credentials_in_the_form_body():
 @responses.activate
 def test_query_method_sends_credentials_like_the_quickstart():
     responses.post(TOKEN_URL, json=token_reply())
-    make_source("query").token()
+    make_source("query").token(Deadline(60))
     query = parse_qs(urlsplit(responses.calls[0].request.url).query)
     assert query["grant_type"] == ["client_credentials"]
     assert query["client_secret"] == [SECRET]
@@ -75,13 +77,13 @@ def test_token_is_cached_until_shortly_before_expiry():
     responses.post(TOKEN_URL, json=token_reply("tok-2", 3600))
     clock = Clock()
     source = make_source(clock=clock)
-    assert source.token() == "tok-1"
+    assert source.token(Deadline(60)) == "tok-1"
     assert source.expires_at == clock.now + 3600
     clock.now += 3600 - 301  # still more than the 300 s renewal margin left
-    assert source.token() == "tok-1"
+    assert source.token(Deadline(60)) == "tok-1"
     assert len(responses.calls) == 1
     clock.now += 2  # inside the margin: renew before it runs out
-    assert source.token() == "tok-2"
+    assert source.token(Deadline(60)) == "tok-2"
     assert len(responses.calls) == 2
 
 
@@ -91,11 +93,11 @@ def test_short_lived_tokens_are_renewed_at_ten_percent_before_expiry():
     responses.post(TOKEN_URL, json=token_reply("tok-2", 10))
     clock = Clock()
     source = make_source(clock=clock)
-    source.token()
+    source.token(Deadline(60))
     clock.now += 8.9
-    assert source.token() == "tok-1"
+    assert source.token(Deadline(60)) == "tok-1"
     clock.now += 0.2
-    assert source.token() == "tok-2"
+    assert source.token(Deadline(60)) == "tok-2"
 
 
 @responses.activate
@@ -103,18 +105,19 @@ def test_invalidate_drops_only_the_rejected_token():
     responses.post(TOKEN_URL, json=token_reply("tok-1"))
     responses.post(TOKEN_URL, json=token_reply("tok-2"))
     source = make_source()
-    assert source.token() == "tok-1"
+    assert source.token(Deadline(60)) == "tok-1"
     source.invalidate("some-older-token")
-    assert source.token() == "tok-1"
+    assert source.token(Deadline(60)) == "tok-1"
     source.invalidate("tok-1")
-    assert source.token() == "tok-2"
+    assert source.token(Deadline(60)) == "tok-2"
 
 
 @responses.activate
 def test_invalid_client_says_the_credentials_are_wrong_without_the_secret():
     responses.post(TOKEN_URL, status=400, json={"error": "invalid_client"})
     with pytest.raises(AuthError) as info:
-        make_source().token()
+        make_source().token(Deadline(60))
+    assert len(responses.calls) == 1  # wrong credentials are not retried
     assert "invalid_client" in str(info.value)
     assert "client secret" in str(info.value)
     assert SECRET not in str(info.value)
@@ -123,10 +126,10 @@ def test_invalid_client_says_the_credentials_are_wrong_without_the_secret():
 @responses.activate
 def test_server_error_is_an_auth_failure_and_counted():
     calls: list = []
-    responses.post(TOKEN_URL, status=503, body="unavailable")
-    with pytest.raises(AuthError, match="HTTP 503"):
-        make_source(calls=calls).token()
-    assert calls == [("token", "503")]
+    responses.post(TOKEN_URL, status=500, body="internal error")
+    with pytest.raises(AuthError, match="HTTP 500"):
+        make_source(calls=calls).token(Deadline(60))
+    assert calls == [("token", "500")]  # 500 is not retried: retrying rarely helps
 
 
 @responses.activate
@@ -136,9 +139,9 @@ def test_connection_error_with_query_method_does_not_leak_the_url():
         TOKEN_URL, body=requests.ConnectionError(f"failed {TOKEN_URL}?client_secret={SECRET}")
     )
     with pytest.raises(ApiConnectionError) as info:
-        make_source("query", calls=calls).token()
+        make_source("query", calls=calls).token(Deadline(60))
     assert SECRET not in str(info.value)
-    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert info.value.__cause__ is None and info.value.__context__ is None
     assert calls == [("token", "error")]
 
 
@@ -150,14 +153,14 @@ def test_connection_error_with_query_method_does_not_leak_the_url():
 def test_unusable_token_answers_are_parse_errors(reply):
     responses.post(TOKEN_URL, json=reply)
     with pytest.raises(ParseError):
-        make_source().token()
+        make_source().token(Deadline(60))
 
 
 @responses.activate
 def test_non_json_token_answer_is_a_parse_error():
     responses.post(TOKEN_URL, body="<html>proxy error</html>", content_type="text/html")
     with pytest.raises(ParseError):
-        make_source().token()
+        make_source().token(Deadline(60))
 
 
 @responses.activate
@@ -165,5 +168,5 @@ def test_missing_expires_in_assumes_an_hour():
     responses.post(TOKEN_URL, json={"access_token": "tok", "token_type": "bearer"})
     clock = Clock()
     source = make_source(clock=clock)
-    source.token()
+    source.token(Deadline(60))
     assert source.expires_at == clock.now + 3600

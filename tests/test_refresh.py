@@ -31,7 +31,7 @@ def mandant_for(sim: Simulator, secret: str = "demo-secret", name: str = "north"
 
 
 def test_first_refresh_is_the_baseline(simulator):
-    refresher = MandantRefresher(mandant_for(simulator), page_limit=5)
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=5, timeout=30)
     refresher.refresh()
     state = refresher.state
     assert state.up and state.ready
@@ -43,7 +43,7 @@ def test_first_refresh_is_the_baseline(simulator):
 
 
 def test_changes_between_refreshes_are_counted_exactly(simulator, inventory):
-    refresher = MandantRefresher(mandant_for(simulator), page_limit=100)
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=100, timeout=30)
     refresher.refresh()
     before = set(refresher.state.snapshot.stations)
     removed = inventory.remove(2)
@@ -59,7 +59,7 @@ def test_changes_between_refreshes_are_counted_exactly(simulator, inventory):
 
 
 def test_one_token_serves_many_refreshes(simulator):
-    refresher = MandantRefresher(mandant_for(simulator), page_limit=10)
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
     for _ in range(4):
         refresher.refresh()
     assert simulator.tokens_issued == 1
@@ -67,7 +67,7 @@ def test_one_token_serves_many_refreshes(simulator):
 
 
 def test_a_revoked_token_is_replaced_on_401(simulator):
-    refresher = MandantRefresher(mandant_for(simulator), page_limit=10)
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
     refresher.refresh()
     simulator.revoke_tokens()
     refresher.refresh()
@@ -77,7 +77,7 @@ def test_a_revoked_token_is_replaced_on_401(simulator):
 
 
 def test_a_failed_refresh_keeps_the_last_good_snapshot_and_recovers(simulator):
-    refresher = MandantRefresher(mandant_for(simulator), page_limit=10)
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
     refresher.refresh()
     good = refresher.state.snapshot
     simulator.stop()
@@ -90,7 +90,9 @@ def test_a_failed_refresh_keeps_the_last_good_snapshot_and_recovers(simulator):
 
 
 def test_wrong_secret_is_an_auth_failure_without_the_secret_in_the_message(simulator):
-    refresher = MandantRefresher(mandant_for(simulator, secret="wrong-secret-123"), page_limit=10)
+    refresher = MandantRefresher(
+        mandant_for(simulator, secret="wrong-secret-123"), page_limit=10, timeout=30
+    )
     refresher.refresh()
     state = refresher.state
     assert not state.up and not state.ready
@@ -109,8 +111,8 @@ def test_request_counter_counts_per_endpoint_and_code():
 
 def test_scheduler_refreshes_every_mandant_at_start(simulator):
     refreshers = [
-        MandantRefresher(mandant_for(simulator, name="a"), page_limit=10),
-        MandantRefresher(mandant_for(simulator, name="b", secret="bad"), page_limit=10),
+        MandantRefresher(mandant_for(simulator, name="a"), page_limit=10, timeout=30),
+        MandantRefresher(mandant_for(simulator, name="b", secret="bad"), page_limit=10, timeout=30),
     ]
     scheduler = start_scheduler(refreshers, interval=3600)
     try:
