@@ -1,0 +1,75 @@
+"""The console script as a user runs it: exit codes, one-line errors, signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ExporterProcess
+
+SCRIPT = str(Path(sys.executable).with_name("beenergised-exporter"))
+SECRET = "cli-Secret-42"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SCRIPT, *args], capture_output=True, text=True, timeout=30, env=env or {"PATH": ""}
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("mandants: [\n  - name: a\n", ["not valid YAML", "line"]),
+        ("refresh_intervall: 5m\n", ["unknown key 'refresh_intervall'", "refresh_interval"]),
+        (
+            "page_limit: many\nmandants:\n  - api_url: https://a.example.test\n"
+            f"    client_id: x\n    client_secret: {SECRET}\n",
+            ["page_limit", "not an integer"],
+        ),
+        (
+            "mandants:\n  - api_url: https://a.example.test\n    client_id: x\n"
+            "    client_secret_file: missing-secret\n",
+            ["mandants[0].client_secret_file", "cannot read"],
+        ),
+        (
+            "mandants:\n  - api_url: https://a.example.test\n    client_id: x\n"
+            f"    client_secret: {SECRET}\n    clientsecret: typo\n",
+            ["mandants[0]", "unknown key 'clientsecret'"],
+        ),
+    ],
+)
+def test_a_bad_config_file_exits_2_with_one_line_naming_file_and_key(tmp_path, content, expected):
+    config = tmp_path / "exporter.yml"
+    config.write_text(content)
+    result = run(f"--config.file={config}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0]
+    for fragment in expected:
+        assert fragment in lines[0]
+    assert SECRET not in result.stderr + result.stdout
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_the_exporter_within_5_seconds_with_status_0(signum):
+    exporter = ExporterProcess(["--demo", "--refresh-interval=1s"], {})
+    try:
+        exporter.wait_for_line("first refresh")
+        exporter.popen.send_signal(signum)
+        started = time.monotonic()
+        code = exporter.popen.wait(timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        exporter.stop()
+    assert code == 0
+    assert elapsed < 5
+    assert "shutting down" in exporter.output
+    assert "Traceback" not in exporter.output
