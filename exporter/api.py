@@ -24,17 +24,28 @@ MAX_PAGES = 10_000
 """Upper bound of pages per listing, so a server that never says "last page" cannot loop us."""
 
 
-def _text(value: Any) -> str:
-    """An attribute as label text: strings as they are, numbers as text, null/other as ''."""
+def _text(attributes: dict[str, Any], name: str, station_id: str) -> str:
+    """One attribute as label text: strings as they are, numbers as text, missing/null as ''."""
+    value = attributes.get(name)
+    if value is None:
+        return ""
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    return ""
+    raise ParseError(
+        f"charging station {station_id!r}: attribute {name} is a {type(value).__name__}, "
+        "not text (has the API changed?)"
+    )
 
 
 def parse_station(row: Any) -> Station:
-    """One JSON:API resource object -> Station; missing, null or odd attributes become ''."""
+    """One JSON:API resource object -> Station.
+
+    Missing or null attribute values become ''. A row whose ``attributes`` is not an object, or
+    an attribute that is a list, object or boolean, is schema drift: a ParseError, so a changed
+    API never turns into a fleet of nameless stations on "unknown" firmware.
+    """
     if not isinstance(row, dict):
         raise ParseError(f"charging station entry is a {type(row).__name__}, not an object")
     station_id = row.get("id")
@@ -44,13 +55,17 @@ def parse_station(row: Any) -> Station:
         raise ParseError("charging station entry has no id")
     attributes = row.get("attributes")
     if not isinstance(attributes, dict):
-        attributes = {}
+        raise ParseError(
+            f"charging station {station_id!r}: attributes is "
+            f"{'missing' if attributes is None else 'a ' + type(attributes).__name__}, "
+            "not an object (has the API changed?)"
+        )
     return Station(
         id=station_id,
-        label=_text(attributes.get("label")),
-        charge_box_identity=_text(attributes.get("chargeBoxIdentity")),
-        firmware_version=_text(attributes.get("firmwareVersion")),
-        serial_number=_text(attributes.get("serialnumber")),
+        label=_text(attributes, "label", station_id),
+        charge_box_identity=_text(attributes, "chargeBoxIdentity", station_id),
+        firmware_version=_text(attributes, "firmwareVersion", station_id),
+        serial_number=_text(attributes, "serialnumber", station_id),
     )
 
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import requests
 
 from exporter.config import Secret
-from exporter.errors import AuthError, ParseError
+from exporter.errors import ApiHttpError, AuthError, ParseError
 from exporter.http import DEFAULT_RETRY, Deadline, ResponseHook, RetryPolicy, send
 
 LOG = logging.getLogger(__name__)
@@ -128,7 +128,10 @@ class TokenSource:
                     "check the client id and client secret"
                 )
             detail = f" ({error})" if isinstance(error, str) else ""
-            raise AuthError(f"token endpoint {host}: HTTP {response.status_code}{detail}")
+            message = f"token endpoint {host}: HTTP {response.status_code}{detail}"
+            if response.status_code == 429 or response.status_code >= 500:
+                raise ApiHttpError(message)  # the endpoint is in trouble, not our credentials
+            raise AuthError(message)
         if not isinstance(body, dict):
             raise ParseError(f"token endpoint {host}: answer is not a JSON object")
         value = body.get("access_token")

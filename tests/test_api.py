@@ -256,25 +256,38 @@ def test_wrong_shapes_are_parse_errors(document):
         parse_page(document)
 
 
-def test_missing_null_and_odd_attributes_become_empty_text():
-    assert parse_station({"id": "a"}).label == ""
+def test_missing_and_null_attribute_values_become_empty_text():
+    assert parse_station({"id": "a", "attributes": {}}).label == ""
     station = parse_station(
         {
             "id": 42,
             "attributes": {
                 "label": None,
                 "firmwareVersion": 3.1,
-                "serialnumber": {"nested": 1},
-                "chargeBoxIdentity": True,
-                "unknownField": "ignored",
+                "serialnumber": 1234,
+                "unknownField": ["ignored"],
             },
         }
     )
     assert station.id == "42"
     assert station.label == ""
-    assert station.firmware_version == "3.1"
-    assert station.serial_number == ""
     assert station.charge_box_identity == ""
+    assert station.firmware_version == "3.1"
+    assert station.serial_number == "1234"
+
+
+@pytest.mark.parametrize("attributes", [None, [], "text"])
+def test_attributes_that_are_not_an_object_are_schema_drift(attributes):
+    with pytest.raises(ParseError, match="attributes is"):
+        parse_station({"id": "a", "attributes": attributes})
+    with pytest.raises(ParseError, match="attributes is missing"):
+        parse_station({"id": "a"})
+
+
+@pytest.mark.parametrize("value", [["2.4"], {"v": "2.4"}, True])
+def test_attribute_values_that_cannot_be_text_are_schema_drift(value):
+    with pytest.raises(ParseError, match="attribute firmwareVersion is a"):
+        parse_station({"id": "a", "attributes": {"firmwareVersion": value}})
 
 
 def test_page_without_meta_gives_empty_pagination():

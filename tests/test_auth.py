@@ -7,7 +7,7 @@ import responses
 
 from exporter.auth import TokenSource
 from exporter.config import Secret
-from exporter.errors import ApiConnectionError, AuthError, ParseError
+from exporter.errors import ApiConnectionError, ApiHttpError, AuthError, ParseError
 from exporter.http import Deadline, RetryPolicy
 
 TOKEN_URL = "https://auth.example.test/token"
@@ -124,12 +124,20 @@ def test_invalid_client_says_the_credentials_are_wrong_without_the_secret():
 
 
 @responses.activate
-def test_server_error_is_an_auth_failure_and_counted():
+def test_a_token_endpoint_in_trouble_is_an_http_failure_not_an_auth_failure():
     calls: list = []
     responses.post(TOKEN_URL, status=500, body="internal error")
-    with pytest.raises(AuthError, match="HTTP 500"):
+    with pytest.raises(ApiHttpError, match="HTTP 500") as info:
         make_source(calls=calls).token(Deadline(60))
-    assert calls == [("token", "500")]  # 500 is not retried: retrying rarely helps
+    assert not isinstance(info.value, AuthError)
+    assert calls == [("token", "500")]
+
+
+@responses.activate
+def test_other_client_errors_of_the_token_endpoint_are_auth_failures():
+    responses.post(TOKEN_URL, status=400, json={"error": "unauthorized_client"})
+    with pytest.raises(AuthError, match=r"HTTP 400 \(unauthorized_client\)"):
+        make_source().token(Deadline(60))
 
 
 @responses.activate
