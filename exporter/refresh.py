@@ -23,11 +23,14 @@ from exporter import __version__
 from exporter.api import CpoClient
 from exporter.auth import TokenSource
 from exporter.config import Mandant
-from exporter.errors import RefreshError
+from exporter.errors import PaginationError, RefreshError
 from exporter.http import Deadline
 from exporter.model import Snapshot, diff
 
 LOG = logging.getLogger(__name__)
+
+MAX_READS = 3
+"""Reads of the listing per refresh when the fleet changed: until two in a row agree."""
 
 FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination")
 """The fixed set of values of the ``reason`` label of the failure counter."""
@@ -122,11 +125,11 @@ class MandantRefresher:
         self.state = MandantState(name=mandant.name)
 
     def refresh(self) -> None:
-        """Read the whole fleet once and publish the result; never raises."""
+        """Read the whole fleet and publish the result; never raises."""
         started = time.monotonic()
         previous = self.state
         try:
-            stations = self._client.stations(Deadline(self._timeout, self._cancel))
+            snapshot = self._read_confirmed(previous.snapshot)
         except RefreshError as exc:
             self._publish_failure(previous, exc.reason, str(exc), started)
             return
@@ -134,7 +137,6 @@ class MandantRefresher:
             LOG.exception("refresh of mandant %s failed unexpectedly", self.mandant.name)
             self._publish_failure(previous, "parse", "unexpected error, see the log", started)
             return
-        snapshot = Snapshot.build(stations, taken_at=self._clock())
         state = replace(
             previous,
             snapshot=snapshot,
@@ -167,6 +169,28 @@ class MandantRefresher:
             LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
         self.state = state
         LOG.debug("mandant %s refreshed in %.3fs", self.mandant.name, state.last_duration)
+
+    def _read_confirmed(self, published: Snapshot | None) -> Snapshot:
+        """The fleet, once two reads in a row agree (or a read equals what is published).
+
+        A listing read while the fleet changes can be torn without any sign in the pagination
+        (a station deleted on an earlier page shifts a row past us while another is added):
+        publishing only what a second read confirms keeps such a read from counting as
+        stations added and removed.
+        """
+        deadline = Deadline(self._timeout, self._cancel)
+        candidate = published
+        for _ in range(MAX_READS):
+            snapshot = Snapshot.build(self._client.stations(deadline), taken_at=self._clock())
+            if candidate is not None and snapshot.stations == candidate.stations:
+                return snapshot
+            if candidate is not None and candidate is not published:
+                LOG.info("mandant %s: fleet changed between two reads", self.mandant.name)
+            candidate = snapshot
+        raise PaginationError(
+            f"charging stations of {self.mandant.name}: the fleet changed between every one of "
+            f"{MAX_READS} reads"
+        )
 
     def _publish_failure(
         self, previous: MandantState, reason: str, message: str, started: float

@@ -3,6 +3,7 @@ from collections.abc import Iterator
 import pytest
 
 from exporter.config import Mandant, Secret
+from exporter.model import Station
 from exporter.refresh import MandantRefresher, RequestCounter, start_scheduler
 from exporter.simulator import Inventory, Simulator
 from tests.helpers import wait_until
@@ -38,7 +39,8 @@ def test_first_refresh_is_the_baseline(simulator):
     assert len(state.snapshot) == 23
     assert sum(state.snapshot.by_firmware.values()) == 23
     assert (state.added_total, state.removed_total, state.firmware_changes_total) == (0, 0, 0)
-    assert state.api_requests[("charging_stations", "200")] == 5
+    # 23 stations in pages of 5: 5 pages, read twice to confirm the first fleet
+    assert state.api_requests[("charging_stations", "200")] == 10
     assert state.api_requests[("token", "200")] == 1
 
 
@@ -125,3 +127,63 @@ def test_scheduler_refreshes_every_mandant_at_start(simulator):
         assert job.max_instances == 1 and job.coalesce
     finally:
         scheduler.shutdown(wait=True)
+
+
+class ScriptedClient:
+    """Stands in for the API client: each read returns the next fleet of the script."""
+
+    def __init__(self, *fleets: list[str]) -> None:
+        self.fleets = list(fleets)
+        self.reads = 0
+
+    def stations(self, deadline):
+        fleet = self.fleets[min(self.reads, len(self.fleets) - 1)]
+        self.reads += 1
+        return [Station(sid, sid, sid, "1.0", "") for sid in fleet]
+
+
+def scripted(simulator, *fleets: list[str]) -> tuple[MandantRefresher, ScriptedClient]:
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
+    client = ScriptedClient(*fleets)
+    refresher._client = client
+    return refresher, client
+
+
+def test_an_unchanged_fleet_needs_one_read(simulator):
+    refresher, client = scripted(simulator, ["a", "b"])
+    refresher.refresh()
+    assert client.reads == 2  # the first fleet is confirmed by a second read
+    refresher.refresh()
+    assert client.reads == 3
+    assert refresher.state.up and refresher.state.added_total == 0
+
+
+def test_a_change_is_published_once_a_second_read_confirms_it(simulator):
+    refresher, client = scripted(simulator, ["a", "b"], ["a", "b"], ["a", "c"], ["a", "c"])
+    refresher.refresh()
+    refresher.refresh()
+    assert client.reads == 4
+    assert set(refresher.state.snapshot.stations) == {"a", "c"}
+    assert (refresher.state.added_total, refresher.state.removed_total) == (1, 1)
+
+
+def test_a_torn_read_is_never_published(simulator):
+    # the third read is torn ("x" never existed); the fourth and fifth agree on the real fleet
+    refresher, client = scripted(
+        simulator, ["a", "b"], ["a", "b"], ["a", "x"], ["a", "c"], ["a", "c"]
+    )
+    refresher.refresh()
+    refresher.refresh()
+    assert client.reads == 5
+    assert set(refresher.state.snapshot.stations) == {"a", "c"}
+    assert (refresher.state.added_total, refresher.state.removed_total) == (1, 1)
+
+
+def test_a_fleet_that_changes_on_every_read_is_a_pagination_failure(simulator):
+    refresher, _ = scripted(simulator, ["a"], ["a"], ["b"], ["c"], ["d"])
+    refresher.refresh()
+    refresher.refresh()
+    state = refresher.state
+    assert not state.up
+    assert state.failures["pagination"] == 1
+    assert set(state.snapshot.stations) == {"a"}
