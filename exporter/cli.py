@@ -22,6 +22,7 @@ from exporter.logs import setup_logging
 from exporter.metrics import FleetCollector
 from exporter.refresh import MandantRefresher, MandantState, refresh_timeout, start_scheduler
 from exporter.web import ExporterApp, serve
+from exporter.webconfig import BasicAuth, load_web_config
 
 LOG = logging.getLogger("exporter")
 
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the exporter until SIGTERM or SIGINT; return the exit status."""
     try:
         settings = load_settings(list(sys.argv[1:] if argv is None else argv), os.environ)
+        web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
     except ConfigError as exc:
         print(f"beenergised-exporter: {exc}", file=sys.stderr)
         return 2
@@ -98,9 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return [refresher.state for refresher in refreshers]
 
     registry = build_registry(states, station_info=settings.station_info)
-    app = ExporterApp(registry, states, telemetry_path=settings.telemetry_path)
+    app = ExporterApp(
+        registry,
+        states,
+        telemetry_path=settings.telemetry_path,
+        auth=BasicAuth(web_config.users) if web_config and web_config.users else None,
+    )
     try:
-        server, _ = serve(app, settings.listen_host, settings.listen_port)
+        server, _ = serve(app, settings.listen_host, settings.listen_port, web_config)
     except OSError as exc:
         LOG.error(
             "cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, exc.strerror

@@ -120,6 +120,7 @@ class Settings:
     listen_host: str  # "" means all interfaces
     listen_port: int
     telemetry_path: str  # starts with "/"
+    web_config_file: str | None  # exporter-toolkit web config; read by exporter.webconfig
     log_level: str  # debug|info|warn|error
     log_format: str  # logfmt|json
     demo: bool
@@ -278,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"path of the metrics endpoint (env BEENERGISED_WEB_TELEMETRY_PATH, default "
         f"{DEFAULT_TELEMETRY_PATH})",
+    )
+    add(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="exporter-toolkit web config (YAML) for TLS and basic auth on every endpoint but "
+        "/healthz (env BEENERGISED_WEB_CONFIG_FILE, default none: plain HTTP, no auth)",
     )
     add(
         "--log.level",
@@ -795,6 +803,9 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     path_given = sources.pick(
         "web_telemetry_path", "--web.telemetry-path", "BEENERGISED_WEB_TELEMETRY_PATH"
     )
+    web_config_given = sources.pick(
+        "web_config_file", "--web.config.file", "BEENERGISED_WEB_CONFIG_FILE"
+    )
     level_given = sources.pick("log_level", "--log.level", "BEENERGISED_LOG_LEVEL")
     format_given = sources.pick("log_format", "--log.format", "BEENERGISED_LOG_FORMAT")
 
@@ -816,6 +827,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         listen_host=listen_host,
         listen_port=listen_port,
         telemetry_path=_telemetry_path(path_given) if path_given else DEFAULT_TELEMETRY_PATH,
+        web_config_file=_text(web_config_given) if web_config_given else None,
         log_level=_choice(level_given, LOG_LEVELS) if level_given else "info",
         log_format=_choice(format_given, LOG_FORMATS) if format_given else "logfmt",
         demo=demo,

@@ -1,6 +1,7 @@
 """The HTTP side: /metrics, /healthz, /readyz and a landing page at /, as a WSGI app.
 
 Nothing here calls the remote API: every page reads the latest published mandant states.
+TLS and basic auth come from the web config file (:mod:`exporter.webconfig`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import gzip
 import html
 import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,8 +24,22 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.refresh import MandantState
+from exporter.webconfig import BasicAuth, WebConfig
 
 LOG = logging.getLogger(__name__)
+
+CLIENT_TIMEOUT = 10.0
+"""Seconds a client may stay silent: in the TLS handshake and in each read or write after."""
+REALM = "beenergised-exporter"
+_UNAUTHORIZED_HEADERS = [
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("WWW-Authenticate", f'Basic realm="{REALM}"'),
+]
+_TLS_HANDSHAKE_RECORD = 0x16  # the first byte a TLS client sends
+_PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
 
 StartResponse = Callable[..., Any]
 
@@ -36,13 +53,25 @@ class ExporterApp:
         states: Callable[[], Sequence[MandantState]],
         *,
         telemetry_path: str = "/metrics",
+        auth: BasicAuth | None = None,
     ) -> None:
         self._registry = registry
         self._states = states
         self._telemetry_path = telemetry_path
+        self._auth = auth
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/") or "/"
+        # Liveness probes carry no credentials; everything else needs them when users are set.
+        public = path == "/healthz" and path != self._telemetry_path
+        if (
+            not public
+            and self._auth is not None
+            and not self._auth.check(environ.get("HTTP_AUTHORIZATION"))
+        ):
+            return _respond(
+                start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
+            )
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             return _respond(start_response, "405 Method Not Allowed", b"method not allowed\n")
         if path == self._telemetry_path:
@@ -119,23 +148,79 @@ class _QuietHandler(WSGIRequestHandler):
     """Request handler that logs at debug level instead of printing every request to stderr."""
 
     disable_nagle_algorithm = True  # headers and body go out in separate writes
+    timeout = CLIENT_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:
         LOG.debug("%s %s", self.address_string(), format % args)
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection; with ``ssl_context`` set, the TLS handshake runs there too,
+    so a client that connects and says nothing holds up only its own thread."""
+
     daemon_threads = True
+    # The default backlog of 5 drops connections when many scrapers arrive at once, and a
+    # dropped SYN costs the client a 1 s (then 3 s) retransmission wait.
+    request_queue_size = 128
+    ssl_context: ssl.SSLContext | None = None
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:
+            request = self._start_tls(self.ssl_context, request, client_address)
+            if request is None:
+                return
+        super().process_request_thread(request, client_address)
+
+    def _start_tls(
+        self, context: ssl.SSLContext, conn: socket.socket, client_address: Any
+    ) -> ssl.SSLSocket | None:
+        """The connection after a TLS handshake, or None (and closed) if there was none."""
+        client = client_address[0]
+        conn.settimeout(CLIENT_TIMEOUT)
+        tls = None
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+            if not first:
+                LOG.debug("%s closed the connection before the TLS handshake", client)
+            elif first[0] != _TLS_HANDSHAKE_RECORD:
+                LOG.debug("%s sent plain HTTP (or no TLS) to the TLS port; answered 400", client)
+                conn.recv(65536)  # the request head: unread input would turn our close into a reset
+                conn.sendall(_PLAIN_HTTP_ANSWER)
+            else:
+                tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                tls.do_handshake()
+                return tls
+        except OSError as e:  # ssl.SSLError, TimeoutError, resets
+            LOG.debug("TLS handshake with %s failed: %s", client, e)
+        # wrap_socket took over the socket, so close what is left of the connection.
+        self.shutdown_request(tls if tls is not None else conn)
+        return None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that times out or goes away is routine: one debug line, no traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            LOG.debug("connection from %s ended: %s", client_address[0], error)
+        else:
+            LOG.error("error serving %s", client_address[0], exc_info=error)
 
 
 class _ThreadingServerV6(_ThreadingServer):
     address_family = socket.AF_INET6
 
 
-def serve(app: ExporterApp, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Start serving ``app`` on host:port in a daemon thread ("" listens on every interface)."""
+def serve(
+    app: ExporterApp, host: str, port: int, web_config: WebConfig | None = None
+) -> tuple[WSGIServer, threading.Thread]:
+    """Start serving ``app`` on host:port in a daemon thread ("" listens on every interface).
+
+    With a web config that has TLS, every connection must speak TLS; basic auth is the app's
+    (``ExporterApp(auth=...)``), as it leaves /healthz open.
+    """
     server_class = _ThreadingServerV6 if ":" in host else _ThreadingServer
     server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    if web_config is not None:
+        server.ssl_context = web_config.ssl_context
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return server, thread

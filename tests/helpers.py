@@ -111,7 +111,7 @@ class SimulatorProcess(Process):
 class ExporterProcess(Process):
     """The real ``beenergised-exporter`` console script, listening on a free loopback port."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], scheme: str = "http") -> None:
         script = str(Path(sys.executable).with_name("beenergised-exporter"))
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEENERGISED_")}
         full_env |= env
@@ -119,7 +119,7 @@ class ExporterProcess(Process):
             [script, "--web.listen-address=127.0.0.1:0", "--log.level=debug", *args], full_env
         )
         match = self.wait_for_line(r"listening on 127\.0\.0\.1:(\d+)")
-        self.url = f"http://127.0.0.1:{match.group(1)}"
+        self.url = f"{scheme}://127.0.0.1:{match.group(1)}"
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
         return requests.get(self.url + path, timeout=5, **kwargs)

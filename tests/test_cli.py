@@ -73,3 +73,51 @@ def test_signals_stop_the_exporter_within_5_seconds_with_status_0(signum):
     assert elapsed < 5
     assert "shutting down" in exporter.output
     assert "Traceback" not in exporter.output
+
+
+def test_web_config_file_puts_tls_and_basic_auth_on_the_real_exporter(tmp_path):
+    bcrypt = pytest.importorskip("bcrypt")
+    trustme = pytest.importorskip("trustme")
+    requests = pytest.importorskip("requests")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    server_cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.crt"))
+    server_cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+    password = "scrape-Pass-1"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    exporter = ExporterProcess(
+        ["--demo", f"--web.config.file={tmp_path / 'web.yml'}"], {}, scheme="https"
+    )
+    try:
+        exporter.wait_for_line("first refresh")
+        ca_file = str(tmp_path / "ca.crt")
+        ok = requests.get(
+            exporter.url + "/metrics", auth=("prometheus", password), verify=ca_file, timeout=10
+        )
+        assert ok.status_code == 200 and "beenergised_up" in ok.text
+        wrong = requests.get(
+            exporter.url + "/metrics", auth=("prometheus", "nope"), verify=ca_file, timeout=10
+        )
+        assert wrong.status_code == 401
+        assert requests.get(exporter.url + "/", verify=ca_file, timeout=10).status_code == 401
+        assert (
+            requests.get(exporter.url + "/healthz", verify=ca_file, timeout=10).status_code == 200
+        )
+    finally:
+        assert exporter.stop() == 0
+    assert password not in exporter.output and hashed not in exporter.output
+
+
+def test_a_bad_web_config_file_exits_2_naming_it(tmp_path):
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  prometheus: not-a-bcrypt-hash\n")
+    result = run("--demo", f"--web.config.file={web}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(web) in lines[0] and "basic_auth_users" in lines[0]
+    assert "not-a-bcrypt-hash" not in result.stderr

@@ -1,14 +1,24 @@
 import gzip
-from collections.abc import Iterator
+import http.client
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import bcrypt
 import pytest
 import requests
+import trustme
 from prometheus_client import CollectorRegistry
 
 from exporter.metrics import FleetCollector
 from exporter.model import Snapshot, Station
 from exporter.refresh import MandantState
 from exporter.web import ExporterApp, serve
+from exporter.webconfig import BasicAuth, WebConfig, load_web_config
+from tests.helpers import wait_until
 
 
 class States:
@@ -106,3 +116,211 @@ def test_unknown_paths_and_methods(server):
     url, _ = server
     assert requests.get(url + "/nope", timeout=5).status_code == 404
     assert requests.post(url + "/custom-metrics", timeout=5).status_code == 405
+
+
+# Basic auth and TLS from the web config file
+
+PASSWORD = "scrape-me"
+USERS = {"prometheus": bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))}
+CHALLENGE = 'Basic realm="beenergised-exporter"'
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA, a server certificate for 127.0.0.1, and client certificates (PEM files)."""
+
+    directory: Path
+    ca: Path
+    client: Path  # key and certificate, signed by the CA
+    stranger: Path  # key and certificate from another CA
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(directory / "ca.crt")
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(directory / "server.crt")
+    server.private_key_pem.write_to_path(directory / "server.key")
+    ca.issue_cert("prometheus.test").private_key_and_cert_chain_pem.write_to_path(
+        directory / "client.pem"
+    )
+    trustme.CA().issue_cert("stranger.test").private_key_and_cert_chain_pem.write_to_path(
+        directory / "stranger.pem"
+    )
+    return Pki(
+        directory, directory / "ca.crt", directory / "client.pem", directory / "stranger.pem"
+    )
+
+
+def tls_config(pki: Pki, extra: str = "") -> WebConfig:
+    """The web config of a file next to the certificates (relative paths), plus ``extra``."""
+    path = pki.directory / "web.yml"
+    path.write_text(f"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}")
+    return load_web_config(str(path))
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., int]]:
+    """Starts the real app with a web config and optional basic auth; returns the port."""
+    servers = []
+
+    def start(
+        web_config: WebConfig | None, *, auth: bool = True, telemetry_path: str = "/metrics"
+    ) -> int:
+        states = States()
+        states.value = ready_states()
+        registry = CollectorRegistry()
+        registry.register(FleetCollector(states))
+        app = ExporterApp(
+            registry,
+            states,
+            telemetry_path=telemetry_path,
+            auth=BasicAuth(USERS) if auth else None,
+        )
+        httpd, thread = serve(app, "127.0.0.1", 0, web_config)
+        servers.append((httpd, thread))
+        return httpd.server_address[1]
+
+    yield start
+    for httpd, thread in servers:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def web_log(caplog) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="exporter.web")
+    return caplog
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture) -> None:
+    assert not [record for record in caplog.records if record.exc_info]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_tls_with_basic_auth(start, pki, web_log, capfd):
+    url = f"https://127.0.0.1:{start(tls_config(pki))}"
+    good = ("prometheus", PASSWORD)
+    response = requests.get(url + "/metrics", auth=good, verify=pki.ca, timeout=5)
+    assert response.status_code == 200
+    assert 'beenergised_charging_stations{mandant="north"} 1.0' in response.text
+    for auth in [("prometheus", "wrong"), ("nobody", PASSWORD), None]:
+        for path in ["/metrics", "/", "/readyz", "/nope"]:
+            denied = requests.get(url + path, auth=auth, verify=pki.ca, timeout=5)
+            assert denied.status_code == 401, (auth, path)
+            assert denied.headers["WWW-Authenticate"] == CHALLENGE
+            assert denied.text == "unauthorized\n"
+    healthz = requests.get(url + "/healthz", verify=pki.ca, timeout=5)
+    assert healthz.status_code == 200 and healthz.text == "ok\n"
+    assert requests.get(url + "/readyz", auth=good, verify=pki.ca, timeout=5).status_code == 200
+    logged = web_log.text
+    assert PASSWORD not in logged and "Authorization" not in logged and "Basic " not in logged
+    assert_no_traceback(web_log, capfd)
+
+
+def test_basic_auth_without_tls(start):
+    url = f"http://127.0.0.1:{start(None)}"
+    assert requests.get(url + "/metrics", timeout=5).status_code == 401
+    assert requests.get(url + "/metrics", auth=("prometheus", PASSWORD), timeout=5).ok
+    assert requests.get(url + "/healthz", timeout=5).status_code == 200
+    assert requests.post(url + "/metrics", timeout=5).status_code == 401
+    assert requests.post(url + "/healthz", timeout=5).status_code == 405
+
+
+def test_a_telemetry_path_of_healthz_still_needs_credentials(start):
+    url = f"http://127.0.0.1:{start(None, telemetry_path='/healthz')}"
+    assert requests.get(url + "/healthz", timeout=5).status_code == 401
+    response = requests.get(url + "/healthz", auth=("prometheus", PASSWORD), timeout=5)
+    assert "beenergised_up" in response.text
+
+
+def test_web_config_without_tls_serves_plain_http(start, pki):
+    port = start(WebConfig(ssl_context=None, users=USERS), auth=False)
+    assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+
+
+def test_plain_http_to_the_tls_port_gets_400_and_the_server_keeps_serving(
+    start, pki, web_log, capfd
+):
+    port = start(tls_config(pki), auth=False)
+    response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert response.status_code == 400
+    assert response.text == "Client sent an HTTP request to an HTTPS server.\n"
+    assert requests.get(f"https://127.0.0.1:{port}/metrics", verify=pki.ca, timeout=5).ok
+    assert [r.message for r in web_log.records if "plain HTTP" in r.message] == [
+        "127.0.0.1 sent plain HTTP (or no TLS) to the TLS port; answered 400"
+    ]
+    assert_no_traceback(web_log, capfd)
+
+
+def test_a_silent_client_does_not_stall_the_others(start, pki):
+    port = start(tls_config(pki), auth=False)
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        # Accepted first, says nothing: its handshake waits in its own thread, not in accept.
+        response = requests.get(f"https://127.0.0.1:{port}/healthz", verify=pki.ca, timeout=5)
+        assert response.status_code == 200
+
+
+def test_a_failed_handshake_is_one_debug_line(start, pki, web_log, capfd):
+    port = start(tls_config(pki), auth=False)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"https://127.0.0.1:{port}/healthz", timeout=5)  # does not trust our CA
+    wait_until(
+        lambda: any("TLS handshake with 127.0.0.1 failed" in r.message for r in web_log.records),
+        timeout=5,
+        what="the server to log the failed handshake",
+    )
+    assert_no_traceback(web_log, capfd)
+
+
+def tls12_client(pki: Pki, port: int) -> http.client.HTTPSConnection:
+    context = ssl.create_default_context(cafile=pki.ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+
+
+def test_tls12_clients_are_welcome_by_default(start, pki):
+    connection = tls12_client(pki, start(tls_config(pki), auth=False))
+    try:
+        connection.request("GET", "/healthz")
+        assert connection.sock.version() == "TLSv1.2"
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_min_version_tls13_refuses_tls12_clients(start, pki):
+    port = start(tls_config(pki, "  min_version: TLS13\n"), auth=False)
+    connection = tls12_client(pki, port)
+    try:
+        with pytest.raises(ssl.SSLError):
+            connection.request("GET", "/healthz")
+    finally:
+        connection.close()
+    assert requests.get(f"https://127.0.0.1:{port}/healthz", verify=pki.ca, timeout=5).ok
+
+
+def test_required_client_certificates(start, pki):
+    extra = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+    url = f"https://127.0.0.1:{start(tls_config(pki, extra))}/metrics"
+    good = ("prometheus", PASSWORD)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(url, auth=good, verify=pki.ca, timeout=5)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(url, auth=good, verify=pki.ca, cert=str(pki.stranger), timeout=5)
+    response = requests.get(url, auth=good, verify=pki.ca, cert=str(pki.client), timeout=5)
+    assert response.status_code == 200
+    # A certificate is not a password: basic auth still applies.
+    assert requests.get(url, verify=pki.ca, cert=str(pki.client), timeout=5).status_code == 401
+
+
+def test_optional_client_certificates_are_verified_when_given(start, pki):
+    extra = "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n"
+    url = f"https://127.0.0.1:{start(tls_config(pki, extra), auth=False)}/healthz"
+    assert requests.get(url, verify=pki.ca, timeout=5).ok
+    assert requests.get(url, verify=pki.ca, cert=str(pki.client), timeout=5).ok
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(url, verify=pki.ca, cert=str(pki.stranger), timeout=5)
