@@ -2,6 +2,9 @@
 
 It serves the two documented endpoints (OAuth2 token, JSON:API charging stations) plus
 unauthenticated ``/_sim/`` control endpoints, on loopback only, from the standard library alone.
+Faults (error statuses, hangs, broken bodies, schema drift, token loss, pages that shift under
+the client) can be switched on and off while it runs, through ``/_sim/faults`` or
+``Simulator.add_fault``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
+import enum
+import hashlib
 import json
 import math
 import random
@@ -19,10 +25,11 @@ import socketserver
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from email.message import Message
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -35,6 +42,66 @@ STATIONS_PATH = "/api/cpoapi/v1/charging_stations/"
 CONTROL_PREFIX = "/_sim/"
 JSON = "application/json"
 JSON_API = "application/vnd.api+json"
+HISTORY_LENGTH = 1000
+
+# What each fault kind does to a matching request:
+#   status              answer ``status`` with a JSON:API (stations) or OAuth2 (token) error body
+#                       and ``Retry-After: retry_after`` when given
+#   latency             wait ``seconds`` more, then answer normally
+#   hang                answer nothing for ``seconds`` (30), then close; clear_faults/stop end it
+#   disconnect          send headers with the full Content-Length, half the body, then close
+#   truncated           the first half of the body with an honest Content-Length
+#   html                a proxy's HTML error page, with 200 or ``status``
+#   wrong_content_type  the normal body as text/plain
+#   no_data, no_meta    the page without "data", or without "meta" and "links"
+#   null_attributes     every row's "attributes" is null
+#   wrong_types         attribute values are numbers, lists, objects, booleans; total a string
+#   data_not_list       "data" is the page's first row (an object) instead of a list
+#   revoke_token        revoke every token first (the request gets 401 on stations)
+#   expire_token        expire every token first (401 as well; listed as expired, not revoked)
+#   insert_rows         insert one station at the start of the inventory first
+#   delete_rows         delete the inventory's first station first
+#   total_drift         meta.pagination.total is one too many
+#   duplicate_rows      the page's first row is the previous page's last one (not at offset 0)
+# The kinds from no_data to data_not_list, total_drift and duplicate_rows change 200 pages
+# only (a 401 stays a plain 401) and, like insert_rows and delete_rows, exist for stations only.
+FAULT_KINDS: tuple[str, ...] = (
+    "status",
+    "latency",
+    "hang",
+    "disconnect",
+    "truncated",
+    "html",
+    "wrong_content_type",
+    "no_data",
+    "no_meta",
+    "null_attributes",
+    "wrong_types",
+    "data_not_list",
+    "revoke_token",
+    "expire_token",
+    "insert_rows",
+    "delete_rows",
+    "total_drift",
+    "duplicate_rows",
+)
+FAULT_ENDPOINTS = ("stations", "token")
+# Kinds that reshape or shift a JSON:API page make no sense for the token endpoint.
+STATIONS_ONLY_KINDS = frozenset(
+    {
+        "no_data",
+        "no_meta",
+        "null_attributes",
+        "wrong_types",
+        "data_not_list",
+        "insert_rows",
+        "delete_rows",
+        "total_drift",
+        "duplicate_rows",
+    }
+)
+HANG_SECONDS = 30.0
+MAX_FAULT_SECONDS = 3600.0
 
 
 def _version_key(version: str) -> tuple[tuple[int, ...], bool, str]:
@@ -50,11 +117,55 @@ def _check_count(count: int) -> None:
 
 
 def _copy(station: dict[str, Any]) -> dict[str, Any]:
-    return {**station, "attributes": dict(station["attributes"])}
+    attributes = {
+        name: copy.deepcopy(value) if isinstance(value, dict | list) else value
+        for name, value in station["attributes"].items()
+    }
+    return {**station, "attributes": attributes}
+
+
+def fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
+    """The fleet's identity for snapshot checks: sha256 over the sorted "id<TAB>firmware" lines.
+
+    A test computes the same from the exporter's metrics and looks it up in the history.
+    """
+    lines = sorted(f"{station_id}\t{firmware}" for station_id, firmware in pairs)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _firmware_text(station: dict[str, Any]) -> str:
+    """firmwareVersion as text; a custom station may lack it ("") or hold a non-string (JSON)."""
+    version = station["attributes"].get("firmwareVersion")
+    if isinstance(version, str):
+        return version
+    return "" if version is None else json.dumps(version, sort_keys=True)
+
+
+class _ChangeLock:
+    """The inventory's re-entrant lock. When its outermost holder releases it after a change,
+    the inventory records one fingerprint, so changes made under one hold are one entry."""
+
+    def __init__(self, on_outermost_release: Callable[[], None]) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._on_outermost_release = on_outermost_release
+
+    def __enter__(self) -> _ChangeLock:
+        self._lock.acquire()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._depth -= 1
+            if self._depth == 0:
+                self._on_outermost_release()
+        finally:
+            self._lock.release()
 
 
 class Inventory:
-    """Thread-safe, deterministic (seeded) station inventory."""
+    """Thread-safe, deterministic (seeded) station inventory with a history of fingerprints."""
 
     def __init__(
         self, size: int = 25, firmware_mix: Mapping[str, float] | None = None, seed: int = 0
@@ -64,10 +175,25 @@ class Inventory:
             raise ValueError(f"firmware_mix needs non-negative weights with a positive sum: {mix}")
         self._mix = mix
         self._rng = random.Random(seed)
-        self._lock = threading.RLock()
+        self._lock = _ChangeLock(self._record_change)
         self._stations: list[dict[str, Any]] = []
         self._serial = 0
-        self.add(size)
+        self._changed = False
+        self._history: deque[str] = deque(maxlen=HISTORY_LENGTH)
+        with self._lock:
+            self.add(size)
+            self._changed = True  # creation is a change even with size 0
+
+    def _record_change(self) -> None:
+        if self._changed:
+            self._changed = False
+            self._history.append(fingerprint(self._pairs()))
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        return [(station["id"], _firmware_text(station)) for station in self._stations]
+
+    def _new_id(self) -> str:
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     def _new_station(self) -> dict[str, Any]:
         rng = self._rng
@@ -75,7 +201,7 @@ class Inventory:
         firmware = rng.choices(list(self._mix), weights=list(self._mix.values()))[0]
         return {
             "type": "charging_stations",
-            "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "id": self._new_id(),
             "attributes": {
                 "label": f"Station {self._serial}",
                 "chargeBoxIdentity": f"cp_{self._serial}",
@@ -86,23 +212,49 @@ class Inventory:
             },
         }
 
-    def add(self, count: int) -> list[str]:
-        """Add ``count`` stations drawn from the firmware mix; return their ids."""
+    def add(self, count: int, *, at_start: bool = False) -> list[str]:
+        """Add ``count`` stations drawn from the firmware mix (at the end, or before all others
+        with ``at_start``, which shifts every row to a later page); return their ids."""
         _check_count(count)
         with self._lock:
             new = [self._new_station() for _ in range(count)]
-            self._stations.extend(new)
+            if at_start:
+                self._stations[:0] = new
+            else:
+                self._stations.extend(new)
+            self._changed |= bool(new)
             return [station["id"] for station in new]
+
+    def add_custom(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Append stations exactly as given, for bad-input tests: each row is
+        ``{"id": optional string, "attributes": {any JSON}}``; return their ids."""
+        stations = _custom_stations(rows)
+        with self._lock:
+            for station in stations:
+                station["id"] = station["id"] if station["id"] is not None else self._new_id()
+            self._stations.extend(stations)
+            self._changed |= bool(stations)
+            return [station["id"] for station in stations]
 
     def remove(self, count: int) -> list[str]:
         """Remove up to ``count`` randomly chosen stations; return their ids."""
         _check_count(count)
         with self._lock:
             gone = self._rng.sample(self._stations, min(count, len(self._stations)))
-            gone_ids = [station["id"] for station in gone]
-            removed = set(gone_ids)
-            self._stations = [s for s in self._stations if s["id"] not in removed]
-            return gone_ids
+            return self._drop(gone)
+
+    def remove_first(self, count: int = 1) -> list[str]:
+        """Remove up to ``count`` stations from the start, shifting every row to an earlier
+        page; return their ids."""
+        _check_count(count)
+        with self._lock:
+            return self._drop(self._stations[:count])
+
+    def _drop(self, gone: list[dict[str, Any]]) -> list[str]:
+        removed = {id(station) for station in gone}
+        self._stations = [s for s in self._stations if id(s) not in removed]
+        self._changed |= bool(gone)
+        return [station["id"] for station in gone]
 
     def rollout(self, to_version: str, count: int, from_version: str | None = None) -> list[str]:
         """Move up to ``count`` stations (optionally only those on ``from_version``) to
@@ -112,8 +264,8 @@ class Inventory:
             candidates = [
                 station
                 for station in self._stations
-                if station["attributes"]["firmwareVersion"] != to_version
-                and from_version in (None, station["attributes"]["firmwareVersion"])
+                if station["attributes"].get("firmwareVersion") != to_version
+                and from_version in (None, station["attributes"].get("firmwareVersion"))
             ]
             return self._move(candidates, count, to_version)
 
@@ -121,10 +273,11 @@ class Inventory:
         chosen = self._rng.sample(candidates, min(count, len(candidates)))
         for station in chosen:
             station["attributes"]["firmwareVersion"] = to_version
+        self._changed |= bool(chosen)
         return [station["id"] for station in chosen]
 
     def stations(self) -> list[dict[str, Any]]:
-        """Copies of all JSON:API resource objects, in creation order."""
+        """Copies of all JSON:API resource objects, in inventory order."""
         with self._lock:
             return [_copy(station) for station in self._stations]
 
@@ -135,14 +288,25 @@ class Inventory:
             return [_copy(station) for station in rows], len(self._stations)
 
     @property
-    def lock(self) -> threading.RLock:
-        """Hold it to make several changes appear to readers as one."""
+    def lock(self) -> _ChangeLock:
+        """Hold it to make several changes appear to readers (and in the history) as one."""
         return self._lock
 
     def firmware_counts(self) -> dict[str, int]:
-        """Number of stations per firmware version."""
+        """Number of stations per firmware version (as text, see ``fingerprint``)."""
         with self._lock:
-            return dict(Counter(s["attributes"]["firmwareVersion"] for s in self._stations))
+            return dict(Counter(_firmware_text(station) for station in self._stations))
+
+    def fingerprint(self) -> str:
+        """The current fleet's fingerprint (see the module-level ``fingerprint``)."""
+        with self._lock:
+            return fingerprint(self._pairs())
+
+    def history(self) -> list[str]:
+        """Fingerprints after creation and after every change since, oldest first; the last
+        ``HISTORY_LENGTH`` only."""
+        with self._lock:
+            return list(self._history)
 
     def __len__(self) -> int:
         with self._lock:
@@ -160,14 +324,147 @@ class Inventory:
             older = [
                 station
                 for station in self._stations
-                if _version_key(station["attributes"]["firmwareVersion"]) < _version_key(target)
+                if isinstance(version := station["attributes"].get("firmwareVersion"), str)
+                and _version_key(version) < _version_key(target)
             ]
             self._move(older, self._rng.randint(1, 3), target)
 
 
+def _custom_stations(rows: object) -> list[dict[str, Any]]:
+    if not isinstance(rows, list):
+        raise ValueError(f"stations must be a list of objects, got {rows!r}")
+    return [_custom_station(row, index) for index, row in enumerate(rows)]
+
+
+def _custom_station(row: object, index: int) -> dict[str, Any]:
+    """A validated deep copy of one custom row; its id stays None until the inventory picks one."""
+    where = f"stations[{index}]"
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} must be an object with attributes and an optional id")
+    unknown = sorted(set(row) - {"id", "attributes"})
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; allowed are id and attributes")
+    station_id = row.get("id")
+    if station_id is not None and not isinstance(station_id, str):
+        raise ValueError(f"{where}.id must be a string (JSON:API ids are), got {station_id!r}")
+    attributes = row.get("attributes")
+    if not isinstance(attributes, dict):
+        raise ValueError(f"{where}.attributes must be an object, got {attributes!r}")
+    try:
+        attributes = json.loads(json.dumps(attributes, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}.attributes must be plain JSON: {exc}") from exc
+    return {"type": "charging_stations", "id": station_id, "attributes": attributes}
+
+
+def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    in_range = (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= minimum
+        and (maximum is None or value <= maximum)
+    )
+    if not in_range:
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+
+
+def _check_seconds(value: object, kind: str) -> None:
+    if not (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_FAULT_SECONDS
+    ):
+        raise ValueError(
+            f"seconds for a {kind} fault must be a number from 0 to {MAX_FAULT_SECONDS:g}, "
+            f"got {value!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One fault to inject into requests to ``endpoint``; what each kind does is listed above
+    FAULT_KINDS. Invalid combinations raise ValueError with what to change.
+
+    The first ``after`` requests to ``endpoint`` once it is on pass it by (each fault counts
+    every such request, even one that an earlier fault applies to); then the first fault that
+    is past its ``after`` applies, to ``times`` requests (every one with ``times=None``), and
+    switches itself off.
+    """
+
+    kind: str
+    endpoint: str = "stations"
+    status: int | None = None
+    retry_after: str | None = None
+    seconds: float | None = None
+    times: int | None = None
+    after: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {', '.join(FAULT_KINDS)}")
+        if self.endpoint not in FAULT_ENDPOINTS:
+            raise ValueError(f"endpoint must be 'stations' or 'token', got {self.endpoint!r}")
+        if self.endpoint == "token" and self.kind in STATIONS_ONLY_KINDS:
+            raise ValueError(f"a {self.kind} fault works on the stations endpoint only")
+        if self.kind == "status":
+            _check_int("status", self.status, 400, 599)
+        elif self.kind == "html" and self.status is not None:
+            _check_int("status", self.status, 200, 599)
+        elif self.status is not None:
+            raise ValueError(f"status is for status and html faults, not for {self.kind}")
+        if self.retry_after is not None and self.kind != "status":
+            raise ValueError(f"retry_after is for status faults, not for {self.kind}")
+        if self.retry_after is not None and not (
+            isinstance(self.retry_after, str)
+            and self.retry_after.strip()
+            and self.retry_after.isascii()
+            and self.retry_after.isprintable()
+        ):
+            raise ValueError(
+                "retry_after must be a header value such as '1' or "
+                f"'Wed, 21 Oct 2015 07:28:00 GMT', got {self.retry_after!r}"
+            )
+        if self.kind == "latency" or (self.kind == "hang" and self.seconds is not None):
+            _check_seconds(self.seconds, self.kind)
+        elif self.seconds is not None:
+            raise ValueError(f"seconds is for latency and hang faults, not for {self.kind}")
+        if self.times is not None:
+            _check_int("times", self.times, 1)
+        _check_int("after", self.after, 0)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Fault:
+        """A fault from a control request's JSON object; ValueError names what is wrong."""
+        names = [field.name for field in fields(cls)]
+        unknown = sorted(set(body) - set(names))
+        if unknown:
+            raise ValueError(f"unknown fault fields {unknown}; a fault has {', '.join(names)}")
+        if "kind" not in body:
+            raise ValueError(f"a fault needs a kind, one of {', '.join(FAULT_KINDS)}")
+        return cls(**body)
+
+
+@dataclass(slots=True)
+class _ActiveFault:
+    id: int
+    fault: Fault
+    after_left: int
+    times_left: int | None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            **asdict(self.fault),
+            "remaining_after": self.after_left,
+            "remaining_times": self.times_left,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One API request as the simulator saw it (no headers, so no tokens)."""
+    """One API request as the simulator saw it (no headers, so no tokens). Status 0: the
+    connection was closed without a response (a hang fault)."""
 
     method: str
     path: str
@@ -182,11 +479,32 @@ class _Request:
     body: bytes
 
 
+class _Ending(enum.Enum):
+    """How the handler ends a response: normally, or as a fault breaks the connection."""
+
+    COMPLETE = "complete"
+    HALF_BODY = "send half of the body, then close"
+    NO_RESPONSE = "close without a response"
+
+
 @dataclass(frozen=True, slots=True)
 class _Response:
     status: int
-    body: Any
+    body: Any  # a JSON value, or bytes sent as they are
     content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+    ending: _Ending = _Ending.COMPLETE
+
+    @property
+    def payload(self) -> bytes:
+        return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def _api_error(status: int, title: str, detail: str | None = None) -> _Response:
@@ -194,6 +512,62 @@ def _api_error(status: int, title: str, detail: str | None = None) -> _Response:
     if detail:
         error["detail"] = detail
     return _Response(status, {"errors": [error]}, JSON_API)
+
+
+def _oauth_error(status: int) -> str:
+    """The RFC 6749 error code a token endpoint would send with ``status``."""
+    if status in (400, 401):
+        return "invalid_client"
+    if status == 403:
+        return "unauthorized_client"
+    if status == 429 or status >= 500:
+        return "temporarily_unavailable"
+    return "invalid_request"
+
+
+def _status_response(endpoint: str, fault: Fault) -> _Response:
+    status = fault.status
+    assert status is not None  # Fault checks it for kind "status"
+    headers = () if fault.retry_after is None else (("Retry-After", fault.retry_after),)
+    if endpoint == "token":
+        return _Response(status, {"error": _oauth_error(status)}, JSON, headers)
+    return replace(_api_error(status, _phrase(status)), headers=headers)
+
+
+def _html_response(status: int | None) -> _Response:
+    """A proxy's error page; served with 200 it still says 502, as captive portals do."""
+    status = status or 200
+    shown = status if status >= 400 else 502
+    page = f"<html><body><h1>{shown} {_phrase(shown)}</h1></body></html>"
+    return _Response(status, page.encode(), "text/html")
+
+
+def _wrong_type(index: int, value: Any) -> Any:
+    return (12345, [value], {"value": value}, True)[index % 4]
+
+
+def _reshape(document: dict[str, Any], kind: str) -> None:
+    """Apply a document fault to a stations page in place."""
+    rows = document["data"]
+    pagination = document["meta"]["pagination"]
+    if kind == "no_data":
+        del document["data"]
+    elif kind == "no_meta":
+        del document["meta"], document["links"]
+    elif kind == "null_attributes":
+        for row in rows:
+            row["attributes"] = None
+    elif kind == "wrong_types":
+        for row in rows:
+            row["attributes"] = {
+                name: _wrong_type(index, value)
+                for index, (name, value) in enumerate(row["attributes"].items())
+            }
+        pagination["total"] = str(pagination["total"])
+    elif kind == "data_not_list":
+        document["data"] = rows[0] if rows else {}
+    elif kind == "total_drift":
+        pagination["total"] += 1
 
 
 def _first(params: dict[str, list[str]], name: str) -> str | None:
@@ -215,6 +589,9 @@ def _count_field(body: dict[str, Any], name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return value
+
+
+_ENDPOINTS = {("POST", TOKEN_PATH): "token", ("GET", STATIONS_PATH.rstrip("/")): "stations"}
 
 
 class Simulator:
@@ -250,8 +627,12 @@ class Simulator:
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}
-        self._tokens_issued = 0
+        self._issued: list[str] = []
         self._requests: list[RequestRecord] = []
+        self._faults: list[_ActiveFault] = []
+        self._last_fault_id = 0
+        # Set to end the current hangs and latency faults; replaced by a fresh one on clear.
+        self._wake = threading.Event()
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -281,8 +662,11 @@ class Simulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving, drop open connections and end the churn thread, in bounded time."""
-        self._stopping.set()
+        """Stop serving, end hangs, drop open connections and end the churn thread, in bounded
+        time."""
+        with self._lock:
+            self._stopping.set()
+            self._wake.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -316,7 +700,22 @@ class Simulator:
     @property
     def tokens_issued(self) -> int:
         with self._lock:
-            return self._tokens_issued
+            return len(self._issued)
+
+    @property
+    def tokens(self) -> dict[str, list[str]]:
+        """Every access token issued, in order, and which of them are valid, expired (by TTL
+        or an expire_token fault) or revoked (by revoke_tokens or a revoke_token fault)."""
+        with self._lock:
+            now = self._clock()
+            issued = list(self._issued)
+            expiries = dict(self._tokens)
+        return {
+            "issued": issued,
+            "valid": [token for token in issued if now < expiries.get(token, -math.inf)],
+            "expired": [token for token in issued if now >= expiries.get(token, math.inf)],
+            "revoked": [token for token in issued if token not in expiries],
+        }
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -331,6 +730,62 @@ class Simulator:
             self._tokens.clear()
             return revoked
 
+    def expire_tokens(self) -> int:
+        """Make every unexpired token expire now; return how many there were."""
+        with self._lock:
+            now = self._clock()
+            live = [token for token, expiry in self._tokens.items() if now < expiry]
+            self._tokens.update(dict.fromkeys(live, now))
+            return len(live)
+
+    def add_fault(self, fault: Fault) -> int:
+        """Switch ``fault`` on (after any already active); return its id."""
+        with self._lock:
+            self._last_fault_id += 1
+            self._faults.append(_ActiveFault(self._last_fault_id, fault, fault.after, fault.times))
+            return self._last_fault_id
+
+    def clear_faults(self) -> None:
+        """Switch every fault off and end the hangs and latency faults now in progress."""
+        self._clear_faults()
+
+    def _clear_faults(self) -> int:
+        with self._lock:
+            cleared = len(self._faults)
+            self._faults.clear()
+            wake, self._wake = self._wake, threading.Event()
+            if self._stopping.is_set():
+                self._wake.set()
+        wake.set()
+        return cleared
+
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        """The active faults: id, the Fault fields, remaining_after and remaining_times."""
+        with self._lock:
+            return [active.describe() for active in self._faults]
+
+    def _take_fault(self, endpoint: str) -> tuple[Fault | None, threading.Event]:
+        """The fault for one request to ``endpoint`` (the first active one whose ``after`` is
+        used up) and the event that ends its wait. Every active fault for the endpoint that is
+        still in its ``after`` phase counts the request, whichever fault applies."""
+        with self._lock:
+            chosen: _ActiveFault | None = None
+            for active in self._faults:
+                if active.fault.endpoint != endpoint:
+                    continue
+                if active.after_left > 0:
+                    active.after_left -= 1
+                elif chosen is None:
+                    chosen = active
+            if chosen is None:
+                return None, self._wake
+            if chosen.times_left is not None:
+                chosen.times_left -= 1
+                if chosen.times_left == 0:
+                    self._faults.remove(chosen)
+            return chosen.fault, self._wake
+
     def _churn(self, interval: float) -> None:
         while not self._stopping.wait(interval):
             self.inventory.churn_step()
@@ -342,16 +797,61 @@ class Simulator:
             return self._control(request.method, url.path, request.body)
         if self.latency > 0:
             time.sleep(self.latency)
-        route = (request.method, url.path.rstrip("/"))
-        if route == ("POST", TOKEN_PATH):
-            response = self._token(request, url)
-        elif route == ("GET", STATIONS_PATH.rstrip("/")):
-            response = self._stations(request, url)
-        else:
+        endpoint = _ENDPOINTS.get((request.method, url.path.rstrip("/")))
+        if endpoint is None:
             response = _api_error(404, "Not Found")
+        else:
+            fault, wake = self._take_fault(endpoint)
+            response = self._serve(endpoint, request, url, fault, wake)
         with self._lock:
             self._requests.append(RequestRecord(request.method, request.path, response.status))
         return response
+
+    def _serve(
+        self,
+        endpoint: str,
+        request: _Request,
+        url: SplitResult,
+        fault: Fault | None,
+        wake: threading.Event,
+    ) -> _Response:
+        """Answer one API request, with ``fault`` (if any) applied around the normal answer."""
+        if fault is None:
+            return self._answer(endpoint, request, url, None)
+        kind = fault.kind
+        if kind == "status":
+            return _status_response(endpoint, fault)
+        if kind == "html":
+            return _html_response(fault.status)
+        if kind in ("hang", "latency"):
+            wake.wait(HANG_SECONDS if fault.seconds is None else fault.seconds)
+            if kind == "hang":
+                return _Response(0, b"", ending=_Ending.NO_RESPONSE)
+        elif kind == "revoke_token":
+            self.revoke_tokens()
+        elif kind == "expire_token":
+            self.expire_tokens()
+        elif kind == "insert_rows":
+            self.inventory.add(1, at_start=True)
+        elif kind == "delete_rows":
+            self.inventory.remove_first(1)
+        response = self._answer(endpoint, request, url, kind)
+        if kind == "disconnect":
+            return replace(response, ending=_Ending.HALF_BODY)
+        if kind == "truncated":
+            payload = response.payload
+            return replace(response, body=payload[: len(payload) // 2])
+        if kind == "wrong_content_type":
+            return replace(response, content_type="text/plain")
+        return response
+
+    def _answer(
+        self, endpoint: str, request: _Request, url: SplitResult, kind: str | None
+    ) -> _Response:
+        """The normal answer; a document fault ``kind`` reshapes a stations page."""
+        if endpoint == "token":
+            return self._token(request, url)
+        return self._stations(request, url, kind)
 
     def _token(self, request: _Request, url: SplitResult) -> _Response:
         params = parse_qs(url.query)
@@ -364,7 +864,7 @@ class Simulator:
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._tokens[token] = self._clock() + self._token_ttl
-            self._tokens_issued += 1
+            self._issued.append(token)
         body = {
             "access_token": token,
             "expires_in": math.ceil(self._token_ttl),
@@ -395,7 +895,7 @@ class Simulator:
             expiry = self._tokens.get(token)
         return expiry is not None and self._clock() < expiry
 
-    def _stations(self, request: _Request, url: SplitResult) -> _Response:
+    def _stations(self, request: _Request, url: SplitResult, kind: str | None) -> _Response:
         if not self._authorized(request.headers.get("Authorization", "")):
             return _api_error(401, "Unauthorized")
         query = parse_qs(url.query, keep_blank_values=True)
@@ -405,7 +905,12 @@ class Simulator:
         except ValueError as exc:
             return _api_error(400, "Bad Request", str(exc))
         limit = min(limit, self._max_page_limit)
-        rows, total = self.inventory.page(offset, limit)
+        # duplicate_rows reads one row more, the previous page's last, in the same slice.
+        start = offset - 1 if kind == "duplicate_rows" and offset > 0 else offset
+        window, total = self.inventory.page(start, limit + offset - start)
+        rows = window[offset - start :]
+        if start < offset and rows:
+            rows[0] = window[0]
         last_page = offset + limit >= total
         links = {"current": self._page_url(limit, offset)}
         if not last_page:
@@ -413,9 +918,10 @@ class Simulator:
             step = 10 * limit if self._quickstart_next_links else limit
             links["next"] = self._page_url(limit, offset + step)
         pagination = {"total": total, "offset": offset, "limit": limit, "lastPage": last_page}
-        return _Response(
-            200, {"data": rows, "meta": {"pagination": pagination}, "links": links}, JSON_API
-        )
+        document = {"data": rows, "meta": {"pagination": pagination}, "links": links}
+        if kind is not None:
+            _reshape(document, kind)
+        return _Response(200, document, JSON_API)
 
     def _page_url(self, limit: int, offset: int) -> str:
         return f"{self.api_url}{STATIONS_PATH}?page%5Blimit%5D={limit}&page%5Boffset%5D={offset}"
@@ -425,14 +931,15 @@ class Simulator:
             body = json.loads(raw_body or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("the request body must be a JSON object")
-            return self._control_action(method, path.removeprefix(CONTROL_PREFIX), body)
+            action = path.removeprefix(CONTROL_PREFIX).rstrip("/")
+            return self._control_action(method, action, body)
         except ValueError as exc:
             return _Response(400, {"error": str(exc)})
 
     def _control_action(self, method: str, action: str, body: dict[str, Any]) -> _Response:
         if (method, action) == ("GET", "state"):
             with self._lock:
-                tokens_issued, requests = self._tokens_issued, len(self._requests)
+                tokens_issued, requests = len(self._issued), len(self._requests)
             state = {
                 "stations": len(self.inventory),
                 "tokens_issued": tokens_issued,
@@ -442,6 +949,10 @@ class Simulator:
             return _Response(200, state)
         if (method, action) == ("GET", "requests"):
             return _Response(200, [asdict(record) for record in self.requests])
+        if (method, action) == ("GET", "tokens"):
+            return _Response(200, self.tokens)
+        if (method, action) == ("GET", "history"):
+            return _Response(200, {"fingerprints": self.inventory.history()})
         if (method, action) == ("POST", "revoke_tokens"):
             return _Response(200, {"revoked": self.revoke_tokens()})
         if (method, action) == ("POST", "latency"):
@@ -452,6 +963,12 @@ class Simulator:
             return _Response(200, {"latency": self.latency})
         if (method, action) == ("POST", "inventory"):
             return _Response(200, self._change_inventory(body))
+        if (method, action) == ("GET", "faults"):
+            return _Response(200, {"faults": self.faults})
+        if (method, action) == ("POST", "faults"):
+            return _Response(200, {"id": self.add_fault(Fault.from_json(body))})
+        if (method, action) in (("DELETE", "faults"), ("POST", "faults/clear")):
+            return _Response(200, {"cleared": self._clear_faults()})
         return _Response(404, {"error": f"no control endpoint {method} {CONTROL_PREFIX}{action}"})
 
     def _change_inventory(self, body: dict[str, Any]) -> dict[str, list[str]]:
@@ -465,10 +982,13 @@ class Simulator:
             raise ValueError(f"rollout.from must be a version string or null, got {from_version!r}")
         add, remove = _count_field(body, "add"), _count_field(body, "remove")
         count = _count_field(rollout, "count")
+        stations = body.get("stations", [])
+        _custom_stations(stations)  # checked before anything changes
         with self.inventory.lock:  # clients see all of the change or none of it
             added = self.inventory.add(add)
             removed = self.inventory.remove(remove)
             rolled_out = self.inventory.rollout(to_version, count, from_version) if rollout else []
+            added += self.inventory.add_custom(stations)
         return {"added": added, "removed": removed, "rolled_out": rolled_out}
 
 
@@ -520,19 +1040,31 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._serve()
 
+    def do_DELETE(self) -> None:
+        self._serve()
+
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         response = self.server.simulator._respond(
             _Request(self.command, self.path, self.headers, body)
         )
-        payload = json.dumps(response.body).encode()
+        if response.ending is _Ending.NO_RESPONSE:
+            self.close_connection = True
+            return
+        payload = response.payload
+        sent = payload
+        if response.ending is _Ending.HALF_BODY:
+            sent = payload[: len(payload) // 2]
+            self.close_connection = True
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(payload)))
+            for name, value in response.headers:
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(payload)
+            self.wfile.write(sent)
         except ConnectionError:  # the client gave up (e.g. its timeout was shorter than latency)
             self.close_connection = True
 

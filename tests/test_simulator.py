@@ -410,6 +410,18 @@ def test_add_remove_rollout() -> None:
     assert len(inventory) == 0
 
 
+def test_add_at_start_and_remove_first_shift_the_order() -> None:
+    inventory = Inventory(size=3, seed=2)
+    before = [s["id"] for s in inventory.stations()]
+    [first] = inventory.add(1, at_start=True)
+    assert [s["id"] for s in inventory.stations()] == [first, *before]
+    assert inventory.stations()[0]["attributes"]["label"] == "Station 4"
+    assert inventory.remove_first(2) == [first, before[0]]
+    assert [s["id"] for s in inventory.stations()] == before[1:]
+    assert inventory.remove_first(5) == before[1:]
+    assert inventory.remove_first() == []
+
+
 @pytest.mark.parametrize(
     ("mix", "size"), [({}, 1), ({"1.0": -1, "2.0": 2}, 1), ({"1.0": 0}, 1), (None, -1)]
 )
