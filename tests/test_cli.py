@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ExporterProcess
+from tests.helpers import ExporterProcess, wait_until
 
 SCRIPT = str(Path(sys.executable).with_name("beenergised-exporter"))
 SECRET = "cli-Secret-42"
@@ -121,3 +121,35 @@ def test_a_bad_web_config_file_exits_2_naming_it(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(web) in lines[0] and "basic_auth_users" in lines[0]
     assert "not-a-bcrypt-hash" not in result.stderr
+
+
+def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(simulator_process):
+    simulator = simulator_process()
+    requests = pytest.importorskip("requests")
+    requests.post(
+        simulator.url + "/_sim/faults", json={"kind": "hang", "seconds": 60, "times": 1}, timeout=5
+    ).raise_for_status()
+    exporter = ExporterProcess(
+        ["--refresh-interval=5m"],
+        {
+            "BEENERGISED_API_URL": simulator.url,
+            "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
+            "BEENERGISED_CLIENT_ID": "demo-client",
+            "BEENERGISED_CLIENT_SECRET": "demo-secret",
+        },
+    )
+    try:
+        # the first refresh has its token and now waits on a page that never comes
+        wait_until(
+            lambda: requests.get(simulator.url + "/_sim/faults", timeout=5).json()["faults"] == [],
+            what="the first page request to start hanging",
+        )
+        exporter.popen.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = exporter.popen.wait(timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        exporter.stop()
+    assert code == 0
+    assert elapsed < 5
+    assert "still waiting for the API" in exporter.output

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import ExporterProcess, SimulatorProcess, require_tool, wait_until
@@ -213,3 +216,61 @@ def test_python_dash_m_runs_the_same_cli():
         [sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0 and "--api-url" in result.stdout
+
+
+TRICKY = [
+    {"label": 'Hof "Nord" \\ Tor 1', "chargeBoxIdentity": "cp\n2", "serialnumber": "",
+     "firmwareVersion": 'v1 "quoted"\\'},
+    {"label": "Ladepark Süd ⚡ 駐車場", "chargeBoxIdentity": "ünïcødé", "serialnumber": None,
+     "firmwareVersion": None},
+    {"label": "x" * 300, "chargeBoxIdentity": "y" * 300, "serialnumber": "z" * 300,
+     "firmwareVersion": ""},
+    {"label": "tab\there", "chargeBoxIdentity": "{curly}=,", "serialnumber": "# not a comment",
+     "firmwareVersion": "2.0\n"},
+]  # fmt: skip
+
+
+def test_tricky_label_values_come_out_escaped_and_lossless(simulator_process, exporter_process):
+    simulator = simulator_process("--stations", "0")
+    stations = [{"attributes": attributes} for attributes in TRICKY]
+    ids = simulator.change(stations=stations)["added"]
+    exporter = exporter_process(
+        ["--refresh-interval=1s"],
+        env_for(simulator)
+        | {"BEENERGISED_CLIENT_ID": "demo-client", "BEENERGISED_CLIENT_SECRET": "demo-secret"},
+    )
+    wait_until(
+        lambda: (
+            value(scrape(exporter), "beenergised_charging_stations", mandant="127.0.0.1")
+            == len(TRICKY)
+        ),
+        what="the tricky stations",
+    )
+    text = exporter.get("/metrics").text
+    info = {
+        dict(labels)["station_id"]: dict(labels)
+        for labels in matching(samples(text), "beenergised_charging_station_info")
+    }
+    for station_id, attributes in zip(ids, TRICKY, strict=True):
+        labels = info[station_id]
+        assert labels["label"] == attributes["label"]
+        assert labels["charge_box_identity"] == attributes["chargeBoxIdentity"]
+        assert labels["serial_number"] == (attributes["serialnumber"] or "")
+        assert labels["firmware_version"] == (attributes["firmwareVersion"] or "unknown")
+    firmware = matching(samples(text), "beenergised_charging_stations_by_firmware")
+    assert sum(firmware.values()) == len(TRICKY)
+
+    openmetrics = exporter.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    om_labels = {
+        s.labels["station_id"]: s.labels
+        for family in openmetrics_families(openmetrics.text)
+        if family.name == "beenergised_charging_station_info"
+        for s in family.samples
+    }
+    assert om_labels == info
+
+    promtool = require_tool("promtool")  # checks the classic text format
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
