@@ -544,7 +544,7 @@ def _load_config_file(given: _Given) -> _ConfigFile:
     except UnicodeDecodeError:
         raise given.fail(f"{path!r} is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -555,7 +555,7 @@ def _load_config_file(given: _Given) -> _ConfigFile:
     return _ConfigFile(path, located, mandants)
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
+def yaml_problem(error: yaml.YAMLError) -> str:
     """Where and what, without PyYAML's snippet of the line (which may hold a secret)."""
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark

@@ -34,6 +34,7 @@ from types import MappingProxyType
 import bcrypt
 import yaml
 
+from exporter.config import yaml_problem
 from exporter.errors import ConfigError
 
 _TOP_KEYS = ("tls_server_config", "basic_auth_users")
@@ -101,7 +102,7 @@ def load_web_config(path: str) -> WebConfig:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the web config file is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -117,15 +118,6 @@ def load_web_config(path: str) -> WebConfig:
         ssl_context=None if tls is None else _ssl_context(tls, path, base),
         users=MappingProxyType({} if users is None else _users(users, path)),
     )
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """Where and what, without PyYAML's snippet of the line (which may hold a hash)."""
-    if isinstance(error, yaml.MarkedYAMLError):
-        mark = error.problem_mark or error.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return f"{where}{error.problem or error.context}"
-    return type(error).__name__
 
 
 def _reject_unknown_keys(

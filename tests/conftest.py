@@ -27,8 +27,8 @@ def simulator_process() -> Iterator[Callable[..., SimulatorProcess]]:
 def exporter_process() -> Iterator[Callable[..., ExporterProcess]]:
     started: list[ExporterProcess] = []
 
-    def start(args: list[str], env: dict[str, str]) -> ExporterProcess:
-        process = ExporterProcess(args, env)
+    def start(args: list[str], env: dict[str, str], scheme: str = "http") -> ExporterProcess:
+        process = ExporterProcess(args, env, scheme)
         started.append(process)
         return process
 

@@ -58,24 +58,29 @@ def test_a_bad_config_file_exits_2_with_one_line_naming_file_and_key(tmp_path, c
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signals_stop_the_exporter_within_5_seconds_with_status_0(signum):
-    exporter = ExporterProcess(["--demo", "--refresh-interval=1s"], {})
+def stop_with(exporter: ExporterProcess, signum: int) -> tuple[int, float]:
+    """Send ``signum``; the exit status and the seconds it took (fails after 5 s)."""
     try:
-        exporter.wait_for_line("first refresh")
         exporter.popen.send_signal(signum)
         started = time.monotonic()
         code = exporter.popen.wait(timeout=5)
-        elapsed = time.monotonic() - started
+        return code, time.monotonic() - started
     finally:
         exporter.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_the_exporter_within_5_seconds_with_status_0(signum, exporter_process):
+    exporter = exporter_process(["--demo", "--refresh-interval=1s"], {})
+    exporter.wait_for_line("first refresh")
+    code, elapsed = stop_with(exporter, signum)
     assert code == 0
     assert elapsed < 5
     assert "shutting down" in exporter.output
     assert "Traceback" not in exporter.output
 
 
-def test_web_config_file_puts_tls_and_basic_auth_on_the_real_exporter(tmp_path):
+def test_web_config_file_puts_tls_and_basic_auth_on_the_real_exporter(tmp_path, exporter_process):
     bcrypt = pytest.importorskip("bcrypt")
     trustme = pytest.importorskip("trustme")
     requests = pytest.importorskip("requests")
@@ -90,7 +95,7 @@ def test_web_config_file_puts_tls_and_basic_auth_on_the_real_exporter(tmp_path):
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
         f"basic_auth_users:\n  prometheus: '{hashed}'\n"
     )
-    exporter = ExporterProcess(
+    exporter = exporter_process(
         ["--demo", f"--web.config.file={tmp_path / 'web.yml'}"], {}, scheme="https"
     )
     try:
@@ -123,13 +128,15 @@ def test_a_bad_web_config_file_exits_2_naming_it(tmp_path):
     assert "not-a-bcrypt-hash" not in result.stderr
 
 
-def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(simulator_process):
+def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(
+    simulator_process, exporter_process
+):
     simulator = simulator_process()
     requests = pytest.importorskip("requests")
     requests.post(
         simulator.url + "/_sim/faults", json={"kind": "hang", "seconds": 60, "times": 1}, timeout=5
     ).raise_for_status()
-    exporter = ExporterProcess(
+    exporter = exporter_process(
         ["--refresh-interval=5m"],
         {
             "BEENERGISED_API_URL": simulator.url,
@@ -138,18 +145,12 @@ def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(sim
             "BEENERGISED_CLIENT_SECRET": "demo-secret",
         },
     )
-    try:
-        # the first refresh has its token and now waits on a page that never comes
-        wait_until(
-            lambda: requests.get(simulator.url + "/_sim/faults", timeout=5).json()["faults"] == [],
-            what="the first page request to start hanging",
-        )
-        exporter.popen.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = exporter.popen.wait(timeout=5)
-        elapsed = time.monotonic() - started
-    finally:
-        exporter.stop()
+    # the first refresh has its token and now waits on a page that never comes
+    wait_until(
+        lambda: requests.get(simulator.url + "/_sim/faults", timeout=5).json()["faults"] == [],
+        what="the first page request to start hanging",
+    )
+    code, elapsed = stop_with(exporter, signal.SIGTERM)
     assert code == 0
     assert elapsed < 5
     assert "still waiting for the API" in exporter.output
