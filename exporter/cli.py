@@ -58,11 +58,17 @@ def start_demo_api(settings: Settings) -> tuple[Settings, object]:
 
 
 def build_registry(
-    states: Callable[[], Sequence[MandantState]], *, station_info: bool
+    states: Callable[[], Sequence[MandantState]], settings: Settings
 ) -> CollectorRegistry:
     """Our collector plus the client library's process, platform and GC collectors."""
     registry = CollectorRegistry()
-    registry.register(FleetCollector(states, station_info=station_info))
+    registry.register(
+        FleetCollector(
+            states,
+            station_info=settings.station_info,
+            refresh_interval=settings.refresh_interval,
+        )
+    )
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -99,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def states() -> list[MandantState]:
         return [refresher.state for refresher in refreshers]
 
-    registry = build_registry(states, station_info=settings.station_info)
+    registry = build_registry(states, settings)
     app = ExporterApp(
         registry,
         states,

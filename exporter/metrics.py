@@ -23,10 +23,15 @@ class FleetCollector(Collector):
     """Yields every ``beenergised_*`` metric from the states handed over by ``states()``."""
 
     def __init__(
-        self, states: Callable[[], Sequence[MandantState]], *, station_info: bool = True
+        self,
+        states: Callable[[], Sequence[MandantState]],
+        *,
+        station_info: bool = True,
+        refresh_interval: float = 300.0,
     ) -> None:
         self._states = states
         self._station_info = station_info
+        self._refresh_interval = refresh_interval
 
     def describe(self) -> list[Metric]:
         # An empty description keeps registration from running collect() at start-up.
@@ -44,6 +49,11 @@ class FleetCollector(Collector):
         )
         build.add_metric([__version__, platform.python_version()], 1)
         yield build
+        yield GaugeMetricFamily(
+            "beenergised_refresh_interval_seconds",
+            "Configured time between two refreshes of a mandant (alerts scale staleness by it).",
+            value=self._refresh_interval,
+        )
 
     def _fleet(self, states: list[MandantState]) -> Iterator[Metric]:
         stations = GaugeMetricFamily(
