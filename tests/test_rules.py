@@ -1,0 +1,76 @@
+"""The shipped Prometheus rules: promtool checks and unit tests, annotations and runbooks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT, require_tool
+
+RULES_DIR = ROOT / "prometheus"
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def alerting_rules() -> list[dict]:
+    document = yaml.safe_load((RULES_DIR / "alerts.yml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def promtool(*args: str, cwd: Path = RULES_DIR) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [require_tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_rule_files_pass_promtool_check_rules():
+    result = promtool("check", "rules", "alerts.yml", "rules.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_fires_and_stays_quiet_as_the_unit_tests_say():
+    result = promtool("test", "rules", "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_prometheus_config_passes_promtool_check_config():
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_unit_tested_firing_and_not_firing():
+    tests = yaml.safe_load((RULES_DIR / "alerts_test.yml").read_text())["tests"]
+    cases = [case for test in tests for case in test.get("alert_rule_test", [])]
+    for rule in alerting_rules():
+        mine = [case for case in cases if case["alertname"] == rule["alert"]]
+        assert any(case["exp_alerts"] for case in mine), f"{rule['alert']} never tested firing"
+        assert any(not case["exp_alerts"] for case in mine), f"{rule['alert']} never quiet"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("rule", alerting_rules(), ids=lambda rule: rule["alert"])
+def test_alerts_are_named_labelled_and_documented(rule):
+    assert re.fullmatch(r"Beenergised[A-Z][A-Za-z]+", rule["alert"])
+    assert rule["labels"]["severity"] in SEVERITIES
+    annotations = rule["annotations"]
+    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert "{{ $labels.instance }}" in annotations["description"]
+    anchor = annotations["runbook_url"].split("#", 1)[1]
+    readme = (ROOT / "README.md").read_text()
+    headings = [line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")]
+    assert anchor in {github_anchor(h) for h in headings}, f"README has no section #{anchor}"
+    assert rule["alert"] in readme, "the README's Alerts section must list every alert"
+
+
+@pytest.mark.parametrize("rule", alerting_rules(), ids=lambda rule: rule["alert"])
+def test_count_change_alerts_are_guarded_by_up(rule):
+    if "_added_total" in rule["expr"] or "_removed_total" in rule["expr"]:
+        assert "beenergised_up == 1" in rule["expr"]
