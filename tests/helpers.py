@@ -32,12 +32,17 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
         time.sleep(0.05)
 
 
+TOOL_PACKAGES = {"amtool": "prometheus-alertmanager"}
+"""Debian packages of the external tools the tests use, where not 'prometheus'."""
+
+
 def require_tool(name: str) -> str:
     """Path of an external tool; skip the test without it, but fail in CI where it must exist."""
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (Debian package 'prometheus'; .ci/run installs it)"
+    package = TOOL_PACKAGES.get(name, "prometheus")
+    message = f"{name} is not installed (Debian package '{package}'; .ci/run installs it)"
     if IN_CI:
         pytest.fail(message + " but CI=true requires it")
     pytest.skip(message)

@@ -1,0 +1,210 @@
+"""The shipped dashboards and alerts against a real Prometheus that scrapes the real exporter.
+
+Needs Debian's `prometheus` package (`.ci/run` installs it): every PromQL expression of every
+dashboard panel runs through the Prometheus HTTP API, every metric name a dashboard or rule
+uses must be one the exporter exports, and the "stations disappeared" alert must fire when
+stations are removed but not during an API outage.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.dashboards import load_dashboards, metric_names, panel_queries
+from tests.helpers import ROOT, ExporterProcess, Process, SimulatorProcess, require_tool, wait_until
+
+pytestmark = pytest.mark.e2e
+
+STATIONS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrometheusServer(Process):
+    def __init__(self, binary: str, workdir: Path, target: str) -> None:
+        rules = ROOT / "prometheus"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules / "alerts.yml"), str(rules / "rules.yml")],
+            "scrape_configs": [
+                {"job_name": "beenergised", "static_configs": [{"targets": [target]}]}
+            ],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{free_port()}"
+        super().__init__(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+                "--log.level=warn",
+            ]
+        )
+        wait_until(self.ready, timeout=30, what="Prometheus to be ready")
+
+    def ready(self) -> bool:
+        if self.popen.poll() is not None:
+            raise AssertionError(f"prometheus exited:\n{self.output}")
+        try:
+            return requests.get(self.url + "/-/ready", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def query(self, expr: str) -> list[dict]:
+        response = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", f"{expr}: {body.get('error')}"
+        return body["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def alerts(self, name: str) -> list[dict]:
+        alerts = requests.get(self.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return [alert for alert in alerts if alert["labels"]["alertname"] == name]
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        binary = require_tool("prometheus")
+        self.simulator = SimulatorProcess("--stations", str(STATIONS), "--seed", "4")
+        self.exporter = ExporterProcess(
+            ["--refresh-interval=1s", "--log.level=info"],
+            {
+                "BEENERGISED_API_URL": self.simulator.url,
+                "BEENERGISED_TOKEN_URL": self.simulator.url + "/oauth2/token",
+                "BEENERGISED_CLIENT_ID": "demo-client",
+                "BEENERGISED_CLIENT_SECRET": "demo-secret",
+            },
+        )
+        self.prometheus = PrometheusServer(binary, tmp, self.exporter.url.removeprefix("http://"))
+
+    def stop(self) -> None:
+        for process in (self.prometheus, self.exporter, self.simulator):
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("prometheus"))
+    try:
+        # enough samples for rate() and increase() over [1m]-style windows
+        wait_until(
+            lambda: (stack.prometheus.value("count_over_time(beenergised_up[1m])") or 0) >= 8,
+            timeout=60,
+            what="eight scrapes in Prometheus",
+        )
+        yield stack
+    finally:
+        stack.stop()
+
+
+def all_panel_queries() -> list[tuple[str, str, str, bool]]:
+    return [
+        (name, title, expr, may_be_empty)
+        for name, dashboard in load_dashboards().items()
+        for title, expr, may_be_empty in panel_queries(dashboard)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dashboard", "title", "expr", "may_be_empty"),
+    all_panel_queries(),
+    ids=[f"{name}:{title}" for name, title, _, _ in all_panel_queries()],
+)
+def test_every_dashboard_query_runs_and_has_data(stack, dashboard, title, expr, may_be_empty):
+    result = stack.prometheus.query(expr)
+    if not may_be_empty:
+        assert result, f"{dashboard} / {title}: no data for {expr}"
+
+
+def rule_expressions() -> list[str]:
+    expressions = []
+    for name in ("alerts.yml", "rules.yml"):
+        document = yaml.safe_load((ROOT / "prometheus" / name).read_text())
+        expressions += [rule["expr"] for group in document["groups"] for rule in group["rules"]]
+    return expressions
+
+
+def test_every_metric_a_dashboard_or_rule_uses_is_exported(stack):
+    exported = set(
+        requests.get(stack.prometheus.url + "/api/v1/label/__name__/values", timeout=10).json()[
+            "data"
+        ]
+    )
+    recorded = {
+        rule["record"]
+        for group in yaml.safe_load((ROOT / "prometheus" / "rules.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    used = set()
+    for _, _, expr, _ in all_panel_queries():
+        used |= metric_names(expr)
+    for expr in rule_expressions():
+        used |= metric_names(expr)
+    unknown = used - exported - recorded
+    assert not unknown, f"not exported by the exporter: {sorted(unknown)}"
+
+
+def firing_or_pending(stack: Stack, name: str) -> list[dict]:
+    return [a for a in stack.prometheus.alerts(name) if a["state"] in ("pending", "firing")]
+
+
+def test_an_api_outage_does_not_fire_the_disappearance_alert(stack):
+    fault = {"kind": "status", "status": 503}
+    requests.post(stack.simulator.url + "/_sim/faults", json=fault, timeout=5).raise_for_status()
+    try:
+        wait_until(
+            lambda: stack.prometheus.value('beenergised_up{mandant="127.0.0.1"}') == 0,
+            timeout=30,
+            what="Prometheus to see the outage",
+        )
+        # Watch a few more evaluations of the rules while the outage lasts.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            assert firing_or_pending(stack, "BeenergisedStationsDisappeared") == []
+            assert firing_or_pending(stack, "BeenergisedFleetLargelyDisappeared") == []
+            time.sleep(0.5)  # the rules evaluate every second; this samples them
+        stations = stack.prometheus.value('beenergised_charging_stations{mandant="127.0.0.1"}')
+        assert stations == STATIONS
+    finally:
+        requests.delete(stack.simulator.url + "/_sim/faults", timeout=5).raise_for_status()
+    wait_until(
+        lambda: stack.prometheus.value('beenergised_up{mandant="127.0.0.1"}') == 1,
+        timeout=30,
+        what="Prometheus to see the recovery",
+    )
+    assert firing_or_pending(stack, "BeenergisedStationsDisappeared") == []
+
+
+def test_removed_stations_fire_the_disappearance_alert(stack):
+    removed = stack.simulator.change(remove=3)["removed"]
+    assert len(removed) == 3
+    alerts = wait_until(
+        lambda: firing_or_pending(stack, "BeenergisedStationsDisappeared"),
+        timeout=30,
+        what="BeenergisedStationsDisappeared to fire",
+    )
+    assert alerts[0]["labels"]["mandant"] == "127.0.0.1"
+    assert alerts[0]["labels"]["severity"] == "warning"
+    assert "disappeared" in alerts[0]["annotations"]["description"]
+    # 3 of 30 is 10%: below the 25% of the critical alert
+    assert firing_or_pending(stack, "BeenergisedFleetLargelyDisappeared") == []
+    gone = stack.prometheus.query(
+        "group by (station_id) (max_over_time(beenergised_charging_station_info[5m]))"
+        " unless on (station_id) group by (station_id) (beenergised_charging_station_info)"
+    )
+    assert {series["metric"]["station_id"] for series in gone} == set(removed)
