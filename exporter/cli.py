@@ -19,7 +19,7 @@ from exporter import __version__
 from exporter.config import Mandant, Secret, Settings, load_settings
 from exporter.errors import ConfigError
 from exporter.logs import setup_logging
-from exporter.metrics import FleetCollector
+from exporter.metrics import Exposition, FleetCollector
 from exporter.refresh import MandantRefresher, MandantState, refresh_timeout, start_scheduler
 from exporter.web import ExporterApp, serve
 from exporter.webconfig import BasicAuth, load_web_config
@@ -57,22 +57,19 @@ def start_demo_api(settings: Settings) -> tuple[Settings, object]:
     return replace(settings, mandants=(mandant,)), simulator
 
 
-def build_registry(
+def build_exposition(
     states: Callable[[], Sequence[MandantState]], settings: Settings
-) -> CollectorRegistry:
-    """Our collector plus the client library's process, platform and GC collectors."""
-    registry = CollectorRegistry()
-    registry.register(
-        FleetCollector(
-            states,
-            station_info=settings.station_info,
-            refresh_interval=settings.refresh_interval,
-        )
+) -> Exposition:
+    """Our fleet metrics (rendered once per refresh) and the client library's process, platform
+    and GC collectors (rendered per scrape: they change all the time)."""
+    live = CollectorRegistry()
+    ProcessCollector(registry=live)
+    PlatformCollector(registry=live)
+    GCCollector(registry=live)
+    fleet = FleetCollector(
+        states, station_info=settings.station_info, refresh_interval=settings.refresh_interval
     )
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
+    return Exposition(fleet, states, live)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,22 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, simulator = start_demo_api(settings)
 
     shutting_down = threading.Event()
-    refreshers = [
+    refreshers: list[MandantRefresher] = []
+
+    def states() -> list[MandantState]:
+        return [refresher.state for refresher in refreshers]
+
+    exposition = build_exposition(states, settings)
+    refreshers += [
         MandantRefresher(
             mandant,
             page_limit=settings.page_limit,
             timeout=refresh_timeout(settings.refresh_interval),
             cancel=shutting_down,
+            on_publish=exposition.update,
         )
         for mandant in settings.mandants
     ]
-
-    def states() -> list[MandantState]:
-        return [refresher.state for refresher in refreshers]
-
-    registry = build_registry(states, settings)
     app = ExporterApp(
-        registry,
+        exposition,
         states,
         telemetry_path=settings.telemetry_path,
         auth=BasicAuth(web_config.users) if web_config and web_config.users else None,

@@ -1,16 +1,22 @@
-"""Mandant states -> Prometheus metric families (the client library's custom collector pattern).
+"""Mandant states -> Prometheus metric families -> exposition bytes, rendered once per change.
 
-Metrics are built fresh from the latest immutable states on every collect, so a station that
-left the fleet leaves ``/metrics`` too. The fleet metrics are cached: they show the last
-successful background refresh, not a live API call (see the HELP texts).
+Metrics are built fresh from the latest immutable states (the client library's custom
+collector pattern), so a station that left the fleet leaves ``/metrics`` too. The fleet
+metrics show the last successful background refresh, not a live API call (see the HELP
+texts). Rendering a large fleet costs real CPU, so ``Exposition`` renders it once per published
+refresh and a scrape only writes cached bytes (plus the few process metrics, which change).
 """
 
 from __future__ import annotations
 
+import gzip
 import platform
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
 from exporter import __version__
@@ -38,7 +44,10 @@ class FleetCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        states = list(self._states())
+        return self.families(list(self._states()))
+
+    def families(self, states: list[MandantState]) -> Iterator[Metric]:
+        """Every metric family for exactly these states."""
         yield from self._fleet(states)
         yield from self._changes(states)
         yield from self._health(states)
@@ -174,3 +183,90 @@ class FleetCollector(Collector):
             if state.token_expiry is not None:
                 token_expiry.add_metric([state.name], state.token_expiry)
         yield from (up, last_success, duration, failures, requests, token_expiry)
+
+
+class _Families:
+    """A fixed set of metric families, in the shape the exposition functions take."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+_EOF = b"# EOF\n"
+
+
+class _Rendering:
+    """The fleet metrics of one set of states; variants are rendered when first asked for."""
+
+    def __init__(self, collector: FleetCollector, states: tuple[MandantState, ...]) -> None:
+        self.states = states
+        self._collector = collector
+        self._variants: dict[tuple[bool, bool], bytes] = {
+            (False, False): generate_latest(_Families(collector.families(list(states))))
+        }
+        self._lock = threading.RLock()  # the gzip variant renders its plain variant inside
+
+    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
+        variant = self._variants.get((openmetrics, gzipped))
+        if variant is None:
+            with self._lock:
+                variant = self._variants.get((openmetrics, gzipped)) or self._render(
+                    openmetrics, gzipped
+                )
+        return variant
+
+    def _render(self, openmetrics: bool, gzipped: bool) -> bytes:
+        if gzipped:
+            variant = gzip.compress(self.body(openmetrics, False), compresslevel=6)
+        elif openmetrics:
+            families = self._collector.families(list(self.states))
+            variant = generate_openmetrics(_Families(families)).removesuffix(_EOF)
+        else:
+            raise AssertionError("the plain text is rendered up front")
+        self._variants[(openmetrics, gzipped)] = variant
+        return variant
+
+
+class Exposition:
+    """What ``/metrics`` serves: the cached fleet rendering followed by the live metrics.
+
+    Gzip bodies are two gzip members (the cached fleet, then the live part): a gzip stream
+    may hold several members, and every HTTP client decompresses them as one body.
+    """
+
+    def __init__(
+        self,
+        collector: FleetCollector,
+        states: Callable[[], Sequence[MandantState]],
+        live: CollectorRegistry,
+    ) -> None:
+        self._collector = collector
+        self._states = states
+        self._live = live
+        self._rendering: _Rendering | None = None
+        self._lock = threading.Lock()
+
+    def update(self) -> _Rendering:
+        """Render the fleet metrics if the states changed since the last rendering."""
+        states = tuple(self._states())
+        rendering = self._rendering
+        if rendering is not None and _same(rendering.states, states):
+            return rendering
+        with self._lock:
+            rendering = self._rendering
+            if rendering is None or not _same(rendering.states, states):
+                rendering = self._rendering = _Rendering(self._collector, states)
+            return rendering
+
+    def body(self, *, openmetrics: bool = False, gzipped: bool = False) -> bytes:
+        """The whole exposition in the asked-for format."""
+        fleet = self.update().body(openmetrics, gzipped)
+        live = generate_openmetrics(self._live) if openmetrics else generate_latest(self._live)
+        return fleet + (gzip.compress(live, compresslevel=6) if gzipped else live)
+
+
+def _same(old: tuple[MandantState, ...], new: tuple[MandantState, ...]) -> bool:
+    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))

@@ -98,9 +98,11 @@ class MandantRefresher:
         page_limit: int,
         timeout: float,
         cancel: threading.Event | None = None,
+        on_publish: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.mandant = mandant
+        self._on_publish = on_publish or (lambda: None)
         self._timeout = timeout
         self._cancel = cancel or threading.Event()
         self._clock = clock
@@ -167,7 +169,7 @@ class MandantRefresher:
                 )
         else:
             LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
-        self.state = state
+        self._publish(state)
         LOG.debug("mandant %s refreshed in %.3fs", self.mandant.name, state.last_duration)
 
     def _read_confirmed(self, published: Snapshot | None) -> Snapshot:
@@ -198,15 +200,22 @@ class MandantRefresher:
         LOG.warning("refresh of mandant %s failed (%s): %s", self.mandant.name, reason, message)
         failures = dict(previous.failures)
         failures[reason] = failures.get(reason, 0) + 1
-        self.state = replace(
-            previous,
-            up=False,
-            last_duration=time.monotonic() - started,
-            last_error=message,
-            failures=MappingProxyType(failures),
-            api_requests=self._requests.counts(),
-            token_expiry=self._tokens.expires_at,
+        self._publish(
+            replace(
+                previous,
+                up=False,
+                last_duration=time.monotonic() - started,
+                last_error=message,
+                failures=MappingProxyType(failures),
+                api_requests=self._requests.counts(),
+                token_expiry=self._tokens.expires_at,
+            )
         )
+
+    def _publish(self, state: MandantState) -> None:
+        """Swap in the new state whole, then tell the exposition to render it."""
+        self.state = state
+        self._on_publish()
 
 
 def refresh_timeout(interval: float) -> float:

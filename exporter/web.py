@@ -6,7 +6,6 @@ TLS and basic auth come from the web config file (:mod:`exporter.webconfig`).
 
 from __future__ import annotations
 
-import gzip
 import html
 import logging
 import socket
@@ -19,10 +18,10 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.metrics import Exposition
 from exporter.refresh import MandantState
 from exporter.webconfig import BasicAuth, WebConfig
 
@@ -49,13 +48,13 @@ class ExporterApp:
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        exposition: Exposition,
         states: Callable[[], Sequence[MandantState]],
         *,
         telemetry_path: str = "/metrics",
         auth: BasicAuth | None = None,
     ) -> None:
-        self._registry = registry
+        self._exposition = exposition
         self._states = states
         self._telemetry_path = telemetry_path
         self._auth = auth
@@ -85,11 +84,13 @@ class ExporterApp:
         return _respond(start_response, "404 Not Found", b"not found\n")
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        body = encoder(self._registry)
+        _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        body = self._exposition.body(
+            openmetrics=content_type.startswith("application/openmetrics-text"), gzipped=gzipped
+        )
         headers = [("Content-Type", content_type)]
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            body = gzip.compress(body, compresslevel=6)
+        if gzipped:
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept, Accept-Encoding"))
         return _respond(start_response, "200 OK", body, headers)

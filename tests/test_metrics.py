@@ -4,6 +4,7 @@ Regenerate after an intended change with:
     BEENERGISED_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_metrics.py
 """
 
+import gzip
 import os
 import platform
 import subprocess
@@ -12,10 +13,13 @@ from types import MappingProxyType
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.metrics import FleetCollector
+from exporter.metrics import Exposition, FleetCollector
 from exporter.model import Snapshot, Station
 from exporter.refresh import MandantState
 from tests.helpers import require_tool
@@ -125,3 +129,58 @@ def test_promtool_accepts_the_exposition():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+class CountingCollector(FleetCollector):
+    def __init__(self, states) -> None:
+        super().__init__(lambda: states.value)
+        self.renders = 0
+
+    def families(self, states):
+        self.renders += 1
+        return super().families(states)
+
+
+class Box:
+    def __init__(self, value) -> None:
+        self.value = value
+
+
+def exposition_for(box: Box) -> tuple[Exposition, CountingCollector]:
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    live = CollectorRegistry()
+    ProcessCollector(registry=live)
+    collector = CountingCollector(box)
+    return Exposition(collector, lambda: box.value, live), collector
+
+
+def test_the_fleet_is_rendered_once_per_change_not_per_scrape():
+    box = Box(fixture_states())
+    exposition, collector = exposition_for(box)
+    for _ in range(5):
+        exposition.body()
+    assert collector.renders == 1
+    box.value = [*box.value[:1], MandantState(name="south")]
+    exposition.body()
+    exposition.body()
+    assert collector.renders == 2
+
+
+def test_every_variant_carries_the_same_fleet_and_live_process_metrics():
+    exposition, collector = exposition_for(Box(fixture_states()))
+    plain = exposition.body().decode()
+    assert normalised(plain).startswith(GOLDEN.read_text())
+    assert "process_cpu_seconds_total" in plain
+    assert (
+        gzip.decompress(exposition.body(gzipped=True))
+        .decode()
+        .startswith(plain.split("# HELP process_")[0])
+    )
+    openmetrics = exposition.body(openmetrics=True).decode()
+    assert openmetrics.count("# EOF") == 1 and openmetrics.endswith("# EOF\n")
+    names = {f.name for f in openmetrics_families(openmetrics)}
+    assert {"beenergised_charging_station_info", "process_cpu_seconds"} <= names
+    om_gzip = gzip.decompress(exposition.body(openmetrics=True, gzipped=True)).decode()
+    assert om_gzip.endswith("# EOF\n") and "beenergised_up" in om_gzip
+    assert collector.renders == 2  # the plain text, then the OpenMetrics text; gzip reuses them

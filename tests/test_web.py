@@ -11,9 +11,9 @@ import bcrypt
 import pytest
 import requests
 import trustme
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
-from exporter.metrics import FleetCollector
+from exporter.metrics import Exposition, FleetCollector
 from exporter.model import Snapshot, Station
 from exporter.refresh import MandantState
 from exporter.web import ExporterApp, serve
@@ -29,12 +29,16 @@ class States:
         return self.value
 
 
+def exposition_of(states) -> Exposition:
+    live = CollectorRegistry()
+    ProcessCollector(registry=live)
+    return Exposition(FleetCollector(states), states, live)
+
+
 @pytest.fixture
 def server() -> Iterator[tuple[str, States]]:
     states = States()
-    registry = CollectorRegistry()
-    registry.register(FleetCollector(states))
-    app = ExporterApp(registry, states, telemetry_path="/custom-metrics")
+    app = ExporterApp(exposition_of(states), states, telemetry_path="/custom-metrics")
     httpd, thread = serve(app, "127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", states
@@ -171,10 +175,8 @@ def start() -> Iterator[Callable[..., int]]:
     ) -> int:
         states = States()
         states.value = ready_states()
-        registry = CollectorRegistry()
-        registry.register(FleetCollector(states))
         app = ExporterApp(
-            registry,
+            exposition_of(states),
             states,
             telemetry_path=telemetry_path,
             auth=BasicAuth(USERS) if auth else None,
