@@ -7,6 +7,9 @@ quickstart's own sample skips records with it): the offset advances by the rows 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,7 +67,7 @@ def parse_station(row: Any) -> Station:
         id=station_id,
         label=_text(attributes, "label", station_id),
         charge_box_identity=_text(attributes, "chargeBoxIdentity", station_id),
-        firmware_version=_text(attributes, "firmwareVersion", station_id),
+        firmware_version=sys.intern(_text(attributes, "firmwareVersion", station_id)),
         serial_number=_text(attributes, "serialnumber", station_id),
     )
 
@@ -87,6 +90,52 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _total(pagination: dict[str, Any]) -> int | None:
+    return _int_or_none(pagination.get("total"))
+
+
+def _is_last(pagination: dict[str, Any], offset: int, total: int | None) -> bool:
+    """Whether the page ending at ``offset`` ends the listing (an empty page is checked apart)."""
+    return pagination.get("lastPage") is True or (total is not None and offset >= total)
+
+
+def _inconsistency(rows: list[Station], totals: set[int]) -> str:
+    """What makes one walk through the pages inconsistent, or '' when it is not."""
+    if len(totals) > 1:
+        return f"total went from {min(totals)} to {max(totals)}"
+    if totals and len(rows) != next(iter(totals)):
+        return f"{len(rows)} rows received for a total of {next(iter(totals))}"
+    repeated = len(rows) - len({station.id for station in rows})
+    if repeated:
+        return f"{repeated} station(s) listed twice"
+    return ""
+
+
+class _Gate:
+    """At most ``limit`` requests at once; the limit halves (for this read) on HTTP 429."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active = 0
+        self._changed = threading.Condition()
+
+    def shrink(self) -> None:
+        with self._changed:
+            if self.limit > 1:
+                self.limit //= 2
+                LOG.info("HTTP 429: fetching at most %d page(s) at once", self.limit)
+
+    def __enter__(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._active < self.limit)
+            self._active += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._changed:
+            self._active -= 1
+            self._changed.notify_all()
+
+
 class CpoClient:
     """Reads every page of one mandant's charging station list."""
 
@@ -97,6 +146,7 @@ class CpoClient:
         tokens: TokenSource,
         session: requests.Session,
         page_limit: int,
+        concurrency: int = 1,
         max_pages: int = MAX_PAGES,
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
@@ -106,6 +156,7 @@ class CpoClient:
         self._tokens = tokens
         self._session = session
         self._page_limit = page_limit
+        self._concurrency = concurrency
         self._max_pages = max_pages
         self._on_response = on_response or (lambda endpoint, code: None)
         self._retry = retry
@@ -113,67 +164,75 @@ class CpoClient:
     def stations(self, deadline: Deadline) -> list[Station]:
         """Every station of the listing, in the order the API gave them.
 
-        A listing that changed while we read it (the total moved, the rows received do not add
-        up to the total, or a station came twice) is read once more; if it is inconsistent
-        again nothing is returned, so a half-read list is never taken for a fleet that shrank.
+        The first read fetches the pages after the first concurrently; a listing that changed
+        while we read it (the total moved, the rows received do not add up to the total, or a
+        station came twice) is read once more, page after page; if it is inconsistent again
+        nothing is returned, so a half-read list is never taken for a fleet that shrank.
         """
-        problem = ""
-        for attempt in (1, 2):
-            rows, problem = self._read_listing(deadline)
-            if not problem:
-                return rows
-            if attempt == 1:
-                LOG.info(
-                    "listing of %s changed while reading (%s); reading it again",
-                    self._host,
-                    problem,
-                )
+        rows, problem = self._read_listing(deadline, concurrency=self._concurrency)
+        if not problem:
+            return rows
+        LOG.info("listing of %s changed while reading (%s); reading it again", self._host, problem)
+        rows, problem = self._read_listing(deadline, concurrency=1)
+        if not problem:
+            return rows
         raise PaginationError(
             f"charging stations of {self._host}: listing inconsistent twice in a row ({problem})"
         )
 
-    def _read_listing(self, deadline: Deadline) -> tuple[list[Station], str]:
+    def _read_listing(self, deadline: Deadline, concurrency: int) -> tuple[list[Station], str]:
         """All rows of one walk through the pages, and what makes it inconsistent ('' if OK)."""
-        rows: list[Station] = []
-        totals: set[int] = set()
-        pages = 0
-        offset = 0
-        while True:
-            if pages == self._max_pages:
+        gate = _Gate(concurrency)
+        stations, pagination = parse_page(self._get_page(0, deadline, gate))
+        pages = [(stations, pagination)]
+        step = len(stations)
+        total = _int_or_none(pagination.get("total"))
+        if concurrency > 1 and total is not None and not _is_last(pagination, step, total):
+            offsets = range(step, total, step) if step else range(0)
+            if len(offsets) >= self._max_pages:
                 raise ParseError(
-                    f"charging stations of {self._host}: no last page after {pages} pages"
+                    f"charging stations of {self._host}: {total} stations in pages of {step} "
+                    f"is more than {self._max_pages} pages"
                 )
-            stations, pagination = parse_page(self._get_page(offset, deadline))
-            pages += 1
-            rows.extend(stations)
+            pages += self._fetch_concurrently(offsets, deadline, gate)
+        offset = sum(len(page) for page, _ in pages)
+        while pages[-1][0] and not _is_last(pages[-1][1], offset, _total(pages[-1][1])):
+            if len(pages) == self._max_pages:
+                raise ParseError(
+                    f"charging stations of {self._host}: no last page after {len(pages)} pages"
+                )
+            stations, pagination = parse_page(self._get_page(offset, deadline, gate))
+            pages.append((stations, pagination))
             offset += len(stations)
-            total = _int_or_none(pagination.get("total"))
-            if total is not None:
-                totals.add(total)
-            if (
-                not stations
-                or pagination.get("lastPage") is True
-                or (total is not None and offset >= total)
-            ):
-                break
-        LOG.debug("read %d rows from %s in %d page(s)", len(rows), self._host, pages)
-        if len(totals) > 1:
-            return rows, f"total went from {min(totals)} to {max(totals)}"
-        if totals and len(rows) != next(iter(totals)):
-            return rows, f"{len(rows)} rows received for a total of {next(iter(totals))}"
-        repeated = len(rows) - len({station.id for station in rows})
-        if repeated:
-            return rows, f"{repeated} station(s) listed twice"
-        return rows, ""
+        rows = [station for page, _ in pages for station in page]
+        LOG.debug("read %d rows from %s in %d page(s)", len(rows), self._host, len(pages))
+        return rows, _inconsistency(rows, {_total(p) for _, p in pages} - {None})
 
-    def _get_page(self, offset: int, deadline: Deadline) -> Any:
+    def _fetch_concurrently(
+        self, offsets: range, deadline: Deadline, gate: _Gate
+    ) -> list[tuple[list[Station], dict[str, Any]]]:
+        """The pages at ``offsets``, fetched by up to ``gate.limit`` threads, in order."""
+        with ThreadPoolExecutor(gate.limit, thread_name_prefix="page") as pool:
+            futures = [
+                pool.submit(lambda o: parse_page(self._get_page(o, deadline, gate)), offset)
+                for offset in offsets
+            ]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _get_page(self, offset: int, deadline: Deadline, gate: _Gate) -> Any:
         params = {"page[limit]": self._page_limit, "page[offset]": offset}
-        token = self._tokens.token(deadline)
-        response = self._request(params, token, deadline)
-        if response.status_code == 401:
-            # The token may have been revoked or expired early: one retry with a fresh one.
-            self._tokens.invalidate(token)
-            response = self._request(params, self._tokens.token(deadline), deadline)
+        with gate:
+            token = self._tokens.token(deadline)
+            response = self._request(params, token, deadline, gate)
+            if response.status_code == 401:
+                # The token may have been revoked or expired early: one retry with a fresh one.
+                self._tokens.invalidate(token)
+                response = self._request(params, self._tokens.token(deadline), deadline, gate)
             if response.status_code == 401:
                 raise AuthError(
                     f"charging stations of {self._host}: a fresh token was rejected (HTTP 401); "
@@ -202,14 +261,21 @@ class CpoClient:
                 f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"
             ) from None
 
-    def _request(self, params: dict[str, int], token: str, deadline: Deadline) -> requests.Response:
+    def _request(
+        self, params: dict[str, int], token: str, deadline: Deadline, gate: _Gate
+    ) -> requests.Response:
+        def on_response(endpoint: str, code: str) -> None:
+            self._on_response(endpoint, code)
+            if code == "429":
+                gate.shrink()
+
         return send(
             self._session,
             "GET",
             self._url,
             endpoint="charging_stations",
             what=f"charging stations of {self._host}",
-            on_response=self._on_response,
+            on_response=on_response,
             deadline=deadline,
             retry=self._retry,
             params=params,

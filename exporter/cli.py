@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         MandantRefresher(
             mandant,
             page_limit=settings.page_limit,
+            concurrency=settings.concurrency,
             timeout=refresh_timeout(settings.refresh_interval),
             cancel=shutting_down,
             on_publish=exposition.update,

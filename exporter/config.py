@@ -35,6 +35,7 @@ LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
 DEFAULT_REFRESH_INTERVAL = 300.0
 DEFAULT_PAGE_LIMIT = 100
+DEFAULT_CONCURRENCY = 4
 DEFAULT_TELEMETRY_PATH = "/metrics"
 SHORT_REFRESH_INTERVAL = 30.0
 
@@ -43,6 +44,7 @@ _MISSING_CLIENT_ID = "the client id of your CPO API token"
 _MISSING_CLIENT_SECRET = "the client secret of your CPO API token"
 _FILE_GLOBAL_KEYS = (
     "mandants",
+    "concurrency",
     "page_limit",
     "refresh_interval",
     "station_info",
@@ -117,6 +119,7 @@ class Settings:
     mandants: tuple[Mandant, ...]  # empty only in demo mode
     refresh_interval: float  # seconds, > 0
     page_limit: int  # >= 1
+    concurrency: int  # >= 1: pages fetched at once per mandant
     listen_host: str  # "" means all interfaces
     listen_port: int
     telemetry_path: str  # starts with "/"
@@ -260,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_PAGE_LIMIT})",
     )
     add(
+        "--concurrency",
+        metavar="N",
+        help="pages fetched at once per mandant once the first page told the total; halved for "
+        f"the rest of a refresh on HTTP 429 (env BEENERGISED_CONCURRENCY, default "
+        f"{DEFAULT_CONCURRENCY})",
+    )
+    add(
         "--config.file",
         dest="config_file",
         metavar="PATH",
@@ -370,7 +380,7 @@ def _duration(given: _Given) -> float:
     return seconds
 
 
-def _page_limit(given: _Given) -> int:
+def _positive_int(given: _Given) -> int:
     value = given.value
     if isinstance(value, bool):
         raise given.fail(f"not an integer: {value!r}")
@@ -796,6 +806,9 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     page_given = sources.pick(
         "page_limit", "--page-limit", "BEENERGISED_PAGE_LIMIT", in_file.get("page_limit")
     )
+    concurrency_given = sources.pick(
+        "concurrency", "--concurrency", "BEENERGISED_CONCURRENCY", in_file.get("concurrency")
+    )
     listen_given = sources.pick(
         "web_listen_address", "--web.listen-address", "BEENERGISED_WEB_LISTEN_ADDRESS"
     )
@@ -823,7 +836,8 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     return Settings(
         mandants=tuple(mandants),
         refresh_interval=refresh_interval,
-        page_limit=_page_limit(page_given) if page_given else DEFAULT_PAGE_LIMIT,
+        page_limit=_positive_int(page_given) if page_given else DEFAULT_PAGE_LIMIT,
+        concurrency=_positive_int(concurrency_given) if concurrency_given else DEFAULT_CONCURRENCY,
         listen_host=listen_host,
         listen_port=listen_port,
         telemetry_path=_telemetry_path(path_given) if path_given else DEFAULT_TELEMETRY_PATH,

@@ -18,6 +18,7 @@ import requests
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from requests.adapters import HTTPAdapter
 
 from exporter import __version__
 from exporter.api import CpoClient
@@ -81,10 +82,14 @@ class MandantState:
         return self.snapshot is not None
 
 
-def new_session() -> requests.Session:
-    """An HTTP session with our User-Agent; one per mandant so connections are reused."""
+def new_session(concurrency: int = 1) -> requests.Session:
+    """An HTTP session with our User-Agent and a connection pool as large as the concurrency;
+    one per mandant, so connections are reused from refresh to refresh."""
     session = requests.Session()
     session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return session
 
 
@@ -97,6 +102,7 @@ class MandantRefresher:
         *,
         page_limit: int,
         timeout: float,
+        concurrency: int = 1,
         cancel: threading.Event | None = None,
         on_publish: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.time,
@@ -107,7 +113,7 @@ class MandantRefresher:
         self._cancel = cancel or threading.Event()
         self._clock = clock
         self._requests = RequestCounter()
-        session = new_session()
+        session = new_session(concurrency)
         self._tokens = TokenSource(
             token_url=mandant.token_url,
             client_id=mandant.client_id,
@@ -122,6 +128,7 @@ class MandantRefresher:
             tokens=self._tokens,
             session=session,
             page_limit=page_limit,
+            concurrency=concurrency,
             on_response=self._requests,
         )
         self.state = MandantState(name=mandant.name)

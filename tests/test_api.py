@@ -1,15 +1,17 @@
 import json
+import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 import responses
 
-from exporter.api import STATIONS_PATH, CpoClient, parse_page, parse_station
+from exporter.api import STATIONS_PATH, CpoClient, _Gate, parse_page, parse_station
 from exporter.auth import TokenSource
 from exporter.config import Secret
 from exporter.errors import ApiHttpError, ApiTimeoutError, AuthError, PaginationError, ParseError
 from exporter.http import Deadline, RetryPolicy
+from tests.helpers import wait_until
 
 API = "https://mandant.example.test"
 STATIONS_URL = API + STATIONS_PATH
@@ -72,7 +74,9 @@ def serve_fleet(
     )
 
 
-def make_client(page_limit: int = 2, max_pages: int = 100, calls=None) -> CpoClient:
+def make_client(
+    page_limit: int = 2, max_pages: int = 100, calls=None, concurrency: int = 1, retry=None
+) -> CpoClient:
     session = requests.Session()
     hook = (lambda e, c: calls.append((e, c))) if calls is not None else None
     tokens = TokenSource(
@@ -90,8 +94,9 @@ def make_client(page_limit: int = 2, max_pages: int = 100, calls=None) -> CpoCli
         session=session,
         page_limit=page_limit,
         max_pages=max_pages,
+        concurrency=concurrency,
         on_response=hook,
-        retry=RetryPolicy(attempts=1),
+        retry=retry or RetryPolicy(attempts=1),
     )
 
 
@@ -341,3 +346,83 @@ def test_an_early_last_page_that_leaves_a_gap_is_inconsistent():
     with pytest.raises(PaginationError, match="1 rows received for a total of 3"):
         make_client().stations(Deadline(60))
     assert offsets_requested() == [0, 0]
+
+
+@responses.activate
+@pytest.mark.parametrize("concurrency", [2, 4, 8])
+def test_pages_after_the_first_are_fetched_concurrently_and_assembled_in_order(concurrency):
+    add_tokens("tok")
+    serve_fleet([row(str(i)) for i in range(23)], max_limit=3)
+    stations = make_client(page_limit=100, concurrency=concurrency).stations(Deadline(60))
+    assert [s.id for s in stations] == [str(i) for i in range(23)]
+    assert offsets_requested()[0] == 0  # the first page tells the total and the page size
+    assert sorted(offsets_requested()) == list(range(0, 23, 3))
+
+
+@responses.activate
+def test_a_concurrent_read_that_comes_out_inconsistent_is_read_again_page_by_page():
+    add_tokens("tok")
+    five = [row(str(i)) for i in range(5)]
+    four = five[1:]
+    changing_fleet([five, four, four, four, four, four])
+    stations = make_client(page_limit=2, concurrency=4).stations(Deadline(60))
+    assert [s.id for s in stations] == ["1", "2", "3", "4"]
+
+
+@responses.activate
+def test_http_429_during_a_concurrent_read_is_retried_and_halves_the_concurrency(caplog):
+    add_tokens("tok")
+    rows = [row(str(i)) for i in range(8)]
+    answered: list[int] = []
+
+    def callback(request):
+        offset = int(parse_qs(urlsplit(request.url).query)["page[offset]"][0])
+        answered.append(offset)
+        if offset == 4 and answered.count(4) == 1:
+            return 429, {}, "{}"
+        body = {"data": rows[offset : offset + 2], "meta": {"pagination": {"total": len(rows)}}}
+        return 200, {}, json.dumps(body)
+
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=callback, content_type="application/json"
+    )
+    retry = RetryPolicy(attempts=3, backoff_base=0.001, backoff_cap=0.002)
+    with caplog.at_level("INFO", logger="exporter.api"):
+        stations = make_client(page_limit=2, concurrency=4, retry=retry).stations(Deadline(60))
+    assert [s.id for s in stations] == [str(i) for i in range(8)]
+    assert answered.count(4) == 2
+    assert "HTTP 429: fetching at most 2 page(s) at once" in caplog.text
+
+
+def test_the_gate_halves_down_to_one():
+    gate = _Gate(8)
+    for expected in (4, 2, 1, 1):
+        gate.shrink()
+        assert gate.limit == expected
+
+
+def test_the_gate_lets_no_more_than_its_limit_through():
+    gate = _Gate(2)
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def work():
+        nonlocal inside, most
+        with gate:
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            release.wait(5)
+            with lock:
+                inside -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: inside == 2, what="two workers inside the gate")
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert most == 2
