@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format golden clean
+.PHONY: run test lint format golden bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,16 @@ test: $(VENV)/.installed-test
 
 ## lint: ruff lint and format check
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check exporter tests
-	$(BIN)/ruff format --check exporter tests
+	$(BIN)/ruff check exporter tests bench
+	$(BIN)/ruff format --check exporter tests bench
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff check --fix exporter tests
-	$(BIN)/ruff format exporter tests
+	$(BIN)/ruff check --fix exporter tests bench
+	$(BIN)/ruff format exporter tests bench
+
+## bench: refresh and /metrics at 1,000 / 10,000 / 100,000 stations -> bench/results.md
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/bench.py
 
 ## golden: regenerate tests/golden/ after an intended change of the exposition
 golden: $(VENV)/.installed-test

@@ -1,0 +1,27 @@
+"""A tiny run of the benchmark, only to keep the script working (no timing is asserted)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_benchmark_runs_and_writes_its_tables(tmp_path):
+    output = tmp_path / "results.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--sizes", "150,300",
+         "--concurrency", "1,4", "--latency", "0.001", "--scrapes", "3",
+         "--output", str(output), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = output.read_text()
+    for size in ("150", "300"):
+        for exporter in ("beenergised-exporter", "naive baseline"):
+            assert f"| {size} | {exporter} |" in report
+    assert "| 300 | beenergised-exporter | 4 | 3 |" in report  # 300 stations, pages of 100
+    assert "## Ratios" in report
