@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +18,14 @@ import requests
 
 from exporter.auth import TokenSource
 from exporter.errors import ApiHttpError, AuthError, PaginationError, ParseError
-from exporter.http import DEFAULT_RETRY, Deadline, ResponseHook, RetryPolicy, send
+from exporter.http import (
+    DEFAULT_RETRY,
+    Deadline,
+    ResponseHook,
+    RetryPolicy,
+    environment_proxies,
+    send,
+)
 from exporter.model import Station
 
 LOG = logging.getLogger(__name__)
@@ -27,13 +35,10 @@ MAX_PAGES = 10_000
 """Upper bound of pages per listing, so a server that never says "last page" cannot loop us."""
 
 
-def _text(attributes: dict[str, Any], name: str, station_id: str) -> str:
+def _text(value: Any, name: str, station_id: str) -> str:
     """One attribute as label text: strings as they are, numbers as text, missing/null as ''."""
-    value = attributes.get(name)
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise ParseError(
@@ -42,37 +47,57 @@ def _text(attributes: dict[str, Any], name: str, station_id: str) -> str:
     )
 
 
-def parse_station(row: Any) -> Station:
+def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Station:
     """One JSON:API resource object -> Station.
 
     Missing or null attribute values become ''. A row whose ``attributes`` is not an object, or
     an attribute that is a list, object or boolean, is schema drift: a ParseError, so a changed
-    API never turns into a fleet of nameless stations on "unknown" firmware.
+    API never turns into a fleet of nameless stations on "unknown" firmware. A station equal
+    to one in ``known`` (the fleet already held) is returned as that object, so an unchanged
+    fleet costs no second copy in memory.
     """
-    if not isinstance(row, dict):
+    if row.__class__ is not dict:
         raise ParseError(f"charging station entry is a {type(row).__name__}, not an object")
     station_id = row.get("id")
-    if isinstance(station_id, int) and not isinstance(station_id, bool):
-        station_id = str(station_id)
-    if not isinstance(station_id, str) or not station_id:
+    if station_id.__class__ is not str:
+        if isinstance(station_id, int) and not isinstance(station_id, bool):
+            station_id = str(station_id)
+        else:
+            station_id = None
+    if not station_id:
         raise ParseError("charging station entry has no id")
     attributes = row.get("attributes")
-    if not isinstance(attributes, dict):
+    if attributes.__class__ is not dict:
         raise ParseError(
             f"charging station {station_id!r}: attributes is "
             f"{'missing' if attributes is None else 'a ' + type(attributes).__name__}, "
             "not an object (has the API changed?)"
         )
+    values = []
+    for name in _ATTRIBUTES:
+        value = attributes.get(name)
+        values.append(value if value.__class__ is str else _text(value, name, station_id))
+    label, charge_box_identity, firmware_version, serial_number = values
+    old = known.get(station_id) if known else None
+    if (
+        old is not None
+        and old.label == label
+        and old.charge_box_identity == charge_box_identity
+        and old.firmware_version == firmware_version
+        and old.serial_number == serial_number
+    ):
+        return old
     return Station(
-        id=station_id,
-        label=_text(attributes, "label", station_id),
-        charge_box_identity=_text(attributes, "chargeBoxIdentity", station_id),
-        firmware_version=sys.intern(_text(attributes, "firmwareVersion", station_id)),
-        serial_number=_text(attributes, "serialnumber", station_id),
+        station_id, label, charge_box_identity, sys.intern(firmware_version), serial_number
     )
 
 
-def parse_page(document: Any) -> tuple[list[Station], dict[str, Any]]:
+_ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber")
+
+
+def parse_page(
+    document: Any, known: Mapping[str, Station] | None = None
+) -> tuple[list[Station], dict[str, Any]]:
     """A stations page -> (stations, meta.pagination or {}); raises ParseError on a wrong shape."""
     if not isinstance(document, dict):
         raise ParseError("charging stations answer is not a JSON object")
@@ -81,7 +106,7 @@ def parse_page(document: Any) -> tuple[list[Station], dict[str, Any]]:
         raise ParseError("charging stations answer has no data list")
     meta = document.get("meta")
     pagination = meta.get("pagination") if isinstance(meta, dict) else None
-    return [parse_station(row) for row in data], (
+    return [parse_station(row, known) for row in data], (
         pagination if isinstance(pagination, dict) else {}
     )
 
@@ -160,8 +185,11 @@ class CpoClient:
         self._max_pages = max_pages
         self._on_response = on_response or (lambda endpoint, code: None)
         self._retry = retry
+        self._proxies = environment_proxies(self._url)
 
-    def stations(self, deadline: Deadline) -> list[Station]:
+    def stations(
+        self, deadline: Deadline, known: Mapping[str, Station] | None = None
+    ) -> list[Station]:
         """Every station of the listing, in the order the API gave them.
 
         The first read fetches the pages after the first concurrently; a listing that changed
@@ -169,21 +197,23 @@ class CpoClient:
         station came twice) is read once more, page after page; if it is inconsistent again
         nothing is returned, so a half-read list is never taken for a fleet that shrank.
         """
-        rows, problem = self._read_listing(deadline, concurrency=self._concurrency)
+        rows, problem = self._read_listing(deadline, self._concurrency, known)
         if not problem:
             return rows
         LOG.info("listing of %s changed while reading (%s); reading it again", self._host, problem)
-        rows, problem = self._read_listing(deadline, concurrency=1)
+        rows, problem = self._read_listing(deadline, 1, known)
         if not problem:
             return rows
         raise PaginationError(
             f"charging stations of {self._host}: listing inconsistent twice in a row ({problem})"
         )
 
-    def _read_listing(self, deadline: Deadline, concurrency: int) -> tuple[list[Station], str]:
+    def _read_listing(
+        self, deadline: Deadline, concurrency: int, known: Mapping[str, Station] | None
+    ) -> tuple[list[Station], str]:
         """All rows of one walk through the pages, and what makes it inconsistent ('' if OK)."""
         gate = _Gate(concurrency)
-        stations, pagination = parse_page(self._get_page(0, deadline, gate))
+        stations, pagination = parse_page(self._get_page(0, deadline, gate), known)
         pages = [(stations, pagination)]
         step = len(stations)
         total = _int_or_none(pagination.get("total"))
@@ -194,14 +224,14 @@ class CpoClient:
                     f"charging stations of {self._host}: {total} stations in pages of {step} "
                     f"is more than {self._max_pages} pages"
                 )
-            pages += self._fetch_concurrently(offsets, deadline, gate)
+            pages += self._fetch_concurrently(offsets, deadline, gate, known)
         offset = sum(len(page) for page, _ in pages)
         while pages[-1][0] and not _is_last(pages[-1][1], offset, _total(pages[-1][1])):
             if len(pages) == self._max_pages:
                 raise ParseError(
                     f"charging stations of {self._host}: no last page after {len(pages)} pages"
                 )
-            stations, pagination = parse_page(self._get_page(offset, deadline, gate))
+            stations, pagination = parse_page(self._get_page(offset, deadline, gate), known)
             pages.append((stations, pagination))
             offset += len(stations)
         rows = [station for page, _ in pages for station in page]
@@ -209,12 +239,16 @@ class CpoClient:
         return rows, _inconsistency(rows, {_total(p) for _, p in pages} - {None})
 
     def _fetch_concurrently(
-        self, offsets: range, deadline: Deadline, gate: _Gate
+        self,
+        offsets: range,
+        deadline: Deadline,
+        gate: _Gate,
+        known: Mapping[str, Station] | None,
     ) -> list[tuple[list[Station], dict[str, Any]]]:
         """The pages at ``offsets``, fetched by up to ``gate.limit`` threads, in order."""
         with ThreadPoolExecutor(gate.limit, thread_name_prefix="page") as pool:
             futures = [
-                pool.submit(lambda o: parse_page(self._get_page(o, deadline, gate)), offset)
+                pool.submit(lambda o: parse_page(self._get_page(o, deadline, gate), known), offset)
                 for offset in offsets
             ]
             try:
@@ -278,6 +312,7 @@ class CpoClient:
             on_response=on_response,
             deadline=deadline,
             retry=self._retry,
+            proxies=self._proxies,
             params=params,
             headers={
                 "Authorization": f"Bearer {token}",

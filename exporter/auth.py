@@ -13,7 +13,14 @@ import requests
 
 from exporter.config import Secret
 from exporter.errors import ApiHttpError, AuthError, ParseError
-from exporter.http import DEFAULT_RETRY, Deadline, ResponseHook, RetryPolicy, send
+from exporter.http import (
+    DEFAULT_RETRY,
+    Deadline,
+    ResponseHook,
+    RetryPolicy,
+    environment_proxies,
+    send,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ class TokenSource:
         self._session = session
         self._on_response = on_response or (lambda endpoint, code: None)
         self._retry = retry
+        self._proxies = environment_proxies(token_url)
         self._clock = clock
         self._token: Token | None = None
         self._fetch_lock = threading.Lock()
@@ -112,6 +120,7 @@ class TokenSource:
             headers={"Accept": "application/json"},
             deadline=deadline,
             retry=self._retry,
+            proxies=self._proxies,
         )
         return self._read_token(response, host)
 

@@ -70,6 +70,12 @@ class Deadline:
         self._cancel.wait(min(seconds, self.remaining()))
 
 
+def environment_proxies(url: str) -> dict[str, str]:
+    """The proxies HTTP(S)_PROXY / NO_PROXY give for ``url``, read once (sessions here do not
+    read the environment on every request)."""
+    return requests.utils.get_environ_proxies(url)
+
+
 def retry_after(response: requests.Response) -> float | None:
     """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     value = response.headers.get("Retry-After", "").strip()

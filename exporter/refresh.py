@@ -7,6 +7,7 @@ the web pages) take a reference and never see half a refresh.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -84,8 +85,16 @@ class MandantState:
 
 def new_session(concurrency: int = 1) -> requests.Session:
     """An HTTP session with our User-Agent and a connection pool as large as the concurrency;
-    one per mandant, so connections are reused from refresh to refresh."""
+    one per mandant, so connections are reused from refresh to refresh.
+
+    The environment (proxies, CA bundle) is read once here rather than on every request,
+    which costs requests a scan of os.environ per page; netrc is never consulted.
+    """
     session = requests.Session()
+    session.trust_env = False
+    session.verify = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    )
     session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
     session.mount("https://", adapter)
@@ -190,7 +199,8 @@ class MandantRefresher:
         deadline = Deadline(self._timeout, self._cancel)
         candidate = published
         for _ in range(MAX_READS):
-            snapshot = Snapshot.build(self._client.stations(deadline), taken_at=self._clock())
+            known = candidate.stations if candidate is not None else None
+            snapshot = Snapshot.build(self._client.stations(deadline, known), self._clock())
             if candidate is not None and snapshot.stations == candidate.stations:
                 return snapshot
             if candidate is not None and candidate is not published:

@@ -426,3 +426,11 @@ def test_the_gate_lets_no_more_than_its_limit_through():
     for thread in threads:
         thread.join(5)
     assert most == 2
+
+
+def test_an_unchanged_station_is_the_object_already_held():
+    held = parse_station(row("a"))
+    known = {"a": held}
+    assert parse_station(row("a"), known) is held
+    changed = parse_station(row("a", firmware="2.0"), known)
+    assert changed is not held and changed.firmware_version == "2.0"

@@ -136,7 +136,7 @@ class ScriptedClient:
         self.fleets = list(fleets)
         self.reads = 0
 
-    def stations(self, deadline):
+    def stations(self, deadline, known=None):
         fleet = self.fleets[min(self.reads, len(self.fleets) - 1)]
         self.reads += 1
         return [Station(sid, sid, sid, "1.0", "") for sid in fleet]
@@ -187,3 +187,13 @@ def test_a_fleet_that_changes_on_every_read_is_a_pagination_failure(simulator):
     assert not state.up
     assert state.failures["pagination"] == 1
     assert set(state.snapshot.stations) == {"a"}
+
+
+def test_an_unchanged_fleet_shares_its_station_objects_with_the_published_one(simulator):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
+    refresher.refresh()
+    first = refresher.state.snapshot
+    refresher.refresh()
+    second = refresher.state.snapshot
+    assert second is not first
+    assert all(first.stations[sid] is station for sid, station in second.stations.items())
