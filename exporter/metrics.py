@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import platform
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,9 +21,67 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.model import Station
 from exporter.refresh import FAILURE_REASONS, MandantState
 
 CACHED = " (from the last successful refresh of the API)"
+INFO_NAME = "beenergised_charging_station_info"
+INFO_HELP = "One series per charging station with its identifying labels; value 1" + CACHED + "."
+INFO_LABELS = (
+    "mandant",
+    "station_id",
+    "label",
+    "charge_box_identity",
+    "firmware_version",
+    "serial_number",
+)
+
+
+def _stations(states: list[MandantState]) -> Iterator[tuple[MandantState, Station]]:
+    for state in states:
+        if state.snapshot is not None:
+            for station in state.snapshot.stations.values():
+                yield state, station
+
+
+def _info_values(station: Station) -> tuple[str, ...]:
+    """The info labels after ``mandant``, in the order of INFO_LABELS."""
+    return (
+        station.id,
+        station.label,
+        station.charge_box_identity,
+        station.firmware_label,
+        station.serial_number,
+    )
+
+
+def _escape(value: str) -> str:
+    """A label value as both text formats escape it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _info_lines(states: list[MandantState]) -> Iterator[bytes]:
+    """The per-station info family in the text formats, a chunk at a time.
+
+    Written here rather than through a metric family: 100,000 samples with label dictionaries
+    and one joined string of the whole family would cost several times the final bytes.
+    """
+    yield f"# HELP {INFO_NAME} {INFO_HELP}\n# TYPE {INFO_NAME} gauge\n".encode()
+    chunk: list[str] = []
+    for state, station in _stations(states):
+        # labels sorted by name, as the client library prints them
+        chunk.append(
+            f'{INFO_NAME}{{charge_box_identity="{_escape(station.charge_box_identity)}",'
+            f'firmware_version="{_escape(station.firmware_label)}",'
+            f'label="{_escape(station.label)}",mandant="{_escape(state.name)}",'
+            f'serial_number="{_escape(station.serial_number)}",'
+            f'station_id="{_escape(station.id)}"}} 1.0\n'
+        )
+        if len(chunk) == 1000:
+            yield "".join(chunk).encode()
+            chunk = []
+    if chunk:
+        yield "".join(chunk).encode()
 
 
 class FleetCollector(Collector):
@@ -48,7 +107,37 @@ class FleetCollector(Collector):
 
     def families(self, states: list[MandantState]) -> Iterator[Metric]:
         """Every metric family for exactly these states."""
-        yield from self._fleet(states)
+        yield from self.fleet_families(states)
+        if self._station_info:
+            yield self._info_family(states)
+        yield from self.other_families(states)
+
+    def fleet_families(self, states: list[MandantState]) -> Iterator[Metric]:
+        """The station counts, which come before the per-station info family."""
+        stations = GaugeMetricFamily(
+            "beenergised_charging_stations",
+            "Charging stations of the mandant" + CACHED + ".",
+            labels=["mandant"],
+        )
+        by_firmware = GaugeMetricFamily(
+            "beenergised_charging_stations_by_firmware",
+            "Charging stations per firmware version; 'unknown' when the API gives none"
+            + CACHED
+            + ".",
+            labels=["mandant", "firmware_version"],
+        )
+        for state in states:
+            snapshot = state.snapshot
+            if snapshot is None:  # no successful refresh yet: no data, rather than a false 0
+                continue
+            stations.add_metric([state.name], len(snapshot))
+            for firmware, count in sorted(snapshot.by_firmware.items()):
+                by_firmware.add_metric([state.name, firmware], count)
+        yield stations
+        yield by_firmware
+
+    def other_families(self, states: list[MandantState]) -> Iterator[Metric]:
+        """The change counters, the exporter's health and its build info."""
         yield from self._changes(states)
         yield from self._health(states)
         build = GaugeMetricFamily(
@@ -64,55 +153,15 @@ class FleetCollector(Collector):
             value=self._refresh_interval,
         )
 
-    def _fleet(self, states: list[MandantState]) -> Iterator[Metric]:
-        stations = GaugeMetricFamily(
-            "beenergised_charging_stations",
-            "Charging stations of the mandant" + CACHED + ".",
-            labels=["mandant"],
-        )
-        by_firmware = GaugeMetricFamily(
-            "beenergised_charging_stations_by_firmware",
-            "Charging stations per firmware version; 'unknown' when the API gives none"
-            + CACHED
-            + ".",
-            labels=["mandant", "firmware_version"],
-        )
-        info = GaugeMetricFamily(
-            "beenergised_charging_station_info",
-            "One series per charging station with its identifying labels; value 1" + CACHED + ".",
-            labels=[
-                "mandant",
-                "station_id",
-                "label",
-                "charge_box_identity",
-                "firmware_version",
-                "serial_number",
-            ],
-        )
-        for state in states:
-            snapshot = state.snapshot
-            if snapshot is None:  # no successful refresh yet: no data, rather than a false 0
-                continue
-            stations.add_metric([state.name], len(snapshot))
-            for firmware, count in sorted(snapshot.by_firmware.items()):
-                by_firmware.add_metric([state.name, firmware], count)
-            if self._station_info:
-                for station in snapshot.stations.values():
-                    info.add_metric(
-                        [
-                            state.name,
-                            station.id,
-                            station.label,
-                            station.charge_box_identity,
-                            station.firmware_label,
-                            station.serial_number,
-                        ],
-                        1,
-                    )
-        yield stations
-        yield by_firmware
-        if self._station_info:
-            yield info
+    @property
+    def station_info(self) -> bool:
+        return self._station_info
+
+    def _info_family(self, states: list[MandantState]) -> Metric:
+        info = GaugeMetricFamily(INFO_NAME, INFO_HELP, labels=list(INFO_LABELS))
+        for state, station in _stations(states):
+            info.add_metric([state.name, *_info_values(station)], 1)
+        return info
 
     def _changes(self, states: list[MandantState]) -> Iterator[Metric]:
         families = [
@@ -199,35 +248,46 @@ _EOF = b"# EOF\n"
 
 
 class _Rendering:
-    """The fleet metrics of one set of states; variants are rendered when first asked for."""
+    """The fleet metrics of one set of states as chunks of bytes; each variant (OpenMetrics,
+    gzip) is rendered when first asked for, then kept."""
 
     def __init__(self, collector: FleetCollector, states: tuple[MandantState, ...]) -> None:
         self.states = states
         self._collector = collector
-        self._variants: dict[tuple[bool, bool], bytes] = {
-            (False, False): generate_latest(_Families(collector.families(list(states))))
-        }
+        self._variants = {(False, False): self._render_text(openmetrics=False)}
         self._lock = threading.RLock()  # the gzip variant renders its plain variant inside
 
-    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
+    def body(self, openmetrics: bool, gzipped: bool) -> tuple[bytes, ...]:
         variant = self._variants.get((openmetrics, gzipped))
         if variant is None:
             with self._lock:
-                variant = self._variants.get((openmetrics, gzipped)) or self._render(
-                    openmetrics, gzipped
-                )
+                variant = self._variants.get((openmetrics, gzipped))
+                if variant is None:
+                    variant = self._variants[(openmetrics, gzipped)] = (
+                        _gzip(self.body(openmetrics, False))
+                        if gzipped
+                        else self._render_text(openmetrics=True)
+                    )
         return variant
 
-    def _render(self, openmetrics: bool, gzipped: bool) -> bytes:
-        if gzipped:
-            variant = gzip.compress(self.body(openmetrics, False), compresslevel=6)
-        elif openmetrics:
-            families = self._collector.families(list(self.states))
-            variant = generate_openmetrics(_Families(families)).removesuffix(_EOF)
-        else:
-            raise AssertionError("the plain text is rendered up front")
-        self._variants[(openmetrics, gzipped)] = variant
-        return variant
+    def _render_text(self, *, openmetrics: bool) -> tuple[bytes, ...]:
+        states = list(self.states)
+        generate = generate_openmetrics if openmetrics else generate_latest
+        info = _info_lines(states) if self._collector.station_info else ()
+        chunks = (
+            generate(_Families(self._collector.fleet_families(states))).removesuffix(_EOF),
+            *info,
+            generate(_Families(self._collector.other_families(states))).removesuffix(_EOF),
+        )
+        return tuple(chunk for chunk in chunks if chunk)
+
+
+def _gzip(chunks: Iterable[bytes]) -> tuple[bytes, ...]:
+    """One gzip member of all ``chunks``, compressed as they come."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    out = [compressor.compress(chunk) for chunk in chunks]
+    out.append(compressor.flush())
+    return tuple(piece for piece in out if piece)
 
 
 class Exposition:
@@ -261,11 +321,11 @@ class Exposition:
                 rendering = self._rendering = _Rendering(self._collector, states)
             return rendering
 
-    def body(self, *, openmetrics: bool = False, gzipped: bool = False) -> bytes:
-        """The whole exposition in the asked-for format."""
+    def body(self, *, openmetrics: bool = False, gzipped: bool = False) -> tuple[bytes, ...]:
+        """The whole exposition in the asked-for format, as chunks to write one after another."""
         fleet = self.update().body(openmetrics, gzipped)
         live = generate_openmetrics(self._live) if openmetrics else generate_latest(self._live)
-        return fleet + (gzip.compress(live, compresslevel=6) if gzipped else live)
+        return (*fleet, gzip.compress(live, compresslevel=6) if gzipped else live)
 
 
 def _same(old: tuple[MandantState, ...], new: tuple[MandantState, ...]) -> bool:

@@ -137,12 +137,15 @@ def _mandant_row(state: MandantState) -> str:
 def _respond(
     start_response: StartResponse,
     status: str,
-    body: bytes,
+    body: bytes | Sequence[bytes],
     headers: list[tuple[str, str]] | None = None,
-) -> list[bytes]:
+) -> Sequence[bytes]:
+    """Start the response; the body goes out as it is, one chunk after the other."""
+    chunks = [body] if isinstance(body, bytes) else body
     headers = headers or [("Content-Type", "text/plain; charset=utf-8")]
-    start_response(status, [*headers, ("Content-Length", str(len(body)))])
-    return [body]
+    length = sum(len(chunk) for chunk in chunks)
+    start_response(status, [*headers, ("Content-Length", str(length))])
+    return chunks
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -136,9 +136,9 @@ class CountingCollector(FleetCollector):
         super().__init__(lambda: states.value)
         self.renders = 0
 
-    def families(self, states):
+    def fleet_families(self, states):
         self.renders += 1
-        return super().families(states)
+        return super().fleet_families(states)
 
 
 class Box:
@@ -155,6 +155,29 @@ def exposition_for(box: Box) -> tuple[Exposition, CountingCollector]:
     return Exposition(collector, lambda: box.value, live), collector
 
 
+def whole(exposition: Exposition, **variant: bool) -> bytes:
+    return b"".join(exposition.body(**variant))
+
+
+def test_the_streamed_rendering_equals_the_client_librarys_rendering():
+    box = Box(fixture_states())
+    exposition, collector = exposition_for(box)
+    library = generate_latest(_OnlyFleet(collector, box.value)).decode()
+    streamed = whole(exposition).decode().split("# HELP process_")[0]
+    assert streamed == library
+    library_om = generate_openmetrics(_OnlyFleet(collector, box.value)).decode()
+    streamed_om = whole(exposition, openmetrics=True).decode().split("# HELP process_")[0]
+    assert streamed_om + "# EOF\n" == library_om
+
+
+class _OnlyFleet:
+    def __init__(self, collector, states) -> None:
+        self._collector, self._states = collector, states
+
+    def collect(self):
+        return FleetCollector.families(self._collector, self._states)
+
+
 def test_the_fleet_is_rendered_once_per_change_not_per_scrape():
     box = Box(fixture_states())
     exposition, collector = exposition_for(box)
@@ -169,18 +192,18 @@ def test_the_fleet_is_rendered_once_per_change_not_per_scrape():
 
 def test_every_variant_carries_the_same_fleet_and_live_process_metrics():
     exposition, collector = exposition_for(Box(fixture_states()))
-    plain = exposition.body().decode()
+    plain = whole(exposition).decode()
     assert normalised(plain).startswith(GOLDEN.read_text())
     assert "process_cpu_seconds_total" in plain
     assert (
-        gzip.decompress(exposition.body(gzipped=True))
+        gzip.decompress(whole(exposition, gzipped=True))
         .decode()
         .startswith(plain.split("# HELP process_")[0])
     )
-    openmetrics = exposition.body(openmetrics=True).decode()
+    openmetrics = whole(exposition, openmetrics=True).decode()
     assert openmetrics.count("# EOF") == 1 and openmetrics.endswith("# EOF\n")
     names = {f.name for f in openmetrics_families(openmetrics)}
     assert {"beenergised_charging_station_info", "process_cpu_seconds"} <= names
-    om_gzip = gzip.decompress(exposition.body(openmetrics=True, gzipped=True)).decode()
+    om_gzip = gzip.decompress(whole(exposition, openmetrics=True, gzipped=True)).decode()
     assert om_gzip.endswith("# EOF\n") and "beenergised_up" in om_gzip
     assert collector.renders == 2  # the plain text, then the OpenMetrics text; gzip reuses them
