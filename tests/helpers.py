@@ -32,7 +32,13 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
         time.sleep(0.05)
 
 
-TOOL_PACKAGES = {"amtool": "prometheus-alertmanager"}
+TOOL_PACKAGES = {
+    "amtool": "prometheus-alertmanager",
+    "buildah": "buildah",
+    "debootstrap": "debootstrap",
+    "systemd-analyze": "systemd",
+    "kubectl": "kubernetes-client",
+}
 """Debian packages of the external tools the tests use, where not 'prometheus'."""
 
 

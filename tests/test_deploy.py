@@ -1,0 +1,465 @@
+"""Deployment files: the Kubernetes manifests (deploy/kubernetes/) and the systemd unit
+(deploy/systemd/), checked against the exporter they deploy.
+
+Regenerate deploy/kubernetes/prometheusrule.yaml after editing prometheus/alerts.yml:
+
+    .venv/bin/python -m tests.test_deploy
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from exporter.config import DEFAULT_PORT, load_settings, parse_duration
+from tests.helpers import IN_CI, ROOT, require_tool
+from tests.test_compose import final_stage
+
+KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
+SYSTEMD_DIR = ROOT / "deploy" / "systemd"
+ALERTS = ROOT / "prometheus" / "alerts.yml"
+PROMETHEUS_RULE = KUBERNETES_DIR / "prometheusrule.yaml"
+SECRET_EXAMPLE = KUBERNETES_DIR / "secret.example.yaml"
+UNIT = SYSTEMD_DIR / "beenergised-exporter.service"
+ENV_EXAMPLE = SYSTEMD_DIR / "beenergised-exporter.env.example"
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # CRDs of the Prometheus Operator
+PROMETHEUS_RULE_HEADER = """\
+# Generated from prometheus/alerts.yml: the rule groups are identical (tests/test_deploy.py
+# checks it). Edit prometheus/alerts.yml, then regenerate this file:
+#   .venv/bin/python -m tests.test_deploy
+# Give it the labels your Prometheus' ruleSelector asks for (kube-prometheus-stack:
+# `release: <helm release name>`).
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: beenergised-exporter
+  labels:
+    app.kubernetes.io/name: beenergised-exporter
+    app.kubernetes.io/component: exporter
+spec:
+"""
+
+
+def prometheus_rule_text() -> str:
+    """The PrometheusRule: alerts.yml from `groups:` on, indented under `spec:`."""
+    body = ALERTS.read_text()
+    body = body[body.index("\ngroups:") + 1 :]
+    return PROMETHEUS_RULE_HEADER + re.sub(r"(?m)^(?=.)", "  ", body)
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in KUBERNETES_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def manifest(kind: str) -> dict:
+    (found,) = [load(path) for path in manifest_files() if load(path)["kind"] == kind]
+    return found
+
+
+def kustomization() -> dict:
+    return load(KUBERNETES_DIR / "kustomization.yaml")
+
+
+def deployment() -> dict:
+    return manifest("Deployment")
+
+
+def pod_spec() -> dict:
+    return deployment()["spec"]["template"]["spec"]
+
+
+def exporter_container() -> dict:
+    (container,) = pod_spec()["containers"]
+    return container
+
+
+def image_user() -> tuple[int, int]:
+    """uid and gid of the Dockerfile's USER."""
+    (user,) = [arguments for keyword, arguments in final_stage() if keyword == "USER"]
+    uid, gid = user.split(":")
+    return int(uid), int(gid)
+
+
+def alerts_job() -> str:
+    """The scrape job name the alert rules select with up{job=...}."""
+    (job,) = set(re.findall(r'up\{job="([^"]+)"\}', ALERTS.read_text()))
+    return job
+
+
+# -- every manifest ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda path: path.name)
+def test_manifest_has_api_version_kind_name_and_labels(path: Path):
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert len(documents) == 1, f"{path.name}: one resource per file"
+    (resource,) = documents
+    assert re.fullmatch(r"([a-z0-9.-]+/)?v\d+(alpha\d+|beta\d+)?", resource["apiVersion"])
+    assert resource["kind"]
+    assert resource["metadata"]["name"] == "beenergised-exporter"
+    assert "namespace" not in resource["metadata"], "the namespace is the user's choice"
+    assert resource["metadata"]["labels"]["app.kubernetes.io/name"] == "beenergised-exporter"
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_example():
+    """Applying the directory again must never replace the real secret with the placeholder."""
+    resources = kustomization()["resources"]
+    expected = [p.name for p in manifest_files() if p != SECRET_EXAMPLE]
+    assert sorted(resources) == expected
+    assert SECRET_EXAMPLE.name not in resources
+
+
+def test_kustomization_image_tag_is_the_project_version():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    (image,) = kustomization()["images"]
+    assert image["name"] == exporter_container()["image"].split(":")[0]
+    assert image["newTag"] == version
+    assert exporter_container()["image"] == f"beenergised-exporter:{version}"
+
+
+def kubernetes_validate():
+    try:
+        import kubernetes_validate  # a test extra: the other tests run without it
+    except ImportError:
+        message = "kubernetes-validate is not installed (PyPI; in the test extras)"
+        if IN_CI:
+            pytest.fail(message + " but CI=true requires it")
+        pytest.skip(message)
+    return kubernetes_validate
+
+
+def kubernetes_versions() -> list[str]:
+    """The oldest and the newest Kubernetes whose schemas kubernetes-validate ships."""
+    validator = kubernetes_validate()
+    versions = sorted(validator.utils.all_versions(), key=lambda v: tuple(map(int, v.split("."))))
+    return [versions[0], versions[-1]]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in manifest_files() if load(path)["kind"] not in OPERATOR_KINDS],
+    ids=lambda path: path.name,
+)
+def test_manifest_passes_kubernetes_validate_strictly(path: Path):
+    """Kubernetes' own OpenAPI schemas, offline, rejecting unknown fields (a typo of
+    readOnlyRootFilesystem would otherwise be silently ignored by the cluster). The Prometheus
+    Operator's kinds have no schema there: the tests below check them field by field."""
+    validator = kubernetes_validate()
+    resource = load(path)
+    for version in kubernetes_versions():
+        validator.validate(resource, version, strict=True)
+
+
+def test_kustomize_builds_the_directory():
+    kubectl = require_tool("kubectl")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES_DIR)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    built = list(yaml.safe_load_all(result.stdout))
+    assert sorted(r["kind"] for r in built) == sorted(
+        load(KUBERNETES_DIR / name)["kind"] for name in kustomization()["resources"]
+    )
+    (built_deployment,) = [r for r in built if r["kind"] == "Deployment"]
+    (container,) = built_deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == exporter_container()["image"]
+
+
+# -- Deployment -------------------------------------------------------------------------------
+
+
+def test_deployment_runs_as_the_image_user_without_privileges():
+    uid, gid = image_user()
+    pod = pod_spec()
+    container = exporter_container()
+    for context in (pod["securityContext"], container["securityContext"]):
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] == uid
+        assert context["runAsGroup"] == gid
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["fsGroup"] == gid
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert "privileged" not in security and "add" not in security["capabilities"]
+    assert pod["automountServiceAccountToken"] is False
+    assert not pod.get("hostNetwork") and not pod.get("hostPID")
+
+
+def test_deployment_selects_its_pods():
+    spec = deployment()["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["replicas"] == 1, "replicas of one configuration would only read the API twice"
+
+
+def test_deployment_port_and_probes_match_the_exporter():
+    container = exporter_container()
+    (port,) = container["ports"]
+    assert port == {"name": "metrics", "containerPort": DEFAULT_PORT, "protocol": "TCP"}
+    liveness = container["livenessProbe"]["httpGet"]
+    readiness = container["readinessProbe"]["httpGet"]
+    assert (liveness["path"], liveness["port"]) == ("/healthz", "metrics")
+    assert (readiness["path"], readiness["port"]) == ("/readyz", "metrics")
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["timeoutSeconds"] < container[probe]["periodSeconds"]
+
+
+@pytest.mark.e2e
+def test_probe_paths_answer_on_a_real_exporter(exporter_process):
+    exporter = exporter_process(["--demo"], {})
+    container = exporter_container()
+    for probe in ("livenessProbe", "readinessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert requests.get(exporter.url + path, timeout=5).status_code == 200, path
+
+
+def quantity(value: str) -> float:
+    """A Kubernetes quantity (cpu: 25m, 1; memory: 64Mi, 1Gi) as a number."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1}
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", str(value)).groups()
+    return float(number) * units[unit]
+
+
+def test_deployment_requests_and_limits_cover_the_measured_memory():
+    resources = exporter_container()["resources"]
+    for resource in ("cpu", "memory"):
+        request = quantity(resources["requests"][resource])
+        limit = quantity(resources["limits"][resource])
+        assert 0 < request <= limit, resource
+    # Peak RSS measured with 10,000 stations and 4 scrapers: 51 MiB (see deployment.yaml).
+    assert quantity(resources["requests"]["memory"]) >= 51 * 2**20
+    assert quantity(resources["limits"]["memory"]) >= 2 * 51 * 2**20
+
+
+def test_client_secret_is_a_mounted_file_named_by_the_environment():
+    container = exporter_container()
+    environment = {e["name"]: e for e in container["env"]}
+    assert "BEENERGISED_CLIENT_SECRET" not in environment, "the secret goes in a file"
+    secret_file = Path(environment["BEENERGISED_CLIENT_SECRET_FILE"]["value"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(secret_file.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
+    secret = load(SECRET_EXAMPLE)
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == secret_file.name
+    assert item["key"] in secret["stringData"]
+    assert volume["secret"]["defaultMode"] & 0o040, "readable by the group (fsGroup)"
+    assert not volume["secret"]["defaultMode"] & 0o007, "not readable by others"
+
+
+def test_secret_example_holds_only_a_placeholder():
+    secret = load(SECRET_EXAMPLE)
+    assert secret["kind"] == "Secret" and secret["type"] == "Opaque"
+    (value,) = secret["stringData"].values()
+    assert "REPLACE" in value
+    assert "demo-secret" not in SECRET_EXAMPLE.read_text()
+
+
+@pytest.mark.parametrize("path", ["client-secret", "secret.yaml"])
+def test_local_secret_files_are_ignored_by_git(path):
+    result = subprocess.run(
+        ["git", "check-ignore", "--quiet", str(KUBERNETES_DIR / path)], cwd=ROOT, timeout=30
+    )
+    assert result.returncode == 0, f"deploy/kubernetes/{path} would be committed"
+
+
+def test_configmap_and_secret_make_valid_settings(tmp_path):
+    """What the container gets: the ConfigMap as environment plus the mounted secret file."""
+    container = exporter_container()
+    (source,) = container["envFrom"]
+    configmap = manifest("ConfigMap")
+    assert source["configMapRef"]["name"] == configmap["metadata"]["name"]
+    assert not [key for key in configmap["data"] if re.search("SECRET|PASSWORD", key)]
+    secret = tmp_path / "client-secret"
+    secret.write_text("not-a-real-secret\n")
+    environment = dict(configmap["data"])
+    environment["BEENERGISED_CLIENT_SECRET_FILE"] = str(secret)
+    settings = load_settings(container.get("args", []), environment)
+    (mandant,) = settings.mandants
+    assert mandant.api_url == configmap["data"]["BEENERGISED_API_URL"]
+    assert settings.listen_port == DEFAULT_PORT
+
+
+# -- Service, ServiceMonitor, PrometheusRule --------------------------------------------------
+
+
+def test_service_exposes_the_metrics_port_of_the_pods():
+    service = manifest("Service")
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port == {
+        "name": "metrics",
+        "port": DEFAULT_PORT,
+        "targetPort": "metrics",
+        "protocol": "TCP",
+    }
+    # Scraped before the first successful refresh too, so failures reach the alerts.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_servicemonitor_scrapes_the_service_as_the_job_the_alerts_expect():
+    monitor = manifest("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = manifest("Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in [port["name"] for port in service["spec"]["ports"]]
+    assert endpoint["path"] == "/metrics"
+    jobs = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
+    assert jobs == [{"action": "replace", "targetLabel": "job", "replacement": alerts_job()}]
+    assert parse_duration(endpoint["scrapeTimeout"]) < parse_duration(endpoint["interval"])
+
+
+def test_prometheusrule_groups_are_identical_to_alerts_yml():
+    rule = load(PROMETHEUS_RULE)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == load(ALERTS)["groups"], (
+        "prometheus/alerts.yml changed: run `.venv/bin/python -m tests.test_deploy`"
+    )
+
+
+# -- systemd ----------------------------------------------------------------------------------
+
+
+def unit_settings() -> list[tuple[str, str, str]]:
+    """(section, key, value) of each line of the unit; keys may repeat, as systemd allows."""
+    settings, section = [], ""
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, value = line.split("=", 1)
+        settings.append((section, key, value))
+    return settings
+
+
+def unit_value(section: str, key: str) -> str:
+    (value,) = [v for s, k, v in unit_settings() if (s, k) == (section, key)]
+    return value
+
+
+def test_unit_starts_the_console_script_with_its_environment_file():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {s for s, _, _ in unit_settings()} == {"Unit", "Service", "Install"}
+    exec_start = unit_value("Service", "ExecStart")
+    assert exec_start == "/opt/beenergised-exporter/bin/beenergised-exporter"
+    assert Path(exec_start).name in scripts
+    assert unit_value("Service", "EnvironmentFile") == "/etc/default/beenergised-exporter"
+    assert unit_value("Service", "Restart") == "on-failure"
+    assert unit_value("Service", "RestartPreventExitStatus") == "2"  # a wrong setting
+    assert unit_value("Unit", "After") == "network-online.target"
+    assert unit_value("Install", "WantedBy") == "multi-user.target"
+    assert not [k for _, k, _ in unit_settings() if k == "Environment"], "settings go in the file"
+
+
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    "CapabilityBoundingSet": "",
+    "RestrictNamespaces": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "SystemCallArchitectures": "native",
+}
+
+
+@pytest.mark.parametrize("key", HARDENING)
+def test_unit_is_hardened(key):
+    assert unit_value("Service", key) == HARDENING[key]
+
+
+def test_unit_runs_as_an_unprivileged_user_with_the_system_service_syscalls():
+    assert unit_value("Service", "User") == "beenergised-exporter"
+    filters = [v for s, k, v in unit_settings() if (s, k) == ("Service", "SystemCallFilter")]
+    assert filters[0] == "@system-service"
+    assert all(f.startswith("~") for f in filters[1:])
+
+
+def env_example() -> dict[str, str]:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_env_example_makes_valid_settings_with_the_secret_in_a_file(tmp_path):
+    environment = env_example()
+    assert "BEENERGISED_CLIENT_SECRET" not in environment, "the secret goes in a file"
+    assert environment["BEENERGISED_CLIENT_SECRET_FILE"].startswith("/etc/beenergised-exporter/")
+    secret = tmp_path / "client-secret"
+    secret.write_text("not-a-real-secret\n")
+    settings = load_settings([], environment | {"BEENERGISED_CLIENT_SECRET_FILE": str(secret)})
+    (mandant,) = settings.mandants
+    assert mandant.client_id == environment["BEENERGISED_CLIENT_ID"]
+
+
+def copy_of_the_unit(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this checkout's console script, which
+    systemd-analyze requires to exist; everything else unchanged."""
+    script = ROOT / ".venv" / "bin" / "beenergised-exporter"
+    if not script.exists():
+        pytest.skip("no .venv/bin/beenergised-exporter (run `make test`)")
+    copy = tmp_path / UNIT.name
+    text = UNIT.read_text().replace(unit_value("Service", "ExecStart"), str(script))
+    copy.write_text(text)
+    return copy
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run(
+        [analyze, "verify", str(copy_of_the_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # verify exits 0 on unknown keys and bad values too (it ignores them): its output counts.
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
+
+
+def test_unit_exposure_is_low_in_systemd_analyze_security(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(copy_of_the_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout  # 0 is best, 10 worst; 2.0 is still OK
+
+
+if __name__ == "__main__":
+    PROMETHEUS_RULE.write_text(prometheus_rule_text())
+    print(f"wrote {PROMETHEUS_RULE.relative_to(ROOT)}")
