@@ -77,7 +77,8 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
     for name in _ATTRIBUTES:
         value = attributes.get(name)
         values.append(value if value.__class__ is str else _text(value, name, station_id))
-    label, charge_box_identity, firmware_version, serial_number = values
+    label, charge_box_identity, firmware_version, serial_number, iccid, imsi = values
+    has_sim_data = bool(iccid and imsi)
     old = known.get(station_id) if known else None
     if (
         old is not None
@@ -85,14 +86,20 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
         and old.charge_box_identity == charge_box_identity
         and old.firmware_version == firmware_version
         and old.serial_number == serial_number
+        and old.has_sim_data == has_sim_data
     ):
         return old
     return Station(
-        station_id, label, charge_box_identity, sys.intern(firmware_version), serial_number
+        station_id,
+        label,
+        charge_box_identity,
+        sys.intern(firmware_version),
+        serial_number,
+        has_sim_data,
     )
 
 
-_ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber")
+_ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber", "iccid", "imsi")
 
 
 def parse_page(

@@ -16,10 +16,12 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
+from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Secret, Settings, load_settings
 from exporter.errors import ConfigError
 from exporter.logs import setup_logging
 from exporter.metrics import Exposition, FleetCollector
+from exporter.model import FirmwareTarget
 from exporter.refresh import MandantRefresher, MandantState, refresh_timeout, start_scheduler
 from exporter.web import ExporterApp, serve
 from exporter.webconfig import BasicAuth, load_web_config
@@ -28,6 +30,8 @@ LOG = logging.getLogger("exporter")
 
 DEMO_STATIONS = 40
 DEMO_CHURN_INTERVAL = 20.0
+DEMO_TARGET_FIRMWARE = r"/2\.5\..*|3\..*/"
+"""The demo's rollout target: 2.5 or newer, which the simulator's churn rolls stations to."""
 SHUTDOWN_GRACE = 3.0
 """Seconds to wait for running refreshes at shutdown, so SIGTERM always ends within 5 s."""
 
@@ -50,6 +54,7 @@ def start_demo_api(settings: Settings) -> tuple[Settings, object]:
         client_id="demo-client",
         client_secret=Secret(secret),
         token_auth_method="basic",
+        target_firmware=FirmwareTarget.parse(DEMO_TARGET_FIRMWARE),
     )
     LOG.info(
         "demo mode: simulated CPO API at %s with %d stations", simulator.api_url, DEMO_STATIONS
@@ -95,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return [refresher.state for refresher in refreshers]
 
     exposition = build_exposition(states, settings)
+    changelog = ChangeLog(settings.changes_max_entries)
     refreshers += [
         MandantRefresher(
             mandant,
@@ -103,12 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=refresh_timeout(settings.refresh_interval),
             cancel=shutting_down,
             on_publish=exposition.update,
+            changelog=changelog,
         )
         for mandant in settings.mandants
     ]
     app = ExporterApp(
         exposition,
         states,
+        changelog,
         telemetry_path=settings.telemetry_path,
         auth=BasicAuth(web_config.users) if web_config and web_config.users else None,
     )

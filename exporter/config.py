@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter.errors import ConfigError
+from exporter.model import FirmwareTarget
 
 DEFAULT_TOKEN_URL = "https://beenergised-jwtapis.auth.eu-central-1.amazoncognito.com/token"
 # Above every allocation seen in the 10000+ range of the Prometheus wiki page "Default port
@@ -38,12 +39,14 @@ DEFAULT_PAGE_LIMIT = 100
 DEFAULT_CONCURRENCY = 4
 DEFAULT_TELEMETRY_PATH = "/metrics"
 SHORT_REFRESH_INTERVAL = 30.0
+DEFAULT_CHANGES_MAX_ENTRIES = 1000
 
 _MISSING_API_URL = "the base URL of your mandant, e.g. https://yourmandant.beenergised.cloud"
 _MISSING_CLIENT_ID = "the client id of your CPO API token"
 _MISSING_CLIENT_SECRET = "the client secret of your CPO API token"
 _FILE_GLOBAL_KEYS = (
     "mandants",
+    "changes_max_entries",
     "concurrency",
     "page_limit",
     "refresh_interval",
@@ -56,6 +59,7 @@ _FILE_MANDANT_KEYS = (
     "client_secret",
     "client_secret_file",
     "name",
+    "target_firmware",
     "token_auth_method",
     "token_url",
 )
@@ -103,6 +107,7 @@ class Mandant:
     client_id: str
     client_secret: Secret
     token_auth_method: str  # one of TOKEN_AUTH_METHODS
+    target_firmware: FirmwareTarget | None = None  # the rollout target, if any
 
     def __post_init__(self) -> None:
         # A plain str here would print itself in every repr of the settings.
@@ -128,6 +133,7 @@ class Settings:
     log_format: str  # logfmt|json
     demo: bool
     station_info: bool  # False with --no-station-info
+    changes_max_entries: int  # size of the change log ring
     warnings: tuple[str, ...]  # messages the CLI logs at WARN once logging is up
 
 
@@ -209,12 +215,15 @@ label of its host name. Default token endpoint: {DEFAULT_TOKEN_URL}
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "beenergised-exporter",
+    description: str = "Prometheus exporter for the be.ENERGISED CPO API: "
+    "charging station fleet, firmware and changes.",
+) -> argparse.ArgumentParser:
     """The command line; every flag's help names its environment variable and default."""
     parser = _Parser(
-        prog="beenergised-exporter",
-        description="Prometheus exporter for the be.ENERGISED CPO API: "
-        "charging station fleet, firmware and changes.",
+        prog=prog,
+        description=description,
         epilog=_EPILOG,
         formatter_class=_HelpFormatter,
         # Abbreviations would let "--client-secret VALUE" pass as --client-secret-file.
@@ -251,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(env BEENERGISED_TOKEN_AUTH_METHOD, default basic)",
     )
     add(
+        "--target-firmware",
+        metavar="VERSION",
+        help="the firmware version a rollout aims at, exact (5.2.1) or a regular expression "
+        "between slashes that must match the whole version (/5\\.2\\..*/); gives the "
+        "beenergised_charging_stations_firmware_target metric (env "
+        "BEENERGISED_TARGET_FIRMWARE, default none)",
+    )
+    add(
         "--refresh-interval",
         metavar="DURATION",
         help="time between refreshes, in seconds or as a Prometheus duration like 5m "
@@ -268,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pages fetched at once per mandant once the first page told the total; halved for "
         f"the rest of a refresh on HTTP 429 (env BEENERGISED_CONCURRENCY, default "
         f"{DEFAULT_CONCURRENCY})",
+    )
+    add(
+        "--changes.max-entries",
+        dest="changes_max_entries",
+        metavar="N",
+        help="changes (station added, removed, firmware changed) kept in memory for /changes "
+        f"(env BEENERGISED_CHANGES_MAX_ENTRIES, default {DEFAULT_CHANGES_MAX_ENTRIES})",
     )
     add(
         "--config.file",
@@ -644,7 +668,20 @@ def _file_mandant(item: dict[str, _Given], where: str, base: Path, auth_method: 
         token_auth_method=_choice(item["token_auth_method"], TOKEN_AUTH_METHODS)
         if "token_auth_method" in item
         else auth_method,
+        target_firmware=_target(item["target_firmware"]) if "target_firmware" in item else None,
     )
+
+
+def _target(given: _Given) -> FirmwareTarget | None:
+    """A firmware target; null (in the file) means none."""
+    if given.value is None:
+        return None
+    if isinstance(given.value, int | float) and not isinstance(given.value, bool):
+        raise given.fail(f"expected a string, got {given.value!r}; put the version in quotes")
+    try:
+        return FirmwareTarget.parse(_text(given))
+    except ValueError as e:
+        raise given.fail(str(e)) from None
 
 
 def _inline_secret(given: _Given) -> Secret:
@@ -666,9 +703,17 @@ class _MandantInputs:
     client_id: _Given | None
     secret_file: _Given | None
     secret: _Given | None
+    target_firmware: _Given | None
 
     def first_given(self) -> _Given | None:
-        for given in (self.api_url, self.client_id, self.secret_file, self.secret, self.token_url):
+        for given in (
+            self.api_url,
+            self.client_id,
+            self.secret_file,
+            self.secret,
+            self.token_url,
+            self.target_firmware,
+        ):
             if given is not None:
                 return given
         return None
@@ -691,6 +736,9 @@ def _mandant_inputs(sources: _Sources) -> _MandantInputs:
         client_id=sources.pick("client_id", "--client-id", "BEENERGISED_CLIENT_ID"),
         secret_file=secret_file,
         secret=secret,
+        target_firmware=sources.pick(
+            "target_firmware", "--target-firmware", "BEENERGISED_TARGET_FIRMWARE"
+        ),
     )
 
 
@@ -721,6 +769,7 @@ def _single_mandant(inputs: _MandantInputs, auth_method: str) -> Mandant:
         client_id=client_id,
         client_secret=secret,
         token_auth_method=auth_method,
+        target_firmware=_target(inputs.target_firmware) if inputs.target_firmware else None,
     )
 
 
@@ -761,14 +810,19 @@ def _resolve_mandants(
     return [_single_mandant(inputs, auth_method)]
 
 
-def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+def load_settings(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    parser: argparse.ArgumentParser | None = None,
+) -> Settings:
     """Parse ``argv`` (without the program name) and ``environ`` into validated Settings.
 
-    Raises ConfigError for every configuration problem; ``--help`` prints the help and
-    raises SystemExit(0) as argparse does.
+    ``parser`` is ``build_parser()`` unless a subcommand adds flags of its own. Raises
+    ConfigError for every configuration problem; ``--help`` prints the help and raises
+    SystemExit(0) as argparse does.
     """
     _reject_secret_flag(argv)
-    sources = _Sources(build_parser().parse_args(list(argv)), environ)
+    sources = _Sources((parser or build_parser()).parse_args(list(argv)), environ)
 
     config_given = sources.pick("config_file", "--config.file", "BEENERGISED_CONFIG_FILE")
     config = _load_config_file(config_given) if config_given is not None else None
@@ -822,6 +876,13 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     level_given = sources.pick("log_level", "--log.level", "BEENERGISED_LOG_LEVEL")
     format_given = sources.pick("log_format", "--log.format", "BEENERGISED_LOG_FORMAT")
 
+    changes_given = sources.pick(
+        "changes_max_entries",
+        "--changes.max-entries",
+        "BEENERGISED_CHANGES_MAX_ENTRIES",
+        in_file.get("changes_max_entries"),
+    )
+
     # The flag and variable say "no", the file key says "yes": flip the one that was given.
     no_info_given = sources.pick(
         "no_station_info", "--no-station-info", "BEENERGISED_NO_STATION_INFO"
@@ -846,5 +907,8 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         log_format=_choice(format_given, LOG_FORMATS) if format_given else "logfmt",
         demo=demo,
         station_info=station_info,
+        changes_max_entries=(
+            _positive_int(changes_given) if changes_given else DEFAULT_CHANGES_MAX_ENTRIES
+        ),
         warnings=tuple(warnings),
     )

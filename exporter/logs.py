@@ -25,6 +25,11 @@ def _fields(record: logging.LogRecord) -> dict[str, str]:
         "source": record.name,
         "msg": record.getMessage(),
     }
+    # structured fields, given as LOG.info(msg, extra={"fields": {...}})
+    extra = getattr(record, "fields", None)
+    if isinstance(extra, dict):
+        for key, value in extra.items():
+            fields.setdefault(str(key), str(value))
     if record.exc_info:
         fields["err"] = logging.Formatter().formatException(record.exc_info)
     return fields

@@ -21,7 +21,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.model import Station
+from exporter.model import DATA_ISSUES, Station
 from exporter.refresh import FAILURE_REASONS, MandantState
 
 CACHED = " (from the last successful refresh of the API)"
@@ -126,6 +126,18 @@ class FleetCollector(Collector):
             + ".",
             labels=["mandant", "firmware_version"],
         )
+        on_target = GaugeMetricFamily(
+            "beenergised_charging_stations_firmware_target",
+            "Charging stations on the mandant's target firmware (exact version or /regex/, as "
+            "the target label shows); only for mandants with a target" + CACHED + ".",
+            labels=["mandant", "target"],
+        )
+        issues = GaugeMetricFamily(
+            "beenergised_charging_stations_data_issues",
+            "Charging stations with a data issue: no_firmware_version, no_sim_data (iccid or "
+            "imsi empty), duplicate_charge_box_identity (every station sharing one)" + CACHED + ".",
+            labels=["mandant", "issue"],
+        )
         for state in states:
             snapshot = state.snapshot
             if snapshot is None:  # no successful refresh yet: no data, rather than a false 0
@@ -133,8 +145,12 @@ class FleetCollector(Collector):
             stations.add_metric([state.name], len(snapshot))
             for firmware, count in sorted(snapshot.by_firmware.items()):
                 by_firmware.add_metric([state.name, firmware], count)
-        yield stations
-        yield by_firmware
+            target = state.firmware_target
+            if target is not None:
+                on_target.add_metric([state.name, target.text], target.stations_on_target(snapshot))
+            for issue in DATA_ISSUES:
+                issues.add_metric([state.name, issue], snapshot.data_issues[issue])
+        yield from (stations, by_firmware, on_target, issues)
 
     def other_families(self, states: list[MandantState]) -> Iterator[Metric]:
         """The change counters, the exporter's health and its build info."""

@@ -1,10 +1,11 @@
-"""Stations, immutable fleet snapshots and the diff between two snapshots.
+"""Stations, immutable fleet snapshots, the changes between two snapshots and firmware targets.
 
 This module imports nothing of ours: it is plain data that every other layer can share.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -12,6 +13,12 @@ from types import MappingProxyType
 
 UNKNOWN_FIRMWARE = "unknown"
 """The firmware label used when a station reports no (or an empty) firmware version."""
+
+DATA_ISSUES = ("no_firmware_version", "no_sim_data", "duplicate_charge_box_identity")
+"""The fixed set of values of the ``issue`` label of the data-quality metric."""
+
+CHANGE_KINDS = ("added", "removed", "firmware_changed")
+"""The kinds of change between two snapshots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +30,7 @@ class Station:
     charge_box_identity: str
     firmware_version: str
     serial_number: str
+    has_sim_data: bool = True  # both iccid and imsi given
 
     @property
     def firmware_label(self) -> str:
@@ -36,37 +44,120 @@ class Snapshot:
 
     stations: Mapping[str, Station]
     by_firmware: Mapping[str, int]
+    data_issues: Mapping[str, int]
     taken_at: float
 
     @classmethod
     def build(cls, stations: Iterable[Station], taken_at: float) -> Snapshot:
-        """Index stations by id (the first of duplicate ids wins) and count them per firmware."""
+        """Index stations by id (the first of duplicate ids wins), count them per firmware and
+        count their data issues."""
         by_id: dict[str, Station] = {}
         for station in stations:
             by_id.setdefault(station.id, station)
         firmware = Counter(station.firmware_label for station in by_id.values())
-        return cls(MappingProxyType(by_id), MappingProxyType(dict(firmware)), taken_at)
+        return cls(
+            MappingProxyType(by_id),
+            MappingProxyType(dict(firmware)),
+            MappingProxyType(data_issues(by_id.values())),
+            taken_at,
+        )
 
     def __len__(self) -> int:
         return len(self.stations)
 
 
+def data_issues(stations: Iterable[Station]) -> dict[str, int]:
+    """Stations per data issue: no firmware version; no SIM data (iccid or imsi empty); a
+    charge box identity that another station of the fleet has too (every one of them counts;
+    an empty identity is never a duplicate)."""
+    no_firmware = no_sim = 0
+    identities: Counter[str] = Counter()
+    for station in stations:
+        no_firmware += not station.firmware_version
+        no_sim += not station.has_sim_data
+        identities[station.charge_box_identity] += 1
+    identities.pop("", None)
+    duplicates = sum(count for count in identities.values() if count > 1)
+    return {
+        "no_firmware_version": no_firmware,
+        "no_sim_data": no_sim,
+        "duplicate_charge_box_identity": duplicates,
+    }
+
+
 @dataclass(frozen=True, slots=True)
-class Diff:
-    """What changed between two snapshots, as station ids."""
+class Change:
+    """One station added, removed or with a changed firmware version. Firmware versions are
+    as the API gave them ('' for none); ``firmware_from`` is '' for an added station,
+    ``firmware_to`` '' for a removed one."""
 
-    added: tuple[str, ...]
-    removed: tuple[str, ...]
-    firmware_changed: tuple[str, ...]
+    kind: str  # one of CHANGE_KINDS
+    station_id: str
+    label: str
+    charge_box_identity: str
+    firmware_from: str
+    firmware_to: str
 
 
-def diff(old: Snapshot, new: Snapshot) -> Diff:
-    """Stations added, removed and with a changed firmware version from ``old`` to ``new``."""
-    added = tuple(sid for sid in new.stations if sid not in old.stations)
-    removed = tuple(sid for sid in old.stations if sid not in new.stations)
-    changed = tuple(
-        sid
-        for sid, station in new.stations.items()
-        if sid in old.stations and old.stations[sid].firmware_version != station.firmware_version
-    )
-    return Diff(added, removed, changed)
+def diff(old: Snapshot, new: Snapshot) -> tuple[Change, ...]:
+    """Stations added, removed and with a changed firmware version from ``old`` to ``new``,
+    in that order; label and identity are the newest known."""
+    changes = []
+    for sid, station in new.stations.items():
+        before = old.stations.get(sid)
+        if before is None:
+            changes.append(_change("added", station, "", station.firmware_version))
+        elif before.firmware_version != station.firmware_version:
+            changes.append(
+                _change(
+                    "firmware_changed", station, before.firmware_version, station.firmware_version
+                )
+            )
+    for sid, station in old.stations.items():
+        if sid not in new.stations:
+            changes.append(_change("removed", station, station.firmware_version, ""))
+    order = {kind: index for index, kind in enumerate(CHANGE_KINDS)}
+    changes.sort(key=lambda change: order[change.kind])
+    return tuple(changes)
+
+
+def _change(kind: str, station: Station, before: str, after: str) -> Change:
+    return Change(kind, station.id, station.label, station.charge_box_identity, before, after)
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareTarget:
+    """The firmware version a rollout aims at: one exact version, or a regular expression
+    written between slashes (``/5\\.2\\..*/``) that must match the whole version."""
+
+    text: str  # as configured
+    pattern: re.Pattern[str] | None
+
+    @classmethod
+    def parse(cls, text: str) -> FirmwareTarget:
+        """Raises ValueError for an empty target or a regular expression that does not compile."""
+        text = text.strip()
+        if len(text) >= 2 and text.startswith("/") and text.endswith("/"):
+            try:
+                return cls(text, re.compile(text[1:-1]))
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {text!r}: {e}") from None
+        if not text:
+            raise ValueError("empty; give a version (5.2.1) or a regular expression (/5\\.2\\..*/)")
+        return cls(text, None)
+
+    def matches(self, version: str) -> bool:
+        """Whether a station on ``version`` is on target; no version is never on target."""
+        if not version:
+            return False
+        if self.pattern is None:
+            return version == self.text
+        return self.pattern.fullmatch(version) is not None
+
+    def stations_on_target(self, snapshot: Snapshot) -> int:
+        """Stations of ``snapshot`` on target (counted per version, not per station)."""
+        return sum(
+            count
+            for version, count in snapshot.by_firmware.items()
+            if version != UNKNOWN_FIRMWARE and self.matches(version)
+        )

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -24,10 +25,11 @@ from requests.adapters import HTTPAdapter
 from exporter import __version__
 from exporter.api import CpoClient
 from exporter.auth import TokenSource
-from exporter.config import Mandant
+from exporter.changelog import ChangeLog
+from exporter.config import DEFAULT_CHANGES_MAX_ENTRIES, Mandant
 from exporter.errors import PaginationError, RefreshError
 from exporter.http import Deadline
-from exporter.model import Snapshot, diff
+from exporter.model import FirmwareTarget, Snapshot, diff
 
 LOG = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class MandantState:
         default_factory=lambda: MappingProxyType({})
     )
     token_expiry: float | None = None
+    firmware_target: FirmwareTarget | None = None
 
     @property
     def ready(self) -> bool:
@@ -114,10 +117,12 @@ class MandantRefresher:
         concurrency: int = 1,
         cancel: threading.Event | None = None,
         on_publish: Callable[[], object] | None = None,
+        changelog: ChangeLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.mandant = mandant
         self._on_publish = on_publish or (lambda: None)
+        self._changelog = changelog or ChangeLog(max_entries=DEFAULT_CHANGES_MAX_ENTRIES)
         self._timeout = timeout
         self._cancel = cancel or threading.Event()
         self._clock = clock
@@ -140,7 +145,7 @@ class MandantRefresher:
             concurrency=concurrency,
             on_response=self._requests,
         )
-        self.state = MandantState(name=mandant.name)
+        self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
     def refresh(self) -> None:
         """Read the whole fleet and publish the result; never raises."""
@@ -166,23 +171,24 @@ class MandantRefresher:
             token_expiry=self._tokens.expires_at,
         )
         if previous.snapshot is not None:
-            change = diff(previous.snapshot, snapshot)
+            changes = diff(previous.snapshot, snapshot)
+            counts = Counter(change.kind for change in changes)
             state = replace(
                 state,
-                added_total=previous.added_total + len(change.added),
-                removed_total=previous.removed_total + len(change.removed),
-                firmware_changes_total=previous.firmware_changes_total
-                + len(change.firmware_changed),
+                added_total=previous.added_total + counts["added"],
+                removed_total=previous.removed_total + counts["removed"],
+                firmware_changes_total=previous.firmware_changes_total + counts["firmware_changed"],
             )
-            if change.added or change.removed or change.firmware_changed:
+            if changes:
                 LOG.info(
                     "mandant %s: %d stations (%d added, %d removed, %d firmware changes)",
                     self.mandant.name,
                     len(snapshot),
-                    len(change.added),
-                    len(change.removed),
-                    len(change.firmware_changed),
+                    counts["added"],
+                    counts["removed"],
+                    counts["firmware_changed"],
                 )
+                self._changelog.record(self.mandant.name, snapshot.taken_at, changes)
         else:
             LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
         self._publish(state)

@@ -1,4 +1,4 @@
-"""The HTTP side: /metrics, /healthz, /readyz and a landing page at /, as a WSGI app.
+"""The HTTP side: /metrics, /changes, /healthz, /readyz and a landing page at /, as a WSGI app.
 
 Nothing here calls the remote API: every page reads the latest published mandant states.
 TLS and basic auth come from the web config file (:mod:`exporter.webconfig`).
@@ -7,6 +7,7 @@ TLS and basic auth come from the web config file (:mod:`exporter.webconfig`).
 from __future__ import annotations
 
 import html
+import json
 import logging
 import socket
 import ssl
@@ -16,12 +17,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.changelog import ChangeEntry, ChangeLog
 from exporter.metrics import Exposition
+from exporter.model import CHANGE_KINDS
 from exporter.refresh import MandantState
 from exporter.webconfig import BasicAuth, WebConfig
 
@@ -42,6 +46,17 @@ _PLAIN_HTTP_ANSWER = (
 
 StartResponse = Callable[..., Any]
 
+DEFAULT_CHANGES_LIMIT = 100
+"""Entries ``/changes`` returns without a ``limit`` parameter."""
+LANDING_CHANGES = 10
+"""Latest changes shown on the landing page."""
+_CHANGES_PARAMETERS = ("mandant", "kind", "limit")
+_JSON_HEADERS = [("Content-Type", "application/json")]
+
+
+class BadRequest(ValueError):
+    """A query parameter the endpoint cannot use; the message tells what to send instead."""
+
 
 class ExporterApp:
     """WSGI application serving the exporter's endpoints."""
@@ -50,12 +65,14 @@ class ExporterApp:
         self,
         exposition: Exposition,
         states: Callable[[], Sequence[MandantState]],
+        changelog: ChangeLog,
         *,
         telemetry_path: str = "/metrics",
         auth: BasicAuth | None = None,
     ) -> None:
         self._exposition = exposition
         self._states = states
+        self._changelog = changelog
         self._telemetry_path = telemetry_path
         self._auth = auth
 
@@ -79,6 +96,8 @@ class ExporterApp:
             return _respond(start_response, "200 OK", b"ok\n")
         if path == "/readyz":
             return self._ready(start_response)
+        if path == "/changes":
+            return self._changes(environ.get("QUERY_STRING", ""), start_response)
         if path == "/":
             return self._landing(start_response)
         return _respond(start_response, "404 Not Found", b"not found\n")
@@ -102,8 +121,52 @@ class ExporterApp:
             return _respond(start_response, "503 Service Unavailable", reason.encode())
         return _respond(start_response, "200 OK", b"ready\n")
 
+    def _changes(self, query: str, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            mandant, kind, limit = self._changes_query(query)
+        except BadRequest as e:
+            body = json.dumps({"error": str(e)}).encode() + b"\n"
+            return _respond(start_response, "400 Bad Request", body, _JSON_HEADERS)
+        entries = self._changelog.latest(mandant=mandant, kind=kind, limit=limit)
+        document = {
+            "changes": [entry.as_dict() for entry in entries],
+            "max_entries": self._changelog.max_entries,
+        }
+        body = json.dumps(document, ensure_ascii=False, indent=1).encode() + b"\n"
+        return _respond(start_response, "200 OK", body, _JSON_HEADERS)
+
+    def _changes_query(self, query: str) -> tuple[str | None, str | None, int]:
+        """(mandant, kind, limit) from the query string; raises BadRequest."""
+        params = parse_qs(query, keep_blank_values=True)
+        for name, values in params.items():
+            if name not in _CHANGES_PARAMETERS:
+                raise BadRequest(
+                    f"unknown parameter {name!r}; known: {', '.join(_CHANGES_PARAMETERS)}"
+                )
+            if len(values) > 1:
+                raise BadRequest(f"parameter {name!r} given {len(values)} times; give it once")
+        mandant = params.get("mandant", [None])[0]
+        names = [state.name for state in self._states()]
+        if mandant is not None and mandant not in names:
+            raise BadRequest(f"unknown mandant {mandant!r}; known: {', '.join(names)}")
+        kind = params.get("kind", [None])[0]
+        if kind is not None and kind not in CHANGE_KINDS:
+            raise BadRequest(f"unknown kind {kind!r}; known: {', '.join(CHANGE_KINDS)}")
+        limit_text = params.get("limit", [None])[0]
+        if limit_text is None:
+            return mandant, kind, DEFAULT_CHANGES_LIMIT
+        if not (limit_text.isascii() and limit_text.isdigit()) or int(limit_text) < 1:
+            raise BadRequest(f"limit must be a whole number of at least 1, got {limit_text!r}")
+        return mandant, kind, int(limit_text)
+
     def _landing(self, start_response: StartResponse) -> Iterable[bytes]:
         rows = "\n".join(_mandant_row(state) for state in self._states())
+        changes = "\n".join(
+            _change_row(entry) for entry in self._changelog.latest(limit=LANDING_CHANGES)
+        )
+        if not changes:
+            changes = '<tr><td colspan="6">no changes since the exporter started</td></tr>'
+
         path = html.escape(self._telemetry_path)
         page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>be.ENERGISED exporter</title>
@@ -111,11 +174,18 @@ class ExporterApp:
 .up{{color:#1a7f37}}.down{{color:#cf222e}}</style></head>
 <body><h1>be.ENERGISED CPO API exporter</h1>
 <p>Version {html.escape(__version__)}.
-<a href="{path}">Metrics</a> · <a href="/healthz">Health</a> · <a href="/readyz">Readiness</a></p>
+<a href="{path}">Metrics</a> · <a href="/changes">Changes (JSON)</a> ·
+<a href="/healthz">Health</a> · <a href="/readyz">Readiness</a></p>
 <table><thead><tr><th>Mandant</th><th>Status</th><th>Stations</th><th>Last success</th>
 <th>Last error</th></tr></thead>
 <tbody>
 {rows}
+</tbody></table>
+<h2>Latest changes</h2>
+<table><thead><tr><th>Time</th><th>Mandant</th><th>Change</th><th>Station</th>
+<th>Charge box identity</th><th>Firmware</th></tr></thead>
+<tbody>
+{changes}
 </tbody></table></body></html>
 """
         headers = [("Content-Type", "text/html; charset=utf-8")]
@@ -132,6 +202,24 @@ def _mandant_row(state: MandantState) -> str:
     )
     cells = [html.escape(state.name), status, stations, last, html.escape(state.last_error or "")]
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def _change_row(entry: ChangeEntry) -> str:
+    change = entry.change
+    firmware = {
+        "added": change.firmware_to,
+        "removed": change.firmware_from,
+        "firmware_changed": f"{change.firmware_from or 'none'} → {change.firmware_to or 'none'}",
+    }[change.kind]
+    cells = [
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(entry.time)),
+        entry.mandant,
+        change.kind.replace("_", " "),
+        change.label or change.station_id,
+        change.charge_box_identity,
+        firmware,
+    ]
+    return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
 
 
 def _respond(

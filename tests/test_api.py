@@ -434,3 +434,27 @@ def test_an_unchanged_station_is_the_object_already_held():
     assert parse_station(row("a"), known) is held
     changed = parse_station(row("a", firmware="2.0"), known)
     assert changed is not held and changed.firmware_version == "2.0"
+
+
+@pytest.mark.parametrize(
+    ("iccid", "imsi", "has_sim_data"),
+    [
+        ("1", "2", True),
+        ("", "2", False),
+        ("1", None, False),
+        (None, None, False),
+        (8949, 2620, True),
+    ],
+)
+def test_sim_data_needs_both_iccid_and_imsi(iccid, imsi, has_sim_data):
+    data = row("a")
+    data["attributes"] |= {"iccid": iccid, "imsi": imsi}
+    assert parse_station(data).has_sim_data is has_sim_data
+
+
+def test_a_station_whose_sim_data_changed_is_a_new_object():
+    known = {"a": parse_station(row("a"))}
+    data = row("a")
+    data["attributes"]["iccid"] = ""
+    assert parse_station(data, known) is not known["a"]
+    assert parse_station(row("a"), known) is known["a"]

@@ -47,6 +47,8 @@ FLAGS_AND_ENV = [
     ("--log.format", "BEENERGISED_LOG_FORMAT"),
     ("--demo", "BEENERGISED_DEMO"),
     ("--no-station-info", "BEENERGISED_NO_STATION_INFO"),
+    ("--target-firmware", "BEENERGISED_TARGET_FIRMWARE"),
+    ("--changes.max-entries", "BEENERGISED_CHANGES_MAX_ENTRIES"),
 ]
 
 
@@ -144,6 +146,7 @@ def test_defaults_with_one_mandant_from_the_environment() -> None:
         log_format="logfmt",
         demo=False,
         station_info=True,
+        changes_max_entries=1000,
         warnings=(),
     )
 
@@ -215,6 +218,26 @@ PRECEDENCE = {
         "query",
         "post",
         "basic",
+    ),
+    "changes_max_entries": Case(
+        ["--changes.max-entries", "50"],
+        ("BEENERGISED_CHANGES_MAX_ENTRIES", "60"),
+        "changes_max_entries: 70",
+        lambda s: s.changes_max_entries,
+        50,
+        60,
+        70,
+        1000,
+    ),
+    "target_firmware": Case(
+        ["--target-firmware", "5.2.1"],
+        ("BEENERGISED_TARGET_FIRMWARE", "/5\\.3\\..*/"),
+        None,
+        lambda s: s.mandants[0].target_firmware and s.mandants[0].target_firmware.text,
+        "5.2.1",
+        "/5\\.3\\..*/",
+        None,
+        None,
     ),
     "station_info": Case(
         ["--no-station-info"],
@@ -881,6 +904,65 @@ def test_config_mandants_and_single_mandant_settings_conflict(
     assert error([*argv, "--config.file", str(config)], env).startswith(
         f"{offender}: {config} also lists mandants; choose one"
     )
+
+
+def test_target_firmware_per_mandant_in_the_config_file(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    entry = f"  - api_url: {{url}}\n    client_id: a\n    client_secret_file: {path}\n"
+    config = write(
+        tmp_path,
+        "mandants:\n"
+        + entry.format(url="https://north.example")
+        + "    target_firmware: '/5\\.2\\..*/'\n"
+        + entry.format(url="https://south.example")
+        + "    target_firmware: 2.4.1-b\n"
+        + entry.format(url="https://east.example"),
+    )
+    north, south, east = load(["--config.file", str(config)], {}).mandants
+    assert north.target_firmware is not None and north.target_firmware.matches("5.2.10")
+    assert south.target_firmware is not None and south.target_firmware.text == "2.4.1-b"
+    assert east.target_firmware is None
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("'/5.(2/'", "mandants[0].target_firmware: not a regular expression: '/5.(2/'"),
+        ("''", "mandants[0].target_firmware: empty; give a version"),
+        (
+            "5.2",
+            "mandants[0].target_firmware: expected a string, got 5.2; put the version in quotes",
+        ),
+    ],
+)
+def test_bad_target_firmware_in_the_file_names_the_field(
+    target: str, message: str, tmp_path: Path
+) -> None:
+    path = secret_file(tmp_path)
+    config = write(
+        tmp_path,
+        f"mandants:\n  - api_url: {API_URL}\n    client_id: a\n    client_secret_file: {path}\n"
+        f"    target_firmware: {target}\n",
+    )
+    assert message in error(["--config.file", str(config)], {})
+
+
+def test_bad_target_firmware_flag_names_the_flag() -> None:
+    assert error(["--target-firmware", "/[/"]).startswith(
+        "--target-firmware: not a regular expression: '/[/'"
+    )
+
+
+def test_target_firmware_with_file_mandants_conflicts(tmp_path: Path) -> None:
+    config = multi_config(tmp_path)
+    assert error(["--config.file", str(config)], {"BEENERGISED_TARGET_FIRMWARE": "1.0"}).startswith(
+        f"BEENERGISED_TARGET_FIRMWARE: {config} also lists mandants; choose one"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_changes_max_entries_must_be_a_positive_integer(value: str) -> None:
+    assert error(["--changes.max-entries", value]).startswith("--changes.max-entries: ")
 
 
 # --- the secret never shows -------------------------------------------------------------------

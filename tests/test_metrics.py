@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import Snapshot, Station
+from exporter.model import FirmwareTarget, Snapshot, Station
 from exporter.refresh import MandantState
 from tests.helpers import require_tool
 
@@ -30,8 +30,8 @@ GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 def fixture_states() -> list[MandantState]:
     stations = [
         Station("id-1", "Station 1", "cp_1", "2.4.1", "SN1"),
-        Station("id-2", 'Hof "Süd" \\ Tor\nrechts', "cp_2", "2.4.1", ""),
-        Station("id-3", "Station 3", "cp_3", "", "SN3"),
+        Station("id-2", 'Hof "Süd" \\ Tor\nrechts', "cp_2", "2.4.1", "", has_sim_data=False),
+        Station("id-3", "Station 3", "cp_2", "", "SN3"),
     ]
     north = MandantState(
         name="north",
@@ -49,6 +49,7 @@ def fixture_states() -> list[MandantState]:
             {("token", "200"): 1, ("charging_stations", "200"): 9, ("charging_stations", "502"): 1}
         ),
         token_expiry=1_700_086_400.0,
+        firmware_target=FirmwareTarget.parse(r"/2\.4\..*/"),
     )
     south = MandantState(
         name="south",

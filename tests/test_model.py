@@ -1,4 +1,14 @@
-from exporter.model import UNKNOWN_FIRMWARE, Snapshot, Station, diff
+import pytest
+
+from exporter.model import (
+    DATA_ISSUES,
+    UNKNOWN_FIRMWARE,
+    Change,
+    FirmwareTarget,
+    Snapshot,
+    Station,
+    diff,
+)
 
 
 def station(sid: str, firmware: str = "1.0") -> Station:
@@ -28,16 +38,68 @@ def test_snapshot_is_read_only():
     assert "b" not in snapshot.stations
 
 
-def test_diff_reports_added_removed_and_firmware_changes():
+def test_diff_reports_added_removed_and_firmware_changed_in_that_order():
     old = Snapshot.build([station("a", "1.0"), station("b", "1.0"), station("c", "1.0")], 0.0)
-    new = Snapshot.build([station("b", "2.0"), station("c", "1.0"), station("d", "1.0")], 1.0)
-    change = diff(old, new)
-    assert change.added == ("d",)
-    assert change.removed == ("a",)
-    assert change.firmware_changed == ("b",)
+    new = Snapshot.build([station("b", "2.0"), station("c", "1.0"), station("d", "")], 1.0)
+    assert diff(old, new) == (
+        Change("added", "d", "Station d", "cp_d", "", ""),
+        Change("removed", "a", "Station a", "cp_a", "1.0", ""),
+        Change("firmware_changed", "b", "Station b", "cp_b", "1.0", "2.0"),
+    )
 
 
 def test_diff_of_identical_snapshots_is_empty():
     old = Snapshot.build([station("a")], 0.0)
-    change = diff(old, Snapshot.build([station("a")], 1.0))
-    assert (change.added, change.removed, change.firmware_changed) == ((), (), ())
+    assert diff(old, Snapshot.build([station("a")], 1.0)) == ()
+
+
+def test_data_issues_count_each_station_with_a_problem():
+    stations = [
+        Station("a", "A", "cp_1", "1.0", "SN", has_sim_data=False),
+        Station("b", "B", "cp_1", "", "SN"),
+        Station("c", "C", "cp_1", "1.0", "SN"),
+        Station("d", "D", "cp_2", "", "SN", has_sim_data=False),
+        Station("e", "E", "", "1.0", "SN"),
+        Station("f", "F", "", "1.0", "SN"),  # no identity is not a shared identity
+    ]
+    assert dict(Snapshot.build(stations, 0.0).data_issues) == {
+        "no_firmware_version": 2,
+        "no_sim_data": 2,
+        "duplicate_charge_box_identity": 3,
+    }
+
+
+def test_a_clean_fleet_has_zero_of_every_issue():
+    snapshot = Snapshot.build([station("a"), station("b")], 0.0)
+    assert dict(snapshot.data_issues) == dict.fromkeys(DATA_ISSUES, 0)
+
+
+@pytest.mark.parametrize(
+    ("target", "version", "on_target"),
+    [
+        ("5.2.1", "5.2.1", True),
+        ("5.2.1", "5.2.10", False),
+        ("5.2.1", "5x2x1", False),
+        (r"/5\.2\..*/", "5.2.10", True),
+        (r"/5\.2\..*/", "15.2.1", False),  # the whole version must match
+        (r"/5\.2\..*/", "5.2", False),
+        ("/.*/", "", False),  # no version is never on target
+        (" 5.2.1 ", "5.2.1", True),
+    ],
+)
+def test_firmware_target_matches_exactly_or_by_whole_regex(target, version, on_target):
+    assert FirmwareTarget.parse(target).matches(version) is on_target
+
+
+@pytest.mark.parametrize("text", ["", "  ", "/5.(2/"])
+def test_firmware_target_rejects_empty_and_broken_patterns(text):
+    with pytest.raises(ValueError):
+        FirmwareTarget.parse(text)
+
+
+def test_stations_on_target_counts_per_version():
+    fleet = [station("a", "5.2.1"), station("b", "5.2.2"), station("c", "5.1.0"), station("d", "")]
+    snapshot = Snapshot.build(fleet, 0.0)
+    assert FirmwareTarget.parse(r"/5\.2\..*/").stations_on_target(snapshot) == 2
+    assert FirmwareTarget.parse("5.1.0").stations_on_target(snapshot) == 1
+    assert FirmwareTarget.parse("unknown").stations_on_target(snapshot) == 0

@@ -2,6 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Secret
 from exporter.model import Station
 from exporter.refresh import MandantRefresher, RequestCounter, start_scheduler
@@ -197,3 +198,18 @@ def test_an_unchanged_fleet_shares_its_station_objects_with_the_published_one(si
     second = refresher.state.snapshot
     assert second is not first
     assert all(first.stations[sid] is station for sid, station in second.stations.items())
+
+
+def test_a_torn_read_never_reaches_the_change_log(simulator):
+    changelog = ChangeLog(max_entries=10)
+    refresher = MandantRefresher(
+        mandant_for(simulator), page_limit=10, timeout=30, changelog=changelog
+    )
+    refresher._client = ScriptedClient(["a", "b"], ["a", "b"], ["a", "x"], ["a", "c"], ["a", "c"])
+    refresher.refresh()
+    assert changelog.latest() == []  # the first fleet is the baseline, not a change
+    refresher.refresh()
+    seen = [(e.mandant, e.change.kind, e.change.station_id) for e in changelog.latest()]
+    name = refresher.mandant.name
+    assert seen == [(name, "removed", "b"), (name, "added", "c")]
+    assert {e.time for e in changelog.latest()} == {refresher.state.snapshot.taken_at}

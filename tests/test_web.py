@@ -13,8 +13,9 @@ import requests
 import trustme
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from exporter.changelog import ChangeLog
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import Snapshot, Station
+from exporter.model import Change, Snapshot, Station
 from exporter.refresh import MandantState
 from exporter.web import ExporterApp, serve
 from exporter.webconfig import BasicAuth, WebConfig, load_web_config
@@ -22,8 +23,11 @@ from tests.helpers import wait_until
 
 
 class States:
+    """The app's inputs: the mandant states (``value``) and the change log."""
+
     def __init__(self) -> None:
         self.value = [MandantState(name="north"), MandantState(name="<south>")]
+        self.changelog = ChangeLog(max_entries=5)
 
     def __call__(self) -> list[MandantState]:
         return self.value
@@ -38,7 +42,9 @@ def exposition_of(states) -> Exposition:
 @pytest.fixture
 def server() -> Iterator[tuple[str, States]]:
     states = States()
-    app = ExporterApp(exposition_of(states), states, telemetry_path="/custom-metrics")
+    app = ExporterApp(
+        exposition_of(states), states, states.changelog, telemetry_path="/custom-metrics"
+    )
     httpd, thread = serve(app, "127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", states
@@ -116,6 +122,78 @@ def test_landing_page_shows_each_mandant_escaped(server):
     assert ">up<" in requests.get(url + "/", timeout=5).text
 
 
+def changes_of(n: int, kind: str = "added") -> list[Change]:
+    return [Change(kind, f"id-{i}", f"Station {i}", f"cp_{i}", "", "1.0") for i in range(n)]
+
+
+def test_changes_newest_first_with_filters_and_limit(server):
+    url, states = server
+    states.changelog.record("north", 100.0, changes_of(2))
+    states.changelog.record(
+        "<south>", 200.0, [Change("firmware_changed", "s1", "S <1>", "cp_s1", "1.0", "2.0")]
+    )
+    body = requests.get(url + "/changes", timeout=5).json()
+    assert [c["id"] for c in body["changes"]] == [3, 2, 1]
+    assert body["max_entries"] == 5
+    assert body["changes"][0] == {
+        "id": 3,
+        "time": "1970-01-01T00:03:20Z",
+        "timestamp": 200.0,
+        "mandant": "<south>",
+        "kind": "firmware_changed",
+        "station_id": "s1",
+        "label": "S <1>",
+        "charge_box_identity": "cp_s1",
+        "firmware_from": "1.0",
+        "firmware_to": "2.0",
+    }
+    north = requests.get(url + "/changes", params={"mandant": "north"}, timeout=5).json()
+    assert [c["station_id"] for c in north["changes"]] == ["id-1", "id-0"]
+    moved = requests.get(url + "/changes", params={"kind": "firmware_changed"}, timeout=5).json()
+    assert [c["id"] for c in moved["changes"]] == [3]
+    one = requests.get(url + "/changes", params={"limit": "1", "kind": "added"}, timeout=5).json()
+    assert [c["id"] for c in one["changes"]] == [2]
+
+
+def test_changes_ring_keeps_the_newest(server):
+    url, states = server
+    states.changelog.record("north", 1.0, changes_of(7))  # the ring holds 5
+    ids = [c["id"] for c in requests.get(url + "/changes", timeout=5).json()["changes"]]
+    assert ids == [7, 6, 5, 4, 3]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("kind=moved", "'moved'"),
+        ("mandant=east", "'east'"),
+        ("limit=0", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=", "limit"),
+        ("mandnat=north", "'mandnat'"),
+        ("kind=added&kind=removed", "'kind'"),
+    ],
+)
+def test_changes_rejects_bad_parameters_with_a_reason(server, query, named):
+    url, _ = server
+    response = requests.get(f"{url}/changes?{query}", timeout=5)
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/json"
+    assert named in response.json()["error"]
+
+
+def test_landing_page_shows_the_latest_changes_escaped(server):
+    url, states = server
+    assert "no changes since the exporter started" in requests.get(url + "/", timeout=5).text
+    states.changelog.record(
+        "north", 0.0, [Change("firmware_changed", "s1", "Hof <Süd>", "cp_s1", "1.0", "2.0")]
+    )
+    page = requests.get(url + "/", timeout=5).text
+    assert "<td>Hof &lt;Süd&gt;</td>" in page
+    assert "<td>1.0 → 2.0</td>" in page
+    assert "<td>firmware changed</td>" in page
+
+
 def test_unknown_paths_and_methods(server):
     url, _ = server
     assert requests.get(url + "/nope", timeout=5).status_code == 404
@@ -178,6 +256,7 @@ def start() -> Iterator[Callable[..., int]]:
         app = ExporterApp(
             exposition_of(states),
             states,
+            states.changelog,
             telemetry_path=telemetry_path,
             auth=BasicAuth(USERS) if auth else None,
         )

@@ -1,0 +1,59 @@
+import json
+import logging
+
+from exporter.changelog import ChangeLog
+from exporter.logs import JsonFormatter, LogfmtFormatter
+from exporter.model import Change
+
+
+def change(sid: str, kind: str = "added") -> Change:
+    return Change(kind, sid, f"Station {sid}", f"cp_{sid}", "1.0" if kind != "added" else "", "2.0")
+
+
+def test_entries_are_numbered_and_read_newest_first():
+    log = ChangeLog(max_entries=10)
+    log.record("north", 10.0, [change("a"), change("b", "removed")])
+    log.record("south", 20.0, [change("c", "firmware_changed")])
+    entries = log.latest()
+    assert [(e.id, e.mandant, e.change.station_id) for e in entries] == [
+        (3, "south", "c"),
+        (2, "north", "b"),
+        (1, "north", "a"),
+    ]
+    assert [e.id for e in log.latest(mandant="north", kind="removed")] == [2]
+    assert [e.id for e in log.latest(limit=2)] == [3, 2]
+    assert log.latest(mandant="east") == []
+
+
+def test_the_ring_is_bounded_and_drops_the_oldest():
+    log = ChangeLog(max_entries=3)
+    log.record("north", 1.0, [change(str(i)) for i in range(5)])
+    assert [e.change.station_id for e in log.latest()] == ["4", "3", "2"]
+    assert [e.id for e in log.latest()] == [5, 4, 3]
+
+
+def test_one_structured_log_line_per_change(caplog):
+    caplog.set_level(logging.INFO, logger="exporter.changelog")
+    ChangeLog(max_entries=1).record(
+        "north",
+        1.0,
+        [
+            Change("firmware_changed", "id-1", "Hof Süd", "cp_1", "2.4.1", "2.5.0"),
+            Change("removed", "id-2", "Station 2", "cp_2", "2.4.1", ""),
+        ],
+    )
+    first, second = caplog.records  # every change is logged, though the ring keeps one
+    line = LogfmtFormatter().format(first)
+    assert 'msg="station firmware changed" id=1 mandant=north kind=firmware_changed' in line
+    assert 'station_id=id-1 label="Hof Süd" charge_box_identity=cp_1' in line
+    assert line.endswith("firmware_from=2.4.1 firmware_to=2.5.0")
+    fields = json.loads(JsonFormatter().format(second))
+    assert fields["msg"] == "station removed"
+    assert (fields["kind"], fields["station_id"], fields["firmware_to"]) == ("removed", "id-2", "")
+
+
+def test_fields_never_replace_the_standard_keys(caplog):
+    caplog.set_level(logging.INFO, logger="test")
+    logging.getLogger("test").info("hello", extra={"fields": {"msg": "forged", "level": "error"}})
+    fields = json.loads(JsonFormatter().format(caplog.records[0]))
+    assert (fields["msg"], fields["level"]) == ("hello", "info")
