@@ -30,6 +30,8 @@ LOG = logging.getLogger("exporter")
 
 DEMO_STATIONS = 40
 DEMO_CHURN_INTERVAL = 20.0
+DEMO_LAN_STATIONS = 2
+"""Demo stations on a wired network, with no SIM data: the data-quality metric shows them."""
 DEMO_TARGET_FIRMWARE = r"/2\.5\..*|3\..*/"
 """The demo's rollout target: 2.5 or newer, which the simulator's churn rolls stations to."""
 SHUTDOWN_GRACE = 3.0
@@ -41,8 +43,26 @@ def start_demo_api(settings: Settings) -> tuple[Settings, object]:
     from exporter.simulator import Inventory, Simulator
 
     secret = "demo-secret"
+    inventory = Inventory(
+        size=DEMO_STATIONS - DEMO_LAN_STATIONS, seed=int.from_bytes(os.urandom(2), "big")
+    )
+    inventory.add_custom(
+        [
+            {
+                "attributes": {
+                    "label": f"Depot (LAN) {number}",
+                    "chargeBoxIdentity": f"depot_lan_{number}",
+                    "iccid": "",
+                    "imsi": "",
+                    "serialnumber": f"SN-LAN-{number}",
+                    "firmwareVersion": "2.5.0",
+                }
+            }
+            for number in range(1, DEMO_LAN_STATIONS + 1)
+        ]
+    )
     simulator = Simulator(
-        Inventory(size=DEMO_STATIONS, seed=int.from_bytes(os.urandom(2), "big")),
+        inventory,
         client_id="demo-client",
         client_secret=secret,
         churn_interval=DEMO_CHURN_INTERVAL,
@@ -78,9 +98,14 @@ def build_exposition(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the exporter until SIGTERM or SIGINT; return the exit status."""
+    """Run the exporter until SIGTERM or SIGINT, or ``check``; return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["check"]:
+        from exporter.check import main as check  # here: exporter.check imports this module
+
+        return check(args[1:])
     try:
-        settings = load_settings(list(sys.argv[1:] if argv is None else argv), os.environ)
+        settings = load_settings(args, os.environ)
         web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
     except ConfigError as exc:
         print(f"beenergised-exporter: {exc}", file=sys.stderr)

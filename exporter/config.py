@@ -213,6 +213,10 @@ BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET.
 Without --config.file the flags and variables describe one mandant, named after the first
 label of its host name. Default token endpoint: {DEFAULT_TOKEN_URL}
 """
+_CHECK_EPILOG = """
+To try a configuration once, run "beenergised-exporter check" with the same settings: it reads
+every mandant once, prints what it found or what is wrong, and exits.
+"""
 
 
 def build_parser(
@@ -224,7 +228,7 @@ def build_parser(
     parser = _Parser(
         prog=prog,
         description=description,
-        epilog=_EPILOG,
+        epilog=_EPILOG + (_CHECK_EPILOG if prog == "beenergised-exporter" else ""),
         formatter_class=_HelpFormatter,
         # Abbreviations would let "--client-secret VALUE" pass as --client-secret-file.
         allow_abbrev=False,

@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter, countOf
 from types import MappingProxyType
 
 UNKNOWN_FIRMWARE = "unknown"
@@ -70,18 +71,13 @@ def data_issues(stations: Iterable[Station]) -> dict[str, int]:
     """Stations per data issue: no firmware version; no SIM data (iccid or imsi empty); a
     charge box identity that another station of the fleet has too (every one of them counts;
     an empty identity is never a duplicate)."""
-    no_firmware = no_sim = 0
-    identities: Counter[str] = Counter()
-    for station in stations:
-        no_firmware += not station.firmware_version
-        no_sim += not station.has_sim_data
-        identities[station.charge_box_identity] += 1
+    stations = list(stations)
+    identities = Counter(map(attrgetter("charge_box_identity"), stations))
     identities.pop("", None)
-    duplicates = sum(count for count in identities.values() if count > 1)
     return {
-        "no_firmware_version": no_firmware,
-        "no_sim_data": no_sim,
-        "duplicate_charge_box_identity": duplicates,
+        "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
+        "no_sim_data": countOf(map(attrgetter("has_sim_data"), stations), False),
+        "duplicate_charge_box_identity": sum(n for n in identities.values() if n > 1),
     }
 
 

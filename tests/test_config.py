@@ -1044,3 +1044,7 @@ def test_help_flag_prints_help_and_exits_zero(capsys: pytest.CaptureFixture[str]
         load_settings(["--help"], {})
     assert caught.value.code == 0
     assert "BEENERGISED_API_URL" in capsys.readouterr().out
+
+
+def test_help_points_new_users_at_the_check_subcommand() -> None:
+    assert '"beenergised-exporter check"' in build_parser().format_help()

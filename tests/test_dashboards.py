@@ -7,6 +7,7 @@ a real Prometheus is the end-to-end test's job; here: structure, variables, metr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.metrics import FleetCollector
+from exporter.model import FirmwareTarget
 from tests.dashboards import (
     DASHBOARD_DIR,
     EMPTY_MARKER,
@@ -45,6 +47,7 @@ TARGET_LABELS = {"instance", "job"}
 MAY_BE_EMPTY = {
     ("beenergised-fleet.json", "Stations that disappeared"),
     ("beenergised-fleet.json", "Stations whose firmware changed"),
+    ("beenergised-fleet.json", "Stations sharing a charge box identity"),
     ("beenergised-exporter.json", "Refresh failures by reason"),
 }
 STATION_COLUMNS = [
@@ -64,7 +67,9 @@ NAMES = sorted(DASHBOARDS)
 def exposition() -> dict[str, set[str]]:
     """Every sample name the exporter can expose, with its label names (from the collectors)."""
     registry = CollectorRegistry()
-    states = fixture_states()
+    north, *others = fixture_states()
+    # a rollout target, so that the target metric is exposed too
+    states = [dataclasses.replace(north, firmware_target=FirmwareTarget.parse("2.4.1")), *others]
     registry.register(FleetCollector(lambda: states))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -99,6 +104,11 @@ def selectors(expr: str, metric: str) -> list[str]:
         match.group(1) or ""
         for match in re.finditer(rf"(?<![\w:]){metric}(?![\w:])\s*(\{{[^}}]*\}})?", expr)
     ]
+
+
+def fleet_panel(title: str) -> dict:
+    (panel,) = [p for p in iter_panels(DASHBOARDS["beenergised-fleet.json"]) if p["title"] == title]
+    return panel
 
 
 def variable(dashboard: dict, name: str) -> dict:
@@ -270,9 +280,7 @@ def test_panels_that_may_be_empty_are_the_documented_ones():
 
 
 def test_station_table_shows_the_station_labels_and_hides_the_rest():
-    panel = next(
-        p for p in iter_panels(DASHBOARDS["beenergised-fleet.json"]) if p["title"] == "Stations"
-    )
+    panel = fleet_panel("Stations")
     (target,) = panel["targets"]
     assert target["expr"].startswith("beenergised_charging_station_info{")
     assert target["instant"] is True
@@ -286,11 +294,7 @@ def test_station_table_shows_the_station_labels_and_hides_the_rest():
 
 
 def test_disappeared_stations_match_by_station_and_need_a_current_fleet():
-    panel = next(
-        p
-        for p in iter_panels(DASHBOARDS["beenergised-fleet.json"])
-        if p["title"] == "Stations that disappeared"
-    )
+    panel = fleet_panel("Stations that disappeared")
     expr = " ".join(panel["targets"][0]["expr"].split())
     assert "max_over_time(beenergised_charging_station_info" in expr
     assert "unless on (mandant, station_id)" in expr
@@ -298,6 +302,42 @@ def test_disappeared_stations_match_by_station_and_need_a_current_fleet():
         'and on (mandant) group by (mandant) (beenergised_charging_stations{mandant=~"$mandant"})'
     )
     assert "firmware" in panel["description"] and "stale" in panel["description"]
+
+
+@pytest.mark.parametrize("title", ["On target firmware", "Firmware rollout"])
+def test_rollout_panels_show_percent_of_the_fleet_per_mandant_and_target(title):
+    panel = fleet_panel(title)
+    (target,) = panel["targets"]
+    expr = " ".join(target["expr"].split())
+    # group_left () keeps the target label of the left side; one-to-one matching would drop it
+    assert expr == (
+        "100 * sum by (mandant, target) "
+        '(beenergised_charging_stations_firmware_target{mandant=~"$mandant"})'
+        " / on (mandant) group_left () "
+        'sum by (mandant) (beenergised_charging_stations{mandant=~"$mandant"})'
+    )
+    defaults = panel["fieldConfig"]["defaults"]
+    assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percent", 0, 100)
+    assert "--target-firmware" in panel["description"]
+
+
+def test_rollout_legend_names_the_target():
+    (target,) = fleet_panel("Firmware rollout")["targets"]
+    assert "{{target}}" in target["legendFormat"]
+
+
+def test_duplicate_identities_count_distinct_stations_with_an_identity():
+    # As the exporter counts them: stations, not series (two exporters of one mandant), and an
+    # empty identity is never a duplicate.
+    panel = fleet_panel("Stations sharing a charge box identity")
+    expr = " ".join(panel["targets"][0]["expr"].split())
+    assert expr.endswith(
+        "and on (mandant, charge_box_identity) (count by (mandant, charge_box_identity)"
+        " (group by (mandant, charge_box_identity, station_id)"
+        ' (beenergised_charging_station_info{mandant=~"$mandant", charge_box_identity!=""}))'
+        " > 1)"
+    )
+    assert panel["options"]["sortBy"] == [{"desc": False, "displayName": "Charge box identity"}]
 
 
 def test_datasource_provisioning():

@@ -12,6 +12,7 @@ import re
 import pytest
 import requests
 
+from exporter.cli import DEMO_LAN_STATIONS, DEMO_TARGET_FIRMWARE
 from tests.helpers import ExporterProcess, SimulatorProcess, wait_until
 from tests.test_e2e import env_for, matching, scrape, value
 
@@ -203,3 +204,32 @@ def test_data_issue_counts_match_a_fleet_with_known_problems(simulator_process, 
         "no_sim_data": 3,
         "duplicate_charge_box_identity": 5,  # cp_1 twice, dup three times
     }
+
+
+def test_demo_mode_shows_a_rollout_target_and_stations_without_sim_data(exporter_process):
+    exporter = exporter_process(["--demo"], {})
+    metrics = wait_until(
+        lambda: (m := scrape(exporter)) and value(m, "beenergised_up", mandant="demo") and m,
+        what="the demo fleet on /metrics",
+    )
+    issues = matching(metrics, "beenergised_charging_stations_data_issues")
+    assert {dict(labels)["issue"]: v for labels, v in issues.items()}["no_sim_data"] == (
+        DEMO_LAN_STATIONS
+    )
+    by_firmware = matching(metrics, "beenergised_charging_stations_by_firmware")
+    pattern = DEMO_TARGET_FIRMWARE.strip("/")
+    on_target = sum(
+        v
+        for labels, v in by_firmware.items()
+        if re.fullmatch(pattern, dict(labels)["firmware_version"])
+    )
+    assert on_target >= DEMO_LAN_STATIONS  # the LAN stations run 2.5.0
+    assert (
+        value(
+            metrics,
+            "beenergised_charging_stations_firmware_target",
+            mandant="demo",
+            target=DEMO_TARGET_FIRMWARE,
+        )
+        == on_target
+    )

@@ -2,15 +2,22 @@
 
 Needs Debian's `prometheus` package (`.ci/run` installs it): every PromQL expression of every
 dashboard panel runs through the Prometheus HTTP API, every metric name a dashboard or rule
-uses must be one the exporter exports, and the "stations disappeared" alert must fire when
-stations are removed but not during an API outage.
+uses must be one the exporter exports, the "stations disappeared" alert must fire when
+stations are removed but not during an API outage, the rollout panels must follow a firmware
+rollout and the duplicate identity alert must go pending when two stations share one.
+
+The tests share one stack and change its fleet, so each works from the fleet as it finds it
+(the simulator's state), not from the fleet it started with. The outage test must run before
+the removal test, whose alert stays up for 15 minutes.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +30,10 @@ from tests.helpers import ROOT, ExporterProcess, Process, SimulatorProcess, requ
 pytestmark = pytest.mark.e2e
 
 STATIONS = 30
+TARGET_PATTERN = r"3\..*"
+TARGET = f"/{TARGET_PATTERN}/"
+"""The exporter's target firmware: any 3.x; the seeded fleet has a few on 3.0.0-rc1."""
+DUPLICATE_ALERT = "BeenergisedDuplicateChargeBoxIdentity"
 
 
 def free_port() -> int:
@@ -88,6 +99,7 @@ class Stack:
                 "BEENERGISED_TOKEN_URL": self.simulator.url + "/oauth2/token",
                 "BEENERGISED_CLIENT_ID": "demo-client",
                 "BEENERGISED_CLIENT_SECRET": "demo-secret",
+                "BEENERGISED_TARGET_FIRMWARE": TARGET,
             },
         )
         self.prometheus = PrometheusServer(binary, tmp, self.exporter.url.removeprefix("http://"))
@@ -163,7 +175,23 @@ def firing_or_pending(stack: Stack, name: str) -> list[dict]:
     return [a for a in stack.prometheus.alerts(name) if a["state"] in ("pending", "firing")]
 
 
-def test_an_api_outage_does_not_fire_the_disappearance_alert(stack):
+def fleet_size(stack: Stack) -> int:
+    """The simulator's fleet size, once Prometheus shows it too."""
+    size = stack.simulator.state()["stations"]
+    wait_until(
+        lambda: (
+            stack.prometheus.value('beenergised_charging_stations{mandant="127.0.0.1"}') == size
+        ),
+        timeout=30,
+        what=f"Prometheus to show the fleet of {size} stations",
+    )
+    return size
+
+
+@contextmanager
+def api_outage(stack: Stack) -> Iterator[None]:
+    """Every API request fails with a 503 inside the block; Prometheus has seen the outage
+    when the block starts and the recovery when it has ended."""
     fault = {"kind": "status", "status": 503}
     requests.post(stack.simulator.url + "/_sim/faults", json=fault, timeout=5).raise_for_status()
     try:
@@ -172,14 +200,7 @@ def test_an_api_outage_does_not_fire_the_disappearance_alert(stack):
             timeout=30,
             what="Prometheus to see the outage",
         )
-        # Watch a few more evaluations of the rules while the outage lasts.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            assert firing_or_pending(stack, "BeenergisedStationsDisappeared") == []
-            assert firing_or_pending(stack, "BeenergisedFleetLargelyDisappeared") == []
-            time.sleep(0.5)  # the rules evaluate every second; this samples them
-        stations = stack.prometheus.value('beenergised_charging_stations{mandant="127.0.0.1"}')
-        assert stations == STATIONS
+        yield
     finally:
         requests.delete(stack.simulator.url + "/_sim/faults", timeout=5).raise_for_status()
     wait_until(
@@ -187,6 +208,19 @@ def test_an_api_outage_does_not_fire_the_disappearance_alert(stack):
         timeout=30,
         what="Prometheus to see the recovery",
     )
+
+
+def test_an_api_outage_does_not_fire_the_disappearance_alert(stack):
+    size = fleet_size(stack)
+    with api_outage(stack):
+        # Watch a few more evaluations of the rules while the outage lasts.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            assert firing_or_pending(stack, "BeenergisedStationsDisappeared") == []
+            assert firing_or_pending(stack, "BeenergisedFleetLargelyDisappeared") == []
+            time.sleep(0.5)  # the rules evaluate every second; this samples them
+        stations = stack.prometheus.value('beenergised_charging_stations{mandant="127.0.0.1"}')
+        assert stations == size
     assert firing_or_pending(stack, "BeenergisedStationsDisappeared") == []
 
 
@@ -201,10 +235,107 @@ def test_removed_stations_fire_the_disappearance_alert(stack):
     assert alerts[0]["labels"]["mandant"] == "127.0.0.1"
     assert alerts[0]["labels"]["severity"] == "warning"
     assert "disappeared" in alerts[0]["annotations"]["description"]
-    # 3 of 30 is 10%: below the 25% of the critical alert
+    # 3 of 30 or more is 10% at most: below the 25% of the critical alert
     assert firing_or_pending(stack, "BeenergisedFleetLargelyDisappeared") == []
     gone = stack.prometheus.query(
         "group by (station_id) (max_over_time(beenergised_charging_station_info[5m]))"
         " unless on (station_id) group by (station_id) (beenergised_charging_station_info)"
     )
     assert {series["metric"]["station_id"] for series in gone} == set(removed)
+
+
+def panel_expression(title: str) -> str:
+    """The query of a fleet dashboard panel, with the variables substituted (every mandant)."""
+    dashboard = load_dashboards()["beenergised-fleet.json"]
+    (expr,) = [expr for panel, expr, _ in panel_queries(dashboard) if panel == title]
+    return expr
+
+
+def rollout_percent(stack: Stack, title: str) -> float | None:
+    """The percent a rollout panel shows for the stack's mandant; None before it has data."""
+    result = stack.prometheus.query(panel_expression(title))
+    if not result:
+        return None
+    (series,) = result
+    assert series["metric"] == {"mandant": "127.0.0.1", "target": TARGET}
+    return float(series["value"][1])
+
+
+def wait_for_rollout_panels(stack: Stack, on_target: int, stations: int) -> None:
+    expected = 100 * on_target / stations
+    for title in ("On target firmware", "Firmware rollout"):
+        wait_until(
+            lambda title=title: rollout_percent(stack, title) == pytest.approx(expected),
+            timeout=30,
+            what=f"{title!r} to show {on_target} of {stations} stations on target",
+        )
+
+
+def on_target_in_simulator(stack: Stack) -> tuple[int, int]:
+    """(stations on the target firmware, all stations) in the simulator's inventory."""
+    state = stack.simulator.state()
+    firmware = state["firmware"]
+    on_target = sum(n for version, n in firmware.items() if re.fullmatch(TARGET_PATTERN, version))
+    return on_target, state["stations"]
+
+
+def test_the_rollout_panels_follow_a_firmware_rollout(stack):
+    on_target, stations = on_target_in_simulator(stack)
+    assert 0 < on_target < stations, "the seeded fleet has stations on and off the target"
+    wait_for_rollout_panels(stack, on_target, stations)
+
+    rollout = {"to": "3.0.0", "from": "2.4.1", "count": 5}
+    assert len(stack.simulator.change(rollout=rollout)["rolled_out"]) == 5
+    assert on_target_in_simulator(stack) == (on_target + 5, stations)
+    wait_for_rollout_panels(stack, on_target + 5, stations)
+
+    stack.simulator.change(rollout={"to": "3.0.0", "count": stations})
+    assert on_target_in_simulator(stack) == (stations, stations)
+    wait_for_rollout_panels(stack, stations, stations)  # 100%
+
+
+def data_issues(stack: Stack) -> dict[str, float]:
+    """Stations per issue, as the *Data issues* panel shows them for the stack's mandant."""
+    return {
+        series["metric"]["issue"]: float(series["value"][1])
+        for series in stack.prometheus.query(panel_expression("Data issues"))
+    }
+
+
+def test_stations_sharing_a_charge_box_identity_make_the_duplicate_alert_pending(stack):
+    assert firing_or_pending(stack, DUPLICATE_ALERT) == []
+    before = data_issues(stack)
+    assert before["duplicate_charge_box_identity"] == 0
+    twins = [
+        {
+            "attributes": {
+                "label": f"Twin {n}",
+                "chargeBoxIdentity": "cp_twin",
+                "firmwareVersion": "2.4.1",
+                "serialnumber": f"SNTWIN{n}",
+                "iccid": f"894900000000000000{n}",
+                "imsi": f"26201000000000{n}",
+            }
+        }
+        for n in (1, 2)
+    ]
+    added = stack.simulator.change(stations=twins)["added"]
+    (alert,) = wait_until(
+        lambda: firing_or_pending(stack, DUPLICATE_ALERT),
+        timeout=30,
+        what=f"{DUPLICATE_ALERT} to go pending",
+    )
+    assert alert["state"] == "pending"  # it fires after `for: 15m`
+    assert alert["labels"]["mandant"] == "127.0.0.1"
+    assert alert["labels"]["severity"] == "warning"
+    assert float(alert["value"]) == 2
+    # the twins have a firmware version and SIM data: they count under the duplicates only
+    assert data_issues(stack) == before | {"duplicate_charge_box_identity": 2}
+    rows = stack.prometheus.query(panel_expression("Stations sharing a charge box identity"))
+    assert {row["metric"]["station_id"] for row in rows} == set(added)
+
+    # During an API outage the count stays: the alert stays pending, its `for:` runs on.
+    with api_outage(stack):
+        time.sleep(2)  # a few evaluations of the rules during the outage
+        after = [(a["state"], a["activeAt"]) for a in firing_or_pending(stack, DUPLICATE_ALERT)]
+        assert after == [("pending", alert["activeAt"])]

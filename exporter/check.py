@@ -1,0 +1,378 @@
+"""``beenergised-exporter check``: read every mandant once and say what works and what does not.
+
+The first command a new user runs. It validates the configuration exactly as the exporter
+does, then per mandant fetches a token and every page of the charging station list once, and
+reports the fleet, or the reason of the failure with a hint of what to change. Exit status 0
+when every mandant succeeded, 1 when one failed, 2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from exporter.api import CpoClient
+from exporter.auth import TokenSource
+from exporter.cli import start_demo_api
+from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser, load_settings
+from exporter.errors import ConfigError, RefreshError
+from exporter.http import Deadline
+from exporter.logs import setup_logging
+from exporter.model import DATA_ISSUES, UNKNOWN_FIRMWARE, Snapshot
+from exporter.refresh import RequestCounter, new_session, refresh_timeout
+from exporter.webconfig import load_web_config
+
+if TYPE_CHECKING:
+    from exporter.simulator import Simulator
+
+LOG = logging.getLogger(__name__)
+
+PROG = "beenergised-exporter check"
+OUTPUTS = ("text", "json")
+DEFAULT_LOG_LEVEL = "warn"
+"""Log level unless --log.level or BEENERGISED_LOG_LEVEL says otherwise: keeps the report
+readable (log lines go to stderr, the report to stdout)."""
+
+ISSUE_MEANINGS = {
+    "no_firmware_version": "no firmwareVersion (counted as firmware unknown)",
+    "no_sim_data": "no iccid or no imsi",
+    "duplicate_charge_box_identity": "chargeBoxIdentity shared with another station",
+}
+
+_HTTP_STATUS_RE = re.compile(r"\bHTTP (\d{3})\b")
+_LABEL_WIDTH = 13
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why the check of one mandant failed, and what the user may change."""
+
+    reason: str  # a RefreshError reason, or "error" for a bug of ours
+    message: str
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class MandantResult:
+    """The outcome of reading one mandant once."""
+
+    mandant: Mandant
+    seconds: float  # wall time of the token and every page
+    pages: int  # successful responses of the stations endpoint
+    token_expires_in: float | None  # None when no token was obtained
+    snapshot: Snapshot | None  # None when the check failed
+    failure: Failure | None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def hint(reason: str, step: str, message: str) -> str:
+    """A short, actionable hint for a failure of ``step`` ("token" or "stations")."""
+    url = "token_url" if step == "token" else "api_url"
+    match = _HTTP_STATUS_RE.search(message)
+    status = int(match.group(1)) if match else None
+    if reason == "connection":
+        return f"is {url} right, and can this machine reach it (DNS, proxy, firewall)?"
+    if reason == "timeout":
+        return (
+            f"no answer in time from {url}: is the server overloaded, or does a firewall drop "
+            "the packets? A refresh may take 90% of --refresh-interval"
+        )
+    if status == 404 and step == "token":  # an AuthError: the token endpoint answered 4xx
+        return f"is token_url the OAuth2 token endpoint, e.g. {DEFAULT_TOKEN_URL}?"
+    if reason == "auth" and step == "token":
+        return (
+            "use the client id and secret of a CPO API client of this mandant; check also "
+            "token_url and --token-auth-method (basic, post or query)"
+        )
+    if reason == "auth":
+        return (
+            "the token endpoint accepted the credentials but the API refused the token: does "
+            "the API client have a cpoapi scope, and does it belong to this api_url's mandant?"
+        )
+    if reason == "http" and status == 404:
+        return (
+            "is api_url the base URL of your mandant, e.g. https://yourmandant.beenergised.cloud?"
+        )
+    if reason == "http" and status is not None and (status == 429 or status >= 500):
+        return "the server is busy or failing, not your settings: try again in a few minutes"
+    if reason == "http":
+        return f"the server refused the request: is {url} right, and is no proxy in between?"
+    if reason == "parse":
+        return (
+            f"the answer is not what the CPO API sends: is {url} right, and not a web page, "
+            "a login page or a proxy's error page?"
+        )
+    if reason == "pagination":
+        return "the station list changed while it was read; run the check again"
+    return f"a bug of the exporter: run again with --log.level=debug and report what {PROG} logs"
+
+
+def _redact(text: str, *secrets: str) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
+    """Fetch a token and every page of ``mandant``'s station list once; never raises."""
+    counter = RequestCounter()
+    session = new_session(settings.concurrency)
+    tokens = TokenSource(
+        token_url=mandant.token_url,
+        client_id=mandant.client_id,
+        client_secret=mandant.client_secret,
+        auth_method=mandant.token_auth_method,
+        session=session,
+        on_response=counter,
+    )
+    client = CpoClient(
+        api_url=mandant.api_url,
+        tokens=tokens,
+        session=session,
+        page_limit=settings.page_limit,
+        concurrency=settings.concurrency,
+        on_response=counter,
+    )
+    deadline = Deadline(refresh_timeout(settings.refresh_interval))
+    step, token = "token", ""
+    snapshot: Snapshot | None = None
+    failure: Failure | None = None
+    started = time.monotonic()
+    try:
+        token = tokens.token(deadline)
+        step = "stations"
+        snapshot = Snapshot.build(client.stations(deadline), time.time())
+    except RefreshError as exc:
+        message = _redact(str(exc), mandant.client_secret.reveal(), token)
+        failure = Failure(exc.reason, message, hint(exc.reason, step, message))
+    except Exception as exc:  # a bug of ours: report it as one failure, not a traceback
+        LOG.debug("check of mandant %s failed unexpectedly", mandant.name, exc_info=True)
+        message = _redact(
+            f"unexpected {type(exc).__name__} while reading the {step}: {exc}",
+            mandant.client_secret.reveal(),
+            token,
+        )
+        failure = Failure("error", message, hint("error", step, message))
+    finally:
+        session.close()
+    seconds = time.monotonic() - started
+    expires_at = tokens.expires_at
+    return MandantResult(
+        mandant=mandant,
+        seconds=seconds,
+        pages=counter.counts().get(("charging_stations", "200"), 0),
+        token_expires_in=None if expires_at is None else max(0.0, expires_at - time.time()),
+        snapshot=snapshot,
+        failure=failure,
+    )
+
+
+def firmware_rows(snapshot: Snapshot) -> list[tuple[str, int]]:
+    """(version, stations), most stations first, then by version."""
+    return sorted(snapshot.by_firmware.items(), key=lambda row: (-row[1], row[0]))
+
+
+def _on_target(mandant: Mandant, version: str) -> bool:
+    target = mandant.target_firmware
+    return target is not None and version != UNKNOWN_FIRMWARE and target.matches(version)
+
+
+def _progress(on_target: int, stations: int) -> str:
+    if not stations:
+        return f"{on_target} of 0 stations"
+    # Rounded down, so 999 of 1000 never shows as 100%.
+    return f"{on_target} of {stations} stations ({math.floor(100 * on_target / stations)}%)"
+
+
+def _row(label: str, value: str) -> str:
+    return f"  {label:<{_LABEL_WIDTH}}{value}".rstrip()
+
+
+def _table(label: str, rows: list[tuple[str, int, str]]) -> list[str]:
+    """Rows of (name, count, note) under one label, names and counts aligned."""
+    name_width = max(len(name) for name, _, _ in rows)
+    count_width = max(len(str(count)) for _, count, _ in rows)
+    return [
+        _row(
+            label if index == 0 else "",
+            f"{name:<{name_width}}  {count:>{count_width}}  {note}",
+        )
+        for index, (name, count, note) in enumerate(rows)
+    ]
+
+
+def render_text(result: MandantResult) -> str:
+    """One block of the text report."""
+    mandant = result.mandant
+    lines = [f"mandant {mandant.name}  {mandant.api_url}  {'OK' if result.ok else 'FAILED'}"]
+    timing = [_row("time", f"{result.seconds:.3f}s")]
+    if result.token_expires_in is not None:
+        timing.append(_row("token", f"valid for {result.token_expires_in:.0f}s"))
+    if result.failure is not None:
+        lines += [
+            _row("reason", result.failure.reason),
+            _row("error", result.failure.message),
+            _row("hint", result.failure.hint),
+            *timing,
+        ]
+        return "\n".join(lines)
+    snapshot = result.snapshot
+    assert snapshot is not None
+    lines += [_row("stations", str(len(snapshot))), _row("pages", str(result.pages)), *timing]
+    firmware = [
+        (version, count, "on target" if _on_target(mandant, version) else "")
+        for version, count in firmware_rows(snapshot)
+    ]
+    lines += _table("firmware", firmware) if firmware else [_row("firmware", "no stations")]
+    target = mandant.target_firmware
+    if target is not None:
+        on_target = target.stations_on_target(snapshot)
+        lines.append(_row("target", f"{target.text}: {_progress(on_target, len(snapshot))}"))
+    issues = [
+        (issue, snapshot.data_issues[issue], ISSUE_MEANINGS[issue])
+        for issue in DATA_ISSUES
+        if snapshot.data_issues.get(issue)
+    ]
+    lines += _table("data issues", issues) if issues else [_row("data issues", "none")]
+    return "\n".join(lines)
+
+
+def summary_line(results: Sequence[MandantResult]) -> str:
+    failed = sum(not result.ok for result in results)
+    if failed:
+        return f"{failed} of {len(results)} mandant(s) FAILED"
+    return f"all {len(results)} mandant(s) OK"
+
+
+def as_json(result: MandantResult) -> dict[str, Any]:
+    """One entry of the JSON report's ``mandants`` list."""
+    mandant, snapshot, failure = result.mandant, result.snapshot, result.failure
+    target = mandant.target_firmware
+    expires_in = result.token_expires_in
+    return {
+        "name": mandant.name,
+        "api_url": mandant.api_url,
+        "ok": result.ok,
+        "seconds": round(result.seconds, 3),
+        "pages": result.pages,
+        "stations": None if snapshot is None else len(snapshot),
+        "token_expires_in": None if expires_in is None else round(expires_in),
+        "firmware": None if snapshot is None else dict(firmware_rows(snapshot)),
+        "target": None
+        if target is None
+        else {
+            "firmware": target.text,
+            "on_target": None if snapshot is None else target.stations_on_target(snapshot),
+        },
+        "data_issues": None
+        if snapshot is None
+        else {issue: snapshot.data_issues.get(issue, 0) for issue in DATA_ISSUES},
+        "error": None
+        if failure is None
+        else {"reason": failure.reason, "message": failure.message, "hint": failure.hint},
+    }
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    """The exporter's flags plus --output."""
+    parser = build_parser(
+        prog=PROG,
+        description="Check the configuration, then read every mandant once: a token and every "
+        "page of the charging station list. Prints per mandant the stations, pages, time, "
+        "firmware versions, rollout progress and data issues, or the reason it failed with a "
+        "hint. Exit status: 0 every mandant OK, 1 a mandant failed, 2 configuration error.",
+    )
+    for action in parser._actions:  # argparse has no public way to reword one flag's help
+        if action.dest == "log_level" and action.help:
+            action.help = action.help.replace("default info", f"default {DEFAULT_LOG_LEVEL}")
+    parser.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        default="text",
+        metavar="FORMAT",
+        help="report format on stdout: text (readable) or json (one object, for scripts); "
+        "default text",
+    )
+    return parser
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for --output json, read without the parser (which may be what
+    failed)."""
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--output=json" or (
+            arg == "--output" and argv[index + 1 : index + 2] == ["json"]
+        ):
+            return True
+    return False
+
+
+def _print_json(document: dict[str, Any]) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
+
+
+def run_checks(settings: Settings, output: str) -> int:
+    """Check every mandant in turn, print the report; the exit status."""
+    results = []
+    for mandant in settings.mandants:
+        result = check_mandant(mandant, settings)
+        results.append(result)
+        if output == "text":
+            print(render_text(result) + "\n", flush=True)
+    ok = all(result.ok for result in results)
+    if output == "json":
+        _print_json({"ok": ok, "mandants": [as_json(result) for result in results]})
+    else:
+        print(summary_line(results), flush=True)
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str]) -> int:
+    """``beenergised-exporter check [flags]`` (``argv`` without "check"): the exit status, 0, 1
+    or 2; reads os.environ like the exporter."""
+    args = list(argv)
+    environ = dict(os.environ)
+    if not environ.get("BEENERGISED_LOG_LEVEL"):
+        environ["BEENERGISED_LOG_LEVEL"] = DEFAULT_LOG_LEVEL  # --log.level still wins
+    parser = build_check_parser()
+    try:
+        settings = load_settings(args, environ, parser=parser)
+        output = parser.parse_args(args).output
+        if settings.web_config_file:
+            load_web_config(settings.web_config_file)
+    except ConfigError as exc:
+        if _json_requested(args):
+            _print_json({"ok": False, "error": str(exc)})
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    for warning in settings.warnings:
+        LOG.warning(warning)
+    if settings.web_config_file and output == "text":
+        print(f"web config file {settings.web_config_file}: valid\n", flush=True)
+    simulator = None
+    try:
+        if settings.demo:
+            settings, simulator = start_demo_api(settings)
+        return run_checks(settings, output)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if simulator is not None:
+            cast("Simulator", simulator).stop()
