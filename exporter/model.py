@@ -55,7 +55,9 @@ class Snapshot:
         by_id: dict[str, Station] = {}
         for station in stations:
             by_id.setdefault(station.id, station)
-        firmware = Counter(station.firmware_label for station in by_id.values())
+        firmware = Counter(map(attrgetter("firmware_version"), by_id.values()))
+        if "" in firmware:
+            firmware[UNKNOWN_FIRMWARE] += firmware.pop("")
         return cls(
             MappingProxyType(by_id),
             MappingProxyType(dict(firmware)),
