@@ -20,15 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from exporter.api import CpoClient
-from exporter.auth import TokenSource
 from exporter.cli import start_demo_api
 from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser, load_settings
 from exporter.errors import ConfigError, RefreshError
 from exporter.http import Deadline
 from exporter.logs import setup_logging
-from exporter.model import DATA_ISSUES, UNKNOWN_FIRMWARE, Snapshot
-from exporter.refresh import RequestCounter, new_session, refresh_timeout
+from exporter.model import DATA_ISSUES, Snapshot
+from exporter.refresh import RequestCounter, connect, refresh_timeout
 from exporter.webconfig import load_web_config
 
 if TYPE_CHECKING:
@@ -129,23 +127,7 @@ def _redact(text: str, *secrets: str) -> str:
 def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
     """Fetch a token and every page of ``mandant``'s station list once; never raises."""
     counter = RequestCounter()
-    session = new_session(settings.concurrency)
-    tokens = TokenSource(
-        token_url=mandant.token_url,
-        client_id=mandant.client_id,
-        client_secret=mandant.client_secret,
-        auth_method=mandant.token_auth_method,
-        session=session,
-        on_response=counter,
-    )
-    client = CpoClient(
-        api_url=mandant.api_url,
-        tokens=tokens,
-        session=session,
-        page_limit=settings.page_limit,
-        concurrency=settings.concurrency,
-        on_response=counter,
-    )
+    tokens, client = connect(mandant, settings.page_limit, settings.concurrency, counter)
     deadline = Deadline(refresh_timeout(settings.refresh_interval))
     step, token = "token", ""
     snapshot: Snapshot | None = None
@@ -166,8 +148,6 @@ def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
             token,
         )
         failure = Failure("error", message, hint("error", step, message))
-    finally:
-        session.close()
     seconds = time.monotonic() - started
     expires_at = tokens.expires_at
     return MandantResult(
@@ -185,9 +165,9 @@ def firmware_rows(snapshot: Snapshot) -> list[tuple[str, int]]:
     return sorted(snapshot.by_firmware.items(), key=lambda row: (-row[1], row[0]))
 
 
-def _on_target(mandant: Mandant, version: str) -> bool:
+def _on_target(mandant: Mandant, label: str) -> bool:
     target = mandant.target_firmware
-    return target is not None and version != UNKNOWN_FIRMWARE and target.matches(version)
+    return target is not None and target.matches_label(label)
 
 
 def _progress(on_target: int, stations: int) -> str:

@@ -152,10 +152,12 @@ class FirmwareTarget:
             return version == self.text
         return self.pattern.fullmatch(version) is not None
 
+    def matches_label(self, label: str) -> bool:
+        """Whether a firmware label (a version, or ``unknown`` for none) is on target."""
+        return label != UNKNOWN_FIRMWARE and self.matches(label)
+
     def stations_on_target(self, snapshot: Snapshot) -> int:
         """Stations of ``snapshot`` on target (counted per version, not per station)."""
         return sum(
-            count
-            for version, count in snapshot.by_firmware.items()
-            if version != UNKNOWN_FIRMWARE and self.matches(version)
+            count for label, count in snapshot.by_firmware.items() if self.matches_label(label)
         )

@@ -26,7 +26,7 @@ from exporter import __version__
 from exporter.api import CpoClient
 from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
-from exporter.config import DEFAULT_CHANGES_MAX_ENTRIES, Mandant
+from exporter.config import Mandant
 from exporter.errors import PaginationError, RefreshError
 from exporter.http import Deadline
 from exporter.model import FirmwareTarget, Snapshot, diff
@@ -105,6 +105,35 @@ def new_session(concurrency: int = 1) -> requests.Session:
     return session
 
 
+def connect(
+    mandant: Mandant,
+    page_limit: int,
+    concurrency: int,
+    on_response: RequestCounter,
+    clock: Callable[[], float] = time.time,
+) -> tuple[TokenSource, CpoClient]:
+    """The token source and API client of one mandant, sharing one new HTTP session."""
+    session = new_session(concurrency)
+    tokens = TokenSource(
+        token_url=mandant.token_url,
+        client_id=mandant.client_id,
+        client_secret=mandant.client_secret,
+        auth_method=mandant.token_auth_method,
+        session=session,
+        on_response=on_response,
+        clock=clock,
+    )
+    client = CpoClient(
+        api_url=mandant.api_url,
+        tokens=tokens,
+        session=session,
+        page_limit=page_limit,
+        concurrency=concurrency,
+        on_response=on_response,
+    )
+    return tokens, client
+
+
 class MandantRefresher:
     """Refreshes one mandant; ``state`` always holds the latest complete result."""
 
@@ -122,28 +151,13 @@ class MandantRefresher:
     ) -> None:
         self.mandant = mandant
         self._on_publish = on_publish or (lambda: None)
-        self._changelog = changelog or ChangeLog(max_entries=DEFAULT_CHANGES_MAX_ENTRIES)
+        self._changelog = changelog
         self._timeout = timeout
         self._cancel = cancel or threading.Event()
         self._clock = clock
         self._requests = RequestCounter()
-        session = new_session(concurrency)
-        self._tokens = TokenSource(
-            token_url=mandant.token_url,
-            client_id=mandant.client_id,
-            client_secret=mandant.client_secret,
-            auth_method=mandant.token_auth_method,
-            session=session,
-            on_response=self._requests,
-            clock=clock,
-        )
-        self._client = CpoClient(
-            api_url=mandant.api_url,
-            tokens=self._tokens,
-            session=session,
-            page_limit=page_limit,
-            concurrency=concurrency,
-            on_response=self._requests,
+        self._tokens, self._client = connect(
+            mandant, page_limit, concurrency, self._requests, clock=clock
         )
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
@@ -188,7 +202,8 @@ class MandantRefresher:
                     counts["removed"],
                     counts["firmware_changed"],
                 )
-                self._changelog.record(self.mandant.name, snapshot.taken_at, changes)
+                if self._changelog is not None:
+                    self._changelog.record(self.mandant.name, snapshot.taken_at, changes)
         else:
             LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
         self._publish(state)

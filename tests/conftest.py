@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -35,3 +36,16 @@ def exporter_process() -> Iterator[Callable[..., ExporterProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger back as it was: setup_logging replaces its handlers, and a handler
+    left on a test's captured (then closed) stderr breaks the log records of later tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name in ("urllib3", "apscheduler"):
+        logging.getLogger(name).setLevel(logging.NOTSET)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import socket
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from exporter import check
+from exporter.api import CpoClient
 from exporter.simulator import Fault, Inventory, Simulator
 
 SCRIPT = str(Path(sys.executable).with_name("beenergised-exporter"))
@@ -66,16 +66,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """check.main sets up logging to the captured stderr, which closes after the test: put the
-    root handlers back, or later tests' log records go to a closed file."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name in ("urllib3", "apscheduler"):
-        logging.getLogger(name).setLevel(logging.NOTSET)
+def _logging_restored(restore_logging: None) -> None:
+    """check.main sets up logging to the captured stderr, which closes after the test."""
 
 
 @pytest.fixture
@@ -325,7 +317,7 @@ def test_an_unexpected_error_is_one_failure_without_traceback_or_secret(sim, cap
     def broken(*args: object) -> None:
         raise RuntimeError(f"boom near {SECRET}")
 
-    monkeypatch.setattr(check.CpoClient, "stations", broken)
+    monkeypatch.setattr(CpoClient, "stations", broken)
     code, out, err = run_check(capsys, monkeypatch, mandant_env(sim))
     assert code == 1
     table = rows(out)

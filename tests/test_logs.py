@@ -1,8 +1,6 @@
 import json
 import logging
 
-import pytest
-
 from exporter.logs import JsonFormatter, LogfmtFormatter, setup_logging
 
 
@@ -24,17 +22,6 @@ def test_warnings_are_called_warn_like_the_go_exporters():
 def test_json_lines_carry_the_same_keys():
     line = JsonFormatter().format(record("hello"))
     assert set(json.loads(line)) == {"ts", "level", "source", "msg"}
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("urllib3").setLevel(logging.NOTSET)
-    logging.getLogger("apscheduler").setLevel(logging.NOTSET)
 
 
 def test_debug_level_keeps_urllib3_request_lines_out(restore_logging):
