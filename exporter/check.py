@@ -82,6 +82,12 @@ def hint(reason: str, step: str, message: str) -> str:
     status = int(match.group(1)) if match else None
     if reason == "connection":
         return f"is {url} right, and can this machine reach it (DNS, proxy, firewall)?"
+    if reason == "tls":
+        return (
+            f"a certificate problem, not the network: if {url}'s server uses a private CA or a "
+            "TLS-inspecting proxy is in between, set ca_file in the config file, --api.ca-file "
+            "or REQUESTS_CA_BUNDLE to the PEM file of that CA's certificate"
+        )
     if reason == "timeout":
         return (
             f"no answer in time from {url}: is the server overloaded, or does a firewall drop "

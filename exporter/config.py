@@ -14,11 +14,12 @@ import hmac
 import ipaddress
 import math
 import re
+import ssl
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
@@ -55,6 +56,7 @@ _FILE_GLOBAL_KEYS = (
 )
 _FILE_MANDANT_KEYS = (
     "api_url",
+    "ca_file",
     "client_id",
     "client_secret",
     "client_secret_file",
@@ -108,6 +110,7 @@ class Mandant:
     client_secret: Secret
     token_auth_method: str  # one of TOKEN_AUTH_METHODS
     target_firmware: FirmwareTarget | None = None  # the rollout target, if any
+    ca_file: str | None = None  # CA bundle (file, or directory from the environment) to trust
 
     def __post_init__(self) -> None:
         # A plain str here would print itself in every repr of the settings.
@@ -194,13 +197,35 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that reports bad usage as ConfigError instead of exiting."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes what it could not use, and that may be a secret typed on the command
+        # line (--client_secret=VALUE, --demo=VALUE): name flags only, never a value.
         unrecognized = "unrecognized arguments: "
         if message.startswith(unrecognized):
-            # Name only the flags: a stray value may be a secret typed on the command line.
-            flags = [word for word in message[len(unrecognized) :].split() if word.startswith("-")]
+            words = message[len(unrecognized) :].split()
+            flags = [word.partition("=")[0] for word in words if word.startswith("--")]
             message = unrecognized + (" ".join(flags) or "values that belong to no flag")
+            message += self._suggestion(flags)
+        else:
+            message = _ARGPARSE_VALUE_RE.sub(r": \1 (the value is not shown)", message)
         raise ConfigError(f"{message.removeprefix('argument ')} (see --help)")
 
+    def _suggestion(self, flags: list[str]) -> str:
+        """A hint for a flag written with underscores (--client_id for --client-id)."""
+        for flag in flags:
+            spelled = flag.replace("_", "-").lower()
+            if spelled != flag and spelled in self._option_string_actions:
+                return f"; did you mean {spelled}?"
+        return ""
+
+
+_ARGPARSE_VALUE_RE = re.compile(
+    r": (ignored explicit argument|invalid \w+ value|invalid choice):? .*?(?= \(choose from |$)"
+)
+"""The quoted value at the end of the argparse messages that show one."""
+_NO_SECRET_FLAG = (
+    "the client secret has no flag, a command line is visible in ps; use "
+    "--client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET"
+)
 
 _EPILOG = f"""\
 Each setting is taken from the flag, else the environment variable, else the config file,
@@ -262,6 +287,14 @@ def build_parser(
         metavar="METHOD",
         help="how the client secret is sent to the token endpoint: basic, post or query "
         "(env BEENERGISED_TOKEN_AUTH_METHOD, default basic)",
+    )
+    add(
+        "--api.ca-file",
+        dest="api_ca_file",
+        metavar="PATH",
+        help="PEM file of the CA certificates to trust for the API and the token endpoint, "
+        "e.g. a private CA or a TLS-inspecting proxy (env BEENERGISED_API_CA_FILE, default "
+        "REQUESTS_CA_BUNDLE, else the certificates of the certifi package)",
     )
     add(
         "--target-firmware",
@@ -552,6 +585,52 @@ def _read_secret_file(given: _Given, path: Path) -> Secret:
     return Secret(value)
 
 
+def _ca_file(given: _Given, base: Path, directory_ok: bool = False) -> str:
+    """The path of a readable PEM bundle of CA certificates (relative to ``base``), checked now
+    so that a wrong path fails at start-up rather than as a TLS error at every refresh."""
+    text = _text(given)
+    if not text:
+        raise given.fail("missing: the path of a PEM file of CA certificates")
+    path = base / text
+    if directory_ok and path.is_dir():
+        return str(path)  # a directory of hashed certificates, as OpenSSL's c_rehash makes
+    problem = _ca_problem(path)
+    if problem:
+        raise given.fail(
+            f"{problem}; give the PEM file of the CA certificate that signed the server's "
+            "certificate (of the private CA or the TLS-inspecting proxy)"
+        )
+    return str(path)
+
+
+def _ca_problem(path: Path) -> str | None:
+    """Why ``path`` is no usable PEM bundle of CA certificates, or None."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as e:
+        return f"cannot read {str(path)!r}: {e.strerror or type(e).__name__}"
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        return f"{str(path)!r} holds no PEM certificate"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as e:
+        return f"{str(path)!r} is not a usable PEM certificate bundle ({e.reason or 'OpenSSL'})"
+    return None
+
+
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+"""Variables that replace the default CA bundle of every mandant without a ca_file, as in
+requests (which would otherwise read them on every request)."""
+
+
+def _environment_ca_file(sources: _Sources) -> str | None:
+    for name in CA_BUNDLE_VARIABLES:
+        given = sources.env(name)
+        if given is not None:
+            return _ca_file(given, Path(), directory_ok=True)
+    return None
+
+
 def _default_name(api_url: str) -> str:
     """The first label of the host name ("yourmandant" for yourmandant.beenergised.cloud);
     an IP address is kept whole."""
@@ -576,7 +655,7 @@ def _load_config_file(given: _Given) -> _ConfigFile:
     path = _text(given)
     try:
         with open(path, encoding="utf-8") as stream:
-            document = yaml.safe_load(stream)
+            document = load_yaml(stream)
     except OSError as e:
         raise given.fail(f"cannot read {path!r}: {e.strerror or type(e).__name__}") from None
     except UnicodeDecodeError:
@@ -591,6 +670,34 @@ def _load_config_file(given: _Given) -> _ConfigFile:
     located = {key: _Given(value, f"{path}: {key}") for key, value in document.items()}
     mandants = located.pop("mandants", None)
     return _ConfigFile(path, located, mandants)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error: PyYAML would
+    keep the last value silently, and a repeated key is a mistake, never an intent. Used for
+    the config file and the web config file; the error names the line and key, never a value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        first_line: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # merge keys may repeat keys on purpose; complex keys are refused later
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {first_line[key]}); give each key once",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(stream: IO[str]) -> object:
+    """The YAML document in ``stream``, with plain types only and no repeated keys."""
+    return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -673,6 +780,7 @@ def _file_mandant(item: dict[str, _Given], where: str, base: Path, auth_method: 
         if "token_auth_method" in item
         else auth_method,
         target_firmware=_target(item["target_firmware"]) if "target_firmware" in item else None,
+        ca_file=_ca_file(item["ca_file"], base) if "ca_file" in item else None,
     )
 
 
@@ -708,6 +816,7 @@ class _MandantInputs:
     secret_file: _Given | None
     secret: _Given | None
     target_firmware: _Given | None
+    ca_file: _Given | None
 
     def first_given(self) -> _Given | None:
         for given in (
@@ -717,6 +826,7 @@ class _MandantInputs:
             self.secret,
             self.token_url,
             self.target_firmware,
+            self.ca_file,
         ):
             if given is not None:
                 return given
@@ -743,6 +853,7 @@ def _mandant_inputs(sources: _Sources) -> _MandantInputs:
         target_firmware=sources.pick(
             "target_firmware", "--target-firmware", "BEENERGISED_TARGET_FIRMWARE"
         ),
+        ca_file=sources.pick("api_ca_file", "--api.ca-file", "BEENERGISED_API_CA_FILE"),
     )
 
 
@@ -774,6 +885,7 @@ def _single_mandant(inputs: _MandantInputs, auth_method: str) -> Mandant:
         client_secret=secret,
         token_auth_method=auth_method,
         target_firmware=_target(inputs.target_firmware) if inputs.target_firmware else None,
+        ca_file=_ca_file(inputs.ca_file, Path()) if inputs.ca_file else None,
     )
 
 
@@ -781,11 +893,9 @@ def _reject_secret_flag(argv: Sequence[str]) -> None:
     for arg in argv:
         if arg == "--":
             return
-        if arg == "--client-secret" or arg.startswith("--client-secret="):
-            raise ConfigError(
-                "--client-secret: not supported, a command line is visible in ps; use "
-                "--client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET"
-            )
+        flag = arg.partition("=")[0]
+        if flag.replace("_", "-").lower() == "--client-secret":
+            raise ConfigError(f"{flag}: not supported: {_NO_SECRET_FLAG}")
 
 
 def _resolve_mandants(
@@ -843,6 +953,9 @@ def load_settings(
     )
     auth_method = _choice(auth_given, TOKEN_AUTH_METHODS) if auth_given else "basic"
     mandants = _resolve_mandants(sources, config, demo_given if demo else None, auth_method)
+    environment_ca = _environment_ca_file(sources)
+    if environment_ca is not None:
+        mandants = [m if m.ca_file else replace(m, ca_file=environment_ca) for m in mandants]
     warnings = [warning for mandant in mandants for warning in _mandant_warnings(mandant)]
 
     refresh_interval = DEFAULT_REFRESH_INTERVAL

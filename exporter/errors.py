@@ -39,6 +39,12 @@ class ApiConnectionError(RefreshError):
     reason = "connection"
 
 
+class TlsError(ApiConnectionError):
+    """The TLS handshake failed, usually because the server's certificate is not trusted."""
+
+    reason = "tls"
+
+
 class ParseError(RefreshError):
     """The API answered with a body we cannot read as the documented JSON:API shape."""
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
-from exporter.errors import ApiConnectionError, ApiTimeoutError
+from exporter.errors import ApiConnectionError, ApiTimeoutError, TlsError
 
 LOG = logging.getLogger(__name__)
 
@@ -89,6 +91,39 @@ def retry_after(response: requests.Response) -> float | None:
         return None
 
 
+def tls_error(what: str, url: str, error: BaseException) -> TlsError:
+    """A TLS failure in words: untrusted certificate (and what to set), or a failed handshake."""
+    host = urlsplit(url).hostname
+    cause = _ssl_cause(error)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        problem = getattr(cause, "verify_message", None) or "certificate verify failed"
+        return TlsError(
+            f"{what}: TLS certificate of {host} not trusted ({problem}); if a private CA or a "
+            "TLS-inspecting proxy is in the way, set ca_file (--api.ca-file) or "
+            "REQUESTS_CA_BUNDLE to its CA certificate"
+        )
+    problem = (cause.reason or "").lower().replace("_", " ") if cause else ""
+    return TlsError(
+        f"{what}: TLS handshake with {host} failed ({problem or 'no reason given'}); does "
+        "the URL's scheme and port speak HTTPS?"
+    )
+
+
+def _ssl_cause(error: BaseException, depth: int = 0) -> ssl.SSLError | None:
+    """The ssl module's error inside the exceptions requests and urllib3 wrap around it."""
+    if isinstance(error, ssl.SSLError):
+        return error
+    if depth > 8:
+        return None
+    inner = [*error.args, getattr(error, "reason", None), error.__cause__, error.__context__]
+    for candidate in inner:
+        if isinstance(candidate, BaseException):
+            found = _ssl_cause(candidate, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 def send(
     session: requests.Session,
     method: str,
@@ -120,6 +155,9 @@ def send(
             # A read timeout is not retried: the server got the request and may be overloaded.
             on_response(endpoint, "error")
             raise ApiTimeoutError(f"{what}: timed out waiting for the answer") from None
+        except requests.exceptions.SSLError as exc:
+            on_response(endpoint, "error")  # not retried: a certificate does not heal itself
+            raise tls_error(what, url, exc) from None
         except requests.RequestException as exc:
             failure = ApiConnectionError(f"{what}: cannot connect ({type(exc).__name__})")
         if failure is not None:

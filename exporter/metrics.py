@@ -222,7 +222,8 @@ class FleetCollector(Collector):
         )
         failures = CounterMetricFamily(
             "beenergised_refresh_failures",
-            "Failed refreshes by reason (auth, http, timeout, connection, parse, pagination).",
+            "Failed refreshes by reason (auth, http, timeout, connection, parse, pagination, "
+            "tls).",
             labels=["mandant", "reason"],
         )
         requests = CounterMetricFamily(

@@ -7,7 +7,6 @@ the web pages) take a reference and never see half a refresh.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -36,7 +35,7 @@ LOG = logging.getLogger(__name__)
 MAX_READS = 3
 """Reads of the listing per refresh when the fleet changed: until two in a row agree."""
 
-FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination")
+FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination", "tls")
 """The fixed set of values of the ``reason`` label of the failure counter."""
 
 
@@ -86,18 +85,17 @@ class MandantState:
         return self.snapshot is not None
 
 
-def new_session(concurrency: int = 1) -> requests.Session:
+def new_session(concurrency: int = 1, ca_file: str | None = None) -> requests.Session:
     """An HTTP session with our User-Agent and a connection pool as large as the concurrency;
     one per mandant, so connections are reused from refresh to refresh.
 
-    The environment (proxies, CA bundle) is read once here rather than on every request,
-    which costs requests a scan of os.environ per page; netrc is never consulted.
+    Servers are verified against ``ca_file`` (the mandant's, or REQUESTS_CA_BUNDLE, resolved
+    and checked by the config), else certifi's bundle. The environment is not read on every
+    request (that costs requests a scan of os.environ per page); netrc is never consulted.
     """
     session = requests.Session()
     session.trust_env = False
-    session.verify = (
-        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    )
+    session.verify = ca_file or True
     session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
     session.mount("https://", adapter)
@@ -113,7 +111,7 @@ def connect(
     clock: Callable[[], float] = time.time,
 ) -> tuple[TokenSource, CpoClient]:
     """The token source and API client of one mandant, sharing one new HTTP session."""
-    session = new_session(concurrency)
+    session = new_session(concurrency, mandant.ca_file)
     tokens = TokenSource(
         token_url=mandant.token_url,
         client_id=mandant.client_id,

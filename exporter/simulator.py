@@ -22,6 +22,8 @@ import secrets
 import signal
 import socket
 import socketserver
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -611,8 +613,12 @@ class Simulator:
         latency: float = 0.0,
         quickstart_next_links: bool = False,
         churn_interval: float | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """With ``tls_cert_file`` and ``tls_key_file`` (PEM) it serves HTTPS, e.g. with a
+        certificate of a private CA that the client does not trust by default."""
         if max_page_limit < 1 or default_page_limit < 1:
             raise ValueError("max_page_limit and default_page_limit must be >= 1")
         self.inventory = inventory
@@ -625,6 +631,10 @@ class Simulator:
         self._quickstart_next_links = quickstart_next_links
         self._churn_interval = churn_interval
         self._clock = clock
+        self._tls: ssl.SSLContext | None = None
+        if tls_cert_file or tls_key_file:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(tls_cert_file or "", tls_key_file)
         self._lock = threading.Lock()
         self._tokens: dict[str, float] = {}
         self._issued: list[str] = []
@@ -640,6 +650,11 @@ class Simulator:
     def start(self) -> Simulator:
         """Bind (port 0 picks a free port) and serve in daemon threads; return self."""
         self._server = _Server(self._address, self)
+        if self._tls is not None:
+            # The handshake runs in the connection's thread, on the first read.
+            self._server.socket = self._tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._threads = [
             threading.Thread(
                 target=self._server.serve_forever,
@@ -691,7 +706,7 @@ class Simulator:
         if self._server is None:
             raise RuntimeError("the simulator has no address before start()")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     @property
     def token_url(self) -> str:
@@ -963,6 +978,12 @@ class Simulator:
             return _Response(200, {"latency": self.latency})
         if (method, action) == ("POST", "inventory"):
             return _Response(200, self._change_inventory(body))
+        if (method, action) == ("POST", "client_secret"):
+            secret = body.get("client_secret")
+            if not isinstance(secret, str) or not secret:
+                raise ValueError("client_secret must be a non-empty string")
+            self._client = (self._client[0], secret)  # a rotated secret: the old one fails
+            return _Response(200, {"rotated": True})
         if (method, action) == ("GET", "faults"):
             return _Response(200, {"faults": self.faults})
         if (method, action) == ("POST", "faults"):
@@ -1017,6 +1038,11 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that refuses our TLS certificate is a test case, not a traceback."""
+        if not isinstance(sys.exc_info()[1], ssl.SSLError | ConnectionError):
+            super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Wake handler threads waiting on idle keep-alive connections so they end."""
@@ -1089,6 +1115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-secret", default="demo-secret", help="a test double's secret")
     parser.add_argument("--quickstart-next-links", action="store_true")
     parser.add_argument("--churn-interval", type=float, default=None, help="seconds")
+    parser.add_argument("--tls-cert-file", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key-file", help="the PEM private key of --tls-cert-file")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -1106,6 +1134,8 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         quickstart_next_links=args.quickstart_next_links,
         churn_interval=args.churn_interval,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
     )
     with simulator:
         print(f"simulator listening on {simulator.api_url}", flush=True)

@@ -34,7 +34,7 @@ from types import MappingProxyType
 import bcrypt
 import yaml
 
-from exporter.config import yaml_problem
+from exporter.config import load_yaml, yaml_problem
 from exporter.errors import ConfigError
 
 _TOP_KEYS = ("tls_server_config", "basic_auth_users")
@@ -94,7 +94,7 @@ def load_web_config(path: str) -> WebConfig:
     """Read and check the web config file at ``path``; raises ConfigError for every problem."""
     try:
         with open(path, encoding="utf-8") as stream:
-            document = yaml.safe_load(stream)
+            document = load_yaml(stream)
     except OSError as e:
         raise ConfigError(
             f"{path}: cannot read the web config file: {e.strerror or type(e).__name__}"

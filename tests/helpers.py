@@ -106,7 +106,7 @@ class SimulatorProcess(Process):
 
     def __init__(self, *args: str) -> None:
         super().__init__([sys.executable, "-m", "exporter.simulator", "--port", "0", *args])
-        match = self.wait_for_line(r"simulator listening on (http://\S+)")
+        match = self.wait_for_line(r"simulator listening on (https?://\S+)")
         self.url = match.group(1)
 
     def state(self) -> dict:
@@ -134,3 +134,15 @@ class ExporterProcess(Process):
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
         return requests.get(self.url + path, timeout=5, **kwargs)
+
+
+def private_ca(directory: Path) -> tuple[Path, Path]:
+    """A new private CA in ``directory``: (its certificate, a certificate and key for
+    127.0.0.1 in one PEM file), for a simulator serving HTTPS that nothing trusts by default."""
+    import trustme  # a test dependency only
+
+    ca = trustme.CA()
+    ca_file, server_file = directory / "private-ca.pem", directory / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_file))
+    return ca_file, server_file

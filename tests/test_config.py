@@ -49,6 +49,7 @@ FLAGS_AND_ENV = [
     ("--no-station-info", "BEENERGISED_NO_STATION_INFO"),
     ("--target-firmware", "BEENERGISED_TARGET_FIRMWARE"),
     ("--changes.max-entries", "BEENERGISED_CHANGES_MAX_ENTRIES"),
+    ("--api.ca-file", "BEENERGISED_API_CA_FILE"),
 ]
 
 
@@ -1048,3 +1049,151 @@ def test_help_flag_prints_help_and_exits_zero(capsys: pytest.CaptureFixture[str]
 
 def test_help_points_new_users_at_the_check_subcommand() -> None:
     assert '"beenergised-exporter check"' in build_parser().format_help()
+
+
+# --- values never echoed, repeated YAML keys, CA files (issue 11) ---
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([f"--client_secret={SECRET}"], "--client_secret: not supported: the client secret has"),
+        ([f"--CLIENT-SECRET={SECRET}"], "--CLIENT-SECRET: not supported"),
+        ([f"--client_id={SECRET}"], "unrecognized arguments: --client_id; did you mean --client-id?"),
+        ([f"--bogus={SECRET}"], "unrecognized arguments: --bogus (see --help)"),
+        ([SECRET], "unrecognized arguments: values that belong to no flag"),
+        ([f"-{SECRET}"], "unrecognized arguments: values that belong to no flag"),
+        ([f"--demo={SECRET}"], "--demo: ignored explicit argument (the value is not shown)"),
+        ([f"--no-station-info={SECRET}"], "--no-station-info: ignored explicit argument (the"),
+    ],
+)
+def test_argparse_messages_never_echo_a_value(argv: list[str], expected: str) -> None:
+    assert error(argv).startswith(expected)
+
+
+def test_a_repeated_key_in_the_config_file_is_an_error_naming_key_and_line(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        f"""\
+refresh_interval: 60
+mandants:
+  - api_url: https://north.example.test
+    client_id: north
+    client_secret: "{SECRET}"
+    client_secret: "{SECRET}-other"
+""",
+    )
+    assert error([f"--config.file={config}"], {}) == (
+        f"{config}: not valid YAML: line 6, column 5: duplicate key 'client_secret' "
+        "(first on line 5); give each key once"
+    )
+    config.write_text(config.read_text() + "refresh_interval: 30\n")
+    assert error([f"--config.file={config}"], {}).endswith(
+        "line 7, column 1: duplicate key 'refresh_interval' (first on line 1); give each key once"
+    )
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        f"""\
+base: &base
+  client_id: shared
+  client_secret: "{SECRET}"
+  api_url: https://base.example.test
+mandants:
+  - <<: *base
+    api_url: https://north.example.test
+""",
+    )
+    # "base" is no known key: the loader got past the merge and the override.
+    assert "unknown key 'base'" in error([f"--config.file={config}"], {})
+
+
+def ca_pem(tmp_path: Path) -> Path:
+    trustme = pytest.importorskip("trustme")
+    path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return path
+
+
+def test_ca_file_from_flag_environment_and_file(tmp_path: Path) -> None:
+    ca = ca_pem(tmp_path)
+    assert load([f"--api.ca-file={ca}"]).mandants[0].ca_file == str(ca)
+    assert load([], {**ENV, "BEENERGISED_API_CA_FILE": str(ca)}).mandants[0].ca_file == str(ca)
+    config = write(
+        tmp_path,
+        f"""\
+mandants:
+  - api_url: https://north.example.test
+    client_id: north
+    client_secret: "{SECRET}"
+    ca_file: ca.pem
+  - api_url: https://south.example.test
+    client_id: south
+    client_secret: "{SECRET}"
+""",
+    )
+    north, south = load([f"--config.file={config}"], {}).mandants
+    assert north.ca_file == str(ca)  # relative to the config file
+    assert south.ca_file is None
+    _, south = load([f"--config.file={config}"], {"REQUESTS_CA_BUNDLE": str(ca)}).mandants
+    assert south.ca_file == str(ca)
+    assert load([], ENV).mandants[0].ca_file is None
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_variable_naming_a_missing_file_is_a_config_error(variable: str) -> None:
+    assert error([], {**ENV, variable: "/nonexistent/ca.pem"}) == (
+        f"{variable}: cannot read '/nonexistent/ca.pem': No such file or directory; give the "
+        "PEM file of the CA certificate that signed the server's certificate (of the private "
+        "CA or the TLS-inspecting proxy)"
+    )
+
+
+def test_a_ca_bundle_variable_may_name_a_directory(tmp_path: Path) -> None:
+    env = {**ENV, "REQUESTS_CA_BUNDLE": str(tmp_path)}
+    assert load([], env).mandants[0].ca_file == str(tmp_path)
+    assert error([f"--api.ca-file={tmp_path}"]).startswith(f"--api.ca-file: cannot read '{tmp_path}'")
+
+
+def test_bad_ca_files_name_the_setting(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.der"
+    not_pem.write_bytes(b"\x30\x82 not a PEM file")
+    assert error([f"--api.ca-file={not_pem}"]).startswith(
+        f"--api.ca-file: '{not_pem}' holds no PEM certificate"
+    )
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    assert error([], {**ENV, "BEENERGISED_API_CA_FILE": str(broken)}).startswith(
+        f"BEENERGISED_API_CA_FILE: '{broken}' is not a usable PEM certificate bundle"
+    )
+    config = write(
+        tmp_path,
+        f"""\
+mandants:
+  - api_url: https://north.example.test
+    client_id: north
+    client_secret: "{SECRET}"
+    ca_file: missing.pem
+""",
+    )
+    assert error([f"--config.file={config}"], {}).startswith(
+        f"{config}: mandants[0].ca_file: cannot read '{tmp_path / 'missing.pem'}'"
+    )
+
+
+def test_the_ca_file_flag_is_a_mandant_setting(tmp_path: Path) -> None:
+    ca = ca_pem(tmp_path)
+    config = write(
+        tmp_path,
+        f"""\
+mandants:
+  - api_url: https://north.example.test
+    client_id: north
+    client_secret: "{SECRET}"
+""",
+    )
+    assert error([f"--config.file={config}", f"--api.ca-file={ca}"], {}).startswith(
+        f"--api.ca-file: {config} also lists mandants"
+    )

@@ -135,3 +135,52 @@ def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():
         delays = [policy.backoff(attempt) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling / 2  # jitter spreads over the whole range
+
+
+def test_an_untrusted_certificate_is_a_tls_error_saying_what_to_set(tmp_path):
+    from exporter.errors import TlsError
+    from exporter.refresh import new_session
+    from exporter.simulator import Inventory, Simulator
+    from tests.helpers import private_ca
+
+    ca, server = private_ca(tmp_path)
+    with Simulator(Inventory(size=1), tls_cert_file=str(server), tls_key_file=str(server)) as sim:
+        counted: list[tuple[str, str]] = []
+
+        def get(session: requests.Session) -> requests.Response:
+            return send(
+                session,
+                "GET",
+                sim.api_url + "/_sim/state?client_secret=hidden",
+                endpoint="state",
+                what="state",
+                on_response=lambda e, c: counted.append((e, c)),
+                deadline=Deadline(10),
+                retry=FAST,
+            )
+
+        with pytest.raises(TlsError) as caught:
+            get(new_session())
+        assert str(caught.value) == (
+            "state: TLS certificate of 127.0.0.1 not trusted (unable to get local issuer "
+            "certificate); if a private CA or a TLS-inspecting proxy is in the way, set "
+            "ca_file (--api.ca-file) or REQUESTS_CA_BUNDLE to its CA certificate"
+        )
+        assert caught.value.reason == "tls"
+        assert "hidden" not in str(caught.value)  # the host only, never the URL
+        assert counted == [("state", "error")]  # not retried
+        assert get(new_session(ca_file=str(ca))).status_code == 200
+
+    with Simulator(Inventory(size=1)) as plain, pytest.raises(TlsError) as caught:
+        send(
+            new_session(),
+            "GET",
+            plain.api_url.replace("http://", "https://") + "/_sim/state",
+            endpoint="state",
+            what="state",
+            on_response=lambda e, c: None,
+            deadline=Deadline(10),
+            retry=FAST,
+        )
+    assert str(caught.value).startswith("state: TLS handshake with 127.0.0.1 failed (wrong ")
+    assert str(caught.value).endswith("does the URL's scheme and port speak HTTPS?")

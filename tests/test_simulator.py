@@ -561,3 +561,56 @@ def test_standalone_process(signum: signal.Signals) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=TIMEOUT)
+
+
+# HTTPS with a private CA, and secret rotation
+
+
+def test_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
+    from tests.helpers import private_ca
+
+    ca, server = private_ca(tmp_path)
+    with Simulator(Inventory(size=3), tls_cert_file=str(server), tls_key_file=str(server)) as sim:
+        assert sim.api_url.startswith("https://127.0.0.1:")
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(sim.api_url + "/_sim/state", timeout=TIMEOUT)
+        with pytest.raises(requests.ConnectionError):  # plain HTTP to the TLS port
+            requests.get(sim.api_url.replace("https", "http") + "/_sim/state", timeout=TIMEOUT)
+        response = requests.post(sim.token_url, data=GRANT | CLIENT, timeout=TIMEOUT, verify=ca)
+        token = response.json()["access_token"]
+        stations = requests.get(
+            f"{sim.api_url}{STATIONS}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=TIMEOUT,
+            verify=ca,
+        )
+        assert stations.json()["meta"]["pagination"]["total"] == 3
+        assert stations.json()["links"]["current"].startswith(sim.api_url)
+
+
+def test_the_client_secret_can_be_rotated(sim: Simulator) -> None:
+    get_token(sim)
+    response = requests.post(
+        sim.api_url + "/_sim/client_secret", json={"client_secret": "rotated"}, timeout=TIMEOUT
+    )
+    assert response.json() == {"rotated": True}
+    old = requests.post(sim.token_url, data=GRANT | CLIENT, timeout=TIMEOUT)
+    assert old.status_code == 401
+    new = requests.post(
+        sim.token_url, data=GRANT | CLIENT | {"client_secret": "rotated"}, timeout=TIMEOUT
+    )
+    assert new.status_code == 200
+    bad = requests.post(sim.api_url + "/_sim/client_secret", json={"client_secret": ""}, timeout=5)
+    assert bad.status_code == 400
+
+
+def test_the_command_line_serves_https(tmp_path: Path) -> None:
+    from tests.helpers import SimulatorProcess, private_ca
+
+    ca, server = private_ca(tmp_path)
+    process = SimulatorProcess("--tls-cert-file", str(server), "--tls-key-file", str(server))
+    try:
+        assert process.url.startswith("https://")
+        assert requests.get(process.url + "/_sim/state", timeout=TIMEOUT, verify=ca).ok
+    finally:
+        assert process.stop() == 0

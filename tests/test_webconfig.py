@@ -420,3 +420,11 @@ def test_error_for_files_that_only_look_like_pem(tls_files, write):
     assert error(path).startswith(
         f"{path}: tls_server_config.client_ca_file: cannot load '{tls_files}/tls/fake.crt': "
     )
+
+
+def test_a_user_given_twice_is_an_error_naming_the_user_not_the_hash(write):
+    path = write(f"basic_auth_users:\n  alice: {HASH.decode()}\n  alice: {HASH.decode()}\n")
+    assert error(path) == (
+        f"{path}: not valid YAML: line 3, column 3: duplicate key 'alice' (first on line 2); "
+        "give each key once"
+    )
