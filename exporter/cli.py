@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from wsgiref.simple_server import WSGIServer
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -20,11 +24,18 @@ from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Secret, Settings, load_settings
 from exporter.errors import ConfigError
 from exporter.logs import setup_logging
-from exporter.metrics import Exposition, FleetCollector
+from exporter.metrics import Exposition, FleetCollector, ReloadStatus
 from exporter.model import FirmwareTarget
-from exporter.refresh import MandantRefresher, MandantState, refresh_timeout, start_scheduler
+from exporter.refresh import (
+    MandantRefresher,
+    MandantState,
+    job_id,
+    refresh_timeout,
+    schedule,
+    start_scheduler,
+)
 from exporter.web import ExporterApp, serve
-from exporter.webconfig import BasicAuth, load_web_config
+from exporter.webconfig import BasicAuth, WebConfig, load_web_config
 
 LOG = logging.getLogger("exporter")
 
@@ -36,6 +47,10 @@ DEMO_TARGET_FIRMWARE = r"/2\.5\..*|3\..*/"
 """The demo's rollout target: 2.5 or newer, which the simulator's churn rolls stations to."""
 SHUTDOWN_GRACE = 3.0
 """Seconds to wait for running refreshes at shutdown, so SIGTERM always ends within 5 s."""
+RESTART_SETTINGS = ("refresh_interval", "station_info", "changes_max_entries")
+"""Settings of the config file that a reload does not apply: a change is logged as a warning
+and takes effect at the next start. (Flags and environment do not change in a running process.)
+"""
 
 
 def start_demo_api(settings: Settings) -> tuple[Settings, object]:
@@ -83,18 +98,142 @@ def start_demo_api(settings: Settings) -> tuple[Settings, object]:
 
 
 def build_exposition(
-    states: Callable[[], Sequence[MandantState]], settings: Settings
+    states: Callable[[], Sequence[MandantState]],
+    settings: Settings,
+    reload_status: ReloadStatus | None = None,
 ) -> Exposition:
-    """Our fleet metrics (rendered once per refresh) and the client library's process, platform
-    and GC collectors (rendered per scrape: they change all the time)."""
+    """Our fleet metrics (rendered once per refresh), and per scrape (they change all the time)
+    the client library's process, platform and GC collectors and the reload status."""
     live = CollectorRegistry()
     ProcessCollector(registry=live)
     PlatformCollector(registry=live)
     GCCollector(registry=live)
+    if reload_status is not None:
+        live.register(reload_status)
     fleet = FleetCollector(
         states, station_info=settings.station_info, refresh_interval=settings.refresh_interval
     )
     return Exposition(fleet, states, live)
+
+
+@dataclass
+class Running:
+    """What a reload may change while the exporter runs; ``refreshers`` is replaced whole, so
+    readers iterate a consistent tuple."""
+
+    settings: Settings
+    web_config: WebConfig | None
+    refreshers: tuple[MandantRefresher, ...]
+
+
+class Reloader:
+    """Re-reads the configuration on SIGHUP, as Prometheus does: the same flags and
+    environment, the config file, the secret files and the web config file. A configuration
+    with any error is not applied at all (one error line names the setting); a good one is."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        running: Running,
+        *,
+        new_refresher: Callable[[Mandant, Settings], MandantRefresher],
+        scheduler: BackgroundScheduler,
+        app: ExporterApp,
+        server: WSGIServer,
+        exposition: Exposition,
+        status: ReloadStatus,
+    ) -> None:
+        self._args = args
+        self._running = running
+        self._new_refresher = new_refresher
+        self._scheduler = scheduler
+        self._app = app
+        self._server = server
+        self._exposition = exposition
+        self._status = status
+
+    def reload(self) -> bool:
+        """Apply the configuration as it is now; False (and nothing changed) if it is bad."""
+        old = self._running.settings
+        try:
+            settings = load_settings(self._args, os.environ)
+            web_config = (
+                load_web_config(settings.web_config_file) if settings.web_config_file else None
+            )
+        except ConfigError as exc:
+            LOG.error("reload failed, still running the previous configuration: %s", exc)
+            self._status.record(False)
+            return False
+        if old.demo:
+            settings = replace(settings, mandants=old.mandants)
+        for field in RESTART_SETTINGS:
+            if getattr(settings, field) != getattr(old, field):
+                LOG.warning("%s changed: it takes a restart; the reload keeps the old value", field)
+        settings = replace(settings, **{field: getattr(old, field) for field in RESTART_SETTINGS})
+        for warning in settings.warnings:
+            if warning not in old.warnings:
+                LOG.warning(warning)
+        self._apply_web_config(web_config)
+        self._apply_mandants(settings)
+        self._running.settings = settings
+        self._status.record(True)
+        return True
+
+    def _apply_web_config(self, web_config: WebConfig | None) -> None:
+        """New users and a new certificate count for new connections; turning TLS on or off
+        takes a restart (the port would start answering another protocol)."""
+        old = self._running.web_config
+        old_tls = old.ssl_context if old is not None else None
+        tls = web_config.ssl_context if web_config is not None else None
+        users = web_config.users if web_config is not None else {}
+        if (old_tls is None) != (tls is None):
+            LOG.warning(
+                "--web.config.file: turning TLS %s takes a restart; still serving %s",
+                "off" if tls is None else "on",
+                "plain HTTP" if tls is None else "HTTPS",
+            )
+            tls = old_tls
+        self._server.ssl_context = tls  # type: ignore[attr-defined]
+        if dict(users) != dict(old.users if old is not None else {}):
+            self._app.set_auth(BasicAuth(users) if users else None)
+        self._running.web_config = WebConfig(tls, MappingProxyType(dict(users)))
+
+    def _apply_mandants(self, settings: Settings) -> None:
+        """Start added mandants, stop removed ones, reconnect changed ones (keeping what they
+        published and their counters)."""
+        old_settings = self._running.settings
+        connection_changed = (settings.page_limit, settings.concurrency) != (
+            old_settings.page_limit,
+            old_settings.concurrency,
+        )
+        current = {refresher.mandant.name: refresher for refresher in self._running.refreshers}
+        kept: list[MandantRefresher] = []
+        added: list[MandantRefresher] = []
+        changed: list[str] = []
+        for mandant in settings.mandants:
+            refresher = current.pop(mandant.name, None)
+            if refresher is None:
+                refresher = self._new_refresher(mandant, settings)
+                added.append(refresher)
+            elif refresher.mandant != mandant or connection_changed:
+                refresher.reconnect(
+                    mandant, page_limit=settings.page_limit, concurrency=settings.concurrency
+                )
+                changed.append(mandant.name)
+            kept.append(refresher)
+        self._running.refreshers = tuple(kept)
+        for name in current:
+            self._scheduler.remove_job(job_id(name))
+        for refresher in added:
+            schedule(self._scheduler, refresher, settings.refresh_interval)
+        self._exposition.update()
+        LOG.info(
+            "configuration reloaded: %d mandant(s); added: %s; removed: %s; changed: %s",
+            len(kept),
+            ", ".join(refresher.mandant.name for refresher in added) or "none",
+            ", ".join(current) or "none",
+            ", ".join(changed) or "none",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,21 +252,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     for warning in settings.warnings:
         LOG.warning(warning)
+    # From here on SIGHUP reloads instead of ending the process; the main thread does the work.
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: signals.put(signum))
 
     simulator = None
     if settings.demo:
         settings, simulator = start_demo_api(settings)
 
     shutting_down = threading.Event()
-    refreshers: list[MandantRefresher] = []
+    running = Running(settings, web_config, ())
 
     def states() -> list[MandantState]:
-        return [refresher.state for refresher in refreshers]
+        return [refresher.state for refresher in running.refreshers]
 
-    exposition = build_exposition(states, settings)
+    reload_status = ReloadStatus()
+    exposition = build_exposition(states, settings, reload_status)
     changelog = ChangeLog(settings.changes_max_entries)
-    refreshers += [
-        MandantRefresher(
+
+    def new_refresher(mandant: Mandant, settings: Settings) -> MandantRefresher:
+        return MandantRefresher(
             mandant,
             page_limit=settings.page_limit,
             concurrency=settings.concurrency,
@@ -136,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_publish=exposition.update,
             changelog=changelog,
         )
-        for mandant in settings.mandants
-    ]
+
+    running.refreshers = tuple(new_refresher(mandant, settings) for mandant in settings.mandants)
     app = ExporterApp(
         exposition,
         states,
@@ -152,24 +297,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, exc.strerror
         )
         return 1
-    scheduler = start_scheduler(refreshers, settings.refresh_interval)
+    scheduler = start_scheduler(list(running.refreshers), settings.refresh_interval)
     host, port = server.server_address[:2]
     LOG.info(
         "beenergised-exporter %s listening on %s:%d, %d mandant(s), refresh every %gs",
         __version__,
         host,
         port,
-        len(refreshers),
+        len(running.refreshers),
         settings.refresh_interval,
     )
-
-    def on_signal(signum: int, _frame: object) -> None:
-        LOG.info("received %s, shutting down", signal.Signals(signum).name)
-        shutting_down.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    shutting_down.wait()
+    reloader = Reloader(
+        args,
+        running,
+        new_refresher=new_refresher,
+        scheduler=scheduler,
+        app=app,
+        server=server,
+        exposition=exposition,
+        status=reload_status,
+    )
+    while (signum := signals.get()) == signal.SIGHUP:
+        LOG.info("received SIGHUP, reloading the configuration")
+        reloader.reload()
+    LOG.info("received %s, shutting down", signal.Signals(signum).name)
+    shutting_down.set()
     server.shutdown()
     server.server_close()
     if simulator is not None:

@@ -697,7 +697,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 def load_yaml(stream: IO[str]) -> object:
     """The YAML document in ``stream``, with plain types only and no repeated keys."""
-    return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    return yaml.load(stream, Loader=UniqueKeyLoader)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import platform
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -222,8 +223,7 @@ class FleetCollector(Collector):
         )
         failures = CounterMetricFamily(
             "beenergised_refresh_failures",
-            "Failed refreshes by reason (auth, http, timeout, connection, parse, pagination, "
-            "tls).",
+            "Failed refreshes by reason (auth, http, timeout, connection, parse, pagination, tls).",
             labels=["mandant", "reason"],
         )
         requests = CounterMetricFamily(
@@ -249,6 +249,33 @@ class FleetCollector(Collector):
             if state.token_expiry is not None:
                 token_expiry.add_metric([state.name], state.token_expiry)
         yield from (up, last_success, duration, failures, requests, token_expiry)
+
+
+class ReloadStatus(Collector):
+    """Whether the last reload of the configuration (SIGHUP) worked, as Prometheus reports its
+    own; the start counts as a successful load."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._successful = True
+        self._success_time = clock()
+
+    def record(self, successful: bool) -> None:
+        self._successful = successful
+        if successful:
+            self._success_time = self._clock()
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "beenergised_config_last_reload_successful",
+            "1 if the last reload of the configuration (SIGHUP) succeeded, else 0.",
+            value=1 if self._successful else 0,
+        )
+        yield GaugeMetricFamily(
+            "beenergised_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load of the configuration (start or SIGHUP).",
+            value=self._success_time,
+        )
 
 
 class _Families:

@@ -35,6 +35,9 @@ LOG = logging.getLogger(__name__)
 MAX_READS = 3
 """Reads of the listing per refresh when the fleet changed: until two in a row agree."""
 
+MAX_REFRESH_THREADS = 32
+"""Mandants refreshed at the same time, at most."""
+
 FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination", "tls")
 """The fixed set of values of the ``reason`` label of the failure counter."""
 
@@ -154,23 +157,33 @@ class MandantRefresher:
         self._cancel = cancel or threading.Event()
         self._clock = clock
         self._requests = RequestCounter()
-        self._tokens, self._client = connect(
-            mandant, page_limit, concurrency, self._requests, clock=clock
-        )
+        self._connection = connect(mandant, page_limit, concurrency, self._requests, clock=clock)
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
+
+    def reconnect(self, mandant: Mandant, *, page_limit: int, concurrency: int) -> None:
+        """Use changed settings of the same mandant (a reload): a new HTTP session and token
+        source from the next refresh on; the published state and its counters stay."""
+        self._connection = connect(
+            mandant, page_limit, concurrency, self._requests, clock=self._clock
+        )
+        self.mandant = mandant
+        self._publish(self.state)
 
     def refresh(self) -> None:
         """Read the whole fleet and publish the result; never raises."""
         started = time.monotonic()
         previous = self.state
+        tokens, client = self._connection  # one connection for the whole refresh
         try:
-            snapshot = self._read_confirmed(previous.snapshot)
+            snapshot = self._read_confirmed(client, previous.snapshot)
         except RefreshError as exc:
-            self._publish_failure(previous, exc.reason, str(exc), started)
+            self._publish_failure(previous, exc.reason, str(exc), started, tokens)
             return
         except Exception:  # a bug of ours must not kill the scheduler thread
             LOG.exception("refresh of mandant %s failed unexpectedly", self.mandant.name)
-            self._publish_failure(previous, "parse", "unexpected error, see the log", started)
+            self._publish_failure(
+                previous, "parse", "unexpected error, see the log", started, tokens
+            )
             return
         state = replace(
             previous,
@@ -180,7 +193,7 @@ class MandantRefresher:
             last_duration=time.monotonic() - started,
             last_error=None,
             api_requests=self._requests.counts(),
-            token_expiry=self._tokens.expires_at,
+            token_expiry=tokens.expires_at,
         )
         if previous.snapshot is not None:
             changes = diff(previous.snapshot, snapshot)
@@ -207,7 +220,7 @@ class MandantRefresher:
         self._publish(state)
         LOG.debug("mandant %s refreshed in %.3fs", self.mandant.name, state.last_duration)
 
-    def _read_confirmed(self, published: Snapshot | None) -> Snapshot:
+    def _read_confirmed(self, client: CpoClient, published: Snapshot | None) -> Snapshot:
         """The fleet, once two reads in a row agree (or a read equals what is published).
 
         A listing read while the fleet changes can be torn without any sign in the pagination
@@ -219,7 +232,7 @@ class MandantRefresher:
         candidate = published
         for _ in range(MAX_READS):
             known = candidate.stations if candidate is not None else None
-            snapshot = Snapshot.build(self._client.stations(deadline, known), self._clock())
+            snapshot = Snapshot.build(client.stations(deadline, known), self._clock())
             if candidate is not None and snapshot.stations == candidate.stations:
                 return snapshot
             if candidate is not None and candidate is not published:
@@ -231,7 +244,12 @@ class MandantRefresher:
         )
 
     def _publish_failure(
-        self, previous: MandantState, reason: str, message: str, started: float
+        self,
+        previous: MandantState,
+        reason: str,
+        message: str,
+        started: float,
+        tokens: TokenSource,
     ) -> None:
         LOG.warning("refresh of mandant %s failed (%s): %s", self.mandant.name, reason, message)
         failures = dict(previous.failures)
@@ -244,13 +262,15 @@ class MandantRefresher:
                 last_error=message,
                 failures=MappingProxyType(failures),
                 api_requests=self._requests.counts(),
-                token_expiry=self._tokens.expires_at,
+                token_expiry=tokens.expires_at,
             )
         )
 
     def _publish(self, state: MandantState) -> None:
-        """Swap in the new state whole, then tell the exposition to render it."""
-        self.state = state
+        """Swap in the new state whole, then tell the exposition to render it. The firmware
+        target is the mandant's as of now, so a refresh that ran across a reload keeps the
+        reloaded one."""
+        self.state = replace(state, firmware_target=self.mandant.target_firmware)
         self._on_publish()
 
 
@@ -266,17 +286,28 @@ def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> Back
     little jitter keeps several exporters from hitting the API in lockstep.
     """
     scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=max(1, min(len(refreshers), 32)))},
+        # Threads start when needed, so the bound costs nothing with few mandants and leaves
+        # room for mandants a reload adds.
+        executors={"default": ThreadPoolExecutor(max_workers=MAX_REFRESH_THREADS)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
-    jitter = min(interval * 0.1, 30.0)
     for refresher in refreshers:
-        scheduler.add_job(
-            refresher.refresh,
-            IntervalTrigger(seconds=interval, jitter=jitter),
-            id=f"refresh-{refresher.mandant.name}",
-            name=f"refresh {refresher.mandant.name}",
-            next_run_time=datetime.now(UTC),
-        )
+        schedule(scheduler, refresher, interval)
     scheduler.start()
     return scheduler
+
+
+def schedule(scheduler: BackgroundScheduler, refresher: MandantRefresher, interval: float) -> None:
+    """Refresh the mandant now, then every ``interval`` seconds (with a little jitter)."""
+    scheduler.add_job(
+        refresher.refresh,
+        IntervalTrigger(seconds=interval, jitter=min(interval * 0.1, 30.0)),
+        id=job_id(refresher.mandant.name),
+        name=f"refresh {refresher.mandant.name}",
+        next_run_time=datetime.now(UTC),
+    )
+
+
+def job_id(mandant: str) -> str:
+    """The scheduler's id of the refresh job of ``mandant``."""
+    return f"refresh-{mandant}"

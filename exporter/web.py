@@ -76,6 +76,10 @@ class ExporterApp:
         self._telemetry_path = telemetry_path
         self._auth = auth
 
+    def set_auth(self, auth: BasicAuth | None) -> None:
+        """Check requests against other users from now on (a reloaded web config)."""
+        self._auth = auth
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/") or "/"
         # Liveness probes carry no credentials; everything else needs them when users are set.

@@ -1059,7 +1059,7 @@ def test_help_points_new_users_at_the_check_subcommand() -> None:
     [
         ([f"--client_secret={SECRET}"], "--client_secret: not supported: the client secret has"),
         ([f"--CLIENT-SECRET={SECRET}"], "--CLIENT-SECRET: not supported"),
-        ([f"--client_id={SECRET}"], "unrecognized arguments: --client_id; did you mean --client-id?"),
+        ([f"--client_id={SECRET}"], "unrecognized arguments: --client_id; did you mean --client-i"),
         ([f"--bogus={SECRET}"], "unrecognized arguments: --bogus (see --help)"),
         ([SECRET], "unrecognized arguments: values that belong to no flag"),
         ([f"-{SECRET}"], "unrecognized arguments: values that belong to no flag"),
@@ -1154,7 +1154,8 @@ def test_a_ca_bundle_variable_naming_a_missing_file_is_a_config_error(variable: 
 def test_a_ca_bundle_variable_may_name_a_directory(tmp_path: Path) -> None:
     env = {**ENV, "REQUESTS_CA_BUNDLE": str(tmp_path)}
     assert load([], env).mandants[0].ca_file == str(tmp_path)
-    assert error([f"--api.ca-file={tmp_path}"]).startswith(f"--api.ca-file: cannot read '{tmp_path}'")
+    message = error([f"--api.ca-file={tmp_path}"])
+    assert message.startswith(f"--api.ca-file: cannot read '{tmp_path}'")
 
 
 def test_bad_ca_files_name_the_setting(tmp_path: Path) -> None:

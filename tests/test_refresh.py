@@ -146,7 +146,7 @@ class ScriptedClient:
 def scripted(simulator, *fleets: list[str]) -> tuple[MandantRefresher, ScriptedClient]:
     refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
     client = ScriptedClient(*fleets)
-    refresher._client = client
+    refresher._connection = (refresher._connection[0], client)
     return refresher, client
 
 
@@ -205,7 +205,8 @@ def test_a_torn_read_never_reaches_the_change_log(simulator):
     refresher = MandantRefresher(
         mandant_for(simulator), page_limit=10, timeout=30, changelog=changelog
     )
-    refresher._client = ScriptedClient(["a", "b"], ["a", "b"], ["a", "x"], ["a", "c"], ["a", "c"])
+    fleets = (["a", "b"], ["a", "b"], ["a", "x"], ["a", "c"], ["a", "c"])
+    refresher._connection = (refresher._connection[0], ScriptedClient(*fleets))
     refresher.refresh()
     assert changelog.latest() == []  # the first fleet is the baseline, not a change
     refresher.refresh()
