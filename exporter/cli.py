@@ -190,7 +190,7 @@ class Reloader:
             LOG.warning(
                 "--web.config.file: turning TLS %s takes a restart; still serving %s",
                 "off" if tls is None else "on",
-                "plain HTTP" if tls is None else "HTTPS",
+                "plain HTTP" if old_tls is None else "HTTPS",
             )
             tls = old_tls
         self._server.ssl_context = tls  # type: ignore[attr-defined]
