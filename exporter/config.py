@@ -237,6 +237,9 @@ BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET.
 
 Without --config.file the flags and variables describe one mandant, named after the first
 label of its host name. Default token endpoint: {DEFAULT_TOKEN_URL}
+
+SIGHUP reloads the config file, the secret files and the web config file; a configuration
+with an error is logged and not applied.
 """
 _CHECK_EPILOG = """
 To try a configuration once, run "beenergised-exporter check" with the same settings: it reads

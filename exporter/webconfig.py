@@ -12,8 +12,9 @@ these keys (anything else is refused, never ignored)::
     basic_auth_users:
       alice: $2y$10$...              # bcrypt hashes, e.g. from htpasswd -nBC 10 ""
 
-The file is read once at start-up; every problem raises :class:`~exporter.errors.ConfigError`
-with one line naming the file and the key. Hashes never appear in messages or reprs.
+The file is read at start-up and on SIGHUP; every problem raises
+:class:`~exporter.errors.ConfigError` with one line naming the file and the key. Hashes never
+appear in messages or reprs.
 """
 
 from __future__ import annotations
