@@ -235,6 +235,9 @@ class MandantRefresher:
     def _publish_failure(
         self, previous: MandantState, reason: str, message: str, started: float
     ) -> None:
+        # The one gate of failure text to the log, the metrics and the (open) landing page:
+        # it may quote a server, which may echo the secret or a token, or send a megabyte.
+        message = self._tokens.redact(message)
         LOG.warning("refresh of mandant %s failed (%s): %s", self.mandant.name, reason, message)
         failures = dict(previous.failures)
         failures[reason] = failures.get(reason, 0) + 1
