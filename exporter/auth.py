@@ -228,7 +228,7 @@ class TokenSource:
         error = self._remote_text(fields.get("error"), 60)
         description = self._remote_text(fields.get("error_description"))
         detail = f": {description}" if description else ""
-        if error == "invalid_client" or status == 401:
+        if error.partition(" ")[0] == "invalid_client" or status == 401:
             code = f" ({error})" if error else f" (HTTP {status})"
             return AuthError(
                 f"token endpoint {host} rejected the client credentials{code}{detail}: "
