@@ -6,7 +6,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -102,8 +101,9 @@ class TokenSource:
         self._proxies = environment_proxies(token_url)
         self._clock = clock
         self._token: Token | None = None
-        self._recent: deque[str] = deque(maxlen=RECENT_TOKENS)
-        self._old_secrets: deque[str] = deque(maxlen=2)
+        # Tuples, replaced whole: redact() may read them while a fetch goes on.
+        self._recent: tuple[str, ...] = ()
+        self._old_secrets: tuple[str, ...] = ()
         self._fetch_lock = threading.Lock()
 
     @property
@@ -122,7 +122,7 @@ class TokenSource:
             if token and self._clock() < token.renew_at:
                 return token.value
             self._token = self._fetch_rotated(deadline)
-            self._recent.append(self._token.value)
+            self._recent = (*self._recent, self._token.value)[-RECENT_TOKENS:]
             return self._token.value
 
     def _fetch_rotated(self, deadline: Deadline) -> Token:
@@ -139,20 +139,14 @@ class TokenSource:
         LOG.info(
             "client secret file %s changed; asking for a token with the new secret", fresh.path
         )
-        self._old_secrets.append(self._client_secret.reveal())
+        self._old_secrets = (*self._old_secrets, self._client_secret.reveal())[-2:]
         self._client_secret = fresh
         return self._fetch(deadline)
 
     def redact(self, text: str, limit: int = MAX_LENGTH) -> str:
         """``text`` without the client secret (current and replaced), the current and recent
         access tokens and control characters, cut to ``limit``: safe to log and to publish."""
-        token = self._token
-        sensitive = [
-            self._client_secret.reveal(),
-            *self._old_secrets,
-            *([token.value] if token else []),
-            *self._recent,
-        ]
+        sensitive = (self._client_secret.reveal(), *self._old_secrets, *self._recent)
         return redact(text, sensitive, client_id=self._client_id, limit=limit)
 
     def invalidate(self, value: str) -> None:
