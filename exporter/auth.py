@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from exporter.http import (
     environment_proxies,
     send,
 )
+from exporter.redact import MAX_LENGTH, redact
 
 LOG = logging.getLogger(__name__)
 
@@ -29,6 +31,36 @@ RENEW_MARGIN_MAX = 300.0
 
 ASSUMED_LIFETIME = 3600.0
 """Lifetime assumed when the token endpoint sends no usable ``expires_in``."""
+
+MIN_LIFETIME = 10.0
+MAX_LIFETIME = 86400.0
+"""A usable ``expires_in`` is clamped to this range: a token is never fetched for every page,
+and the expiry time stays a finite number (metrics, ``check --output json``)."""
+
+RECENT_TOKENS = 4
+"""Access tokens remembered (besides the current one) to mask them in error text."""
+
+DESCRIPTION_LENGTH = 200
+"""Characters kept of the token endpoint's ``error`` and ``error_description``."""
+
+
+def _lifetime(value: object) -> float | None:
+    """``expires_in`` as finite positive seconds (numbers, or numeric strings as some servers
+    send), clamped to the lifetime range; None when it is unusable (NaN, infinite, <= 0)."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return min(MAX_LIFETIME, max(MIN_LIFETIME, seconds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +101,9 @@ class TokenSource:
         self._proxies = environment_proxies(token_url)
         self._clock = clock
         self._token: Token | None = None
+        # Tuples, replaced whole: redact() may read them while a fetch goes on.
+        self._recent: tuple[str, ...] = ()
+        self._old_secrets: tuple[str, ...] = ()
         self._fetch_lock = threading.Lock()
 
     @property
@@ -86,8 +121,33 @@ class TokenSource:
             token = self._token
             if token and self._clock() < token.renew_at:
                 return token.value
-            self._token = self._fetch(deadline)
+            self._token = self._fetch_rotated(deadline)
+            self._recent = (*self._recent, self._token.value)[-RECENT_TOKENS:]
             return self._token.value
+
+    def _fetch_rotated(self, deadline: Deadline) -> Token:
+        """A new token; when the credentials are rejected and the secret came from a file that
+        now holds another secret (rotated in place), once more with the new secret."""
+        try:
+            return self._fetch(deadline)
+        except AuthError as exc:
+            if not exc.rejected_credentials:
+                raise
+            fresh = self._client_secret.reread()
+            if fresh is None or fresh == self._client_secret:
+                raise
+        LOG.info(
+            "client secret file %s changed; asking for a token with the new secret", fresh.path
+        )
+        self._old_secrets = (*self._old_secrets, self._client_secret.reveal())[-2:]
+        self._client_secret = fresh
+        return self._fetch(deadline)
+
+    def redact(self, text: str, limit: int = MAX_LENGTH) -> str:
+        """``text`` without the client secret (current and replaced), the current and recent
+        access tokens and control characters, cut to ``limit``: safe to log and to publish."""
+        sensitive = (self._client_secret.reveal(), *self._old_secrets, *self._recent)
+        return redact(text, sensitive, client_id=self._client_id, limit=limit)
 
     def invalidate(self, value: str) -> None:
         """Drop the cached token if it is still ``value`` (the API rejected it with a 401)."""
@@ -129,18 +189,8 @@ class TokenSource:
             body = response.json()
         except ValueError:
             body = None
-        error = body.get("error") if isinstance(body, dict) else None
         if response.status_code != 200:
-            if error == "invalid_client":
-                raise AuthError(
-                    f"token endpoint {host} rejected the client credentials (invalid_client): "
-                    "check the client id and client secret"
-                )
-            detail = f" ({error})" if isinstance(error, str) else ""
-            message = f"token endpoint {host}: HTTP {response.status_code}{detail}"
-            if response.status_code == 429 or response.status_code >= 500:
-                raise ApiHttpError(message)  # the endpoint is in trouble, not our credentials
-            raise AuthError(message)
+            raise self._refusal(response.status_code, body, host)
         if not isinstance(body, dict):
             raise ParseError(f"token endpoint {host}: answer is not a JSON object")
         value = body.get("access_token")
@@ -148,12 +198,39 @@ class TokenSource:
             raise ParseError(f"token endpoint {host}: answer has no access_token")
         token_type = body.get("token_type", "Bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise ParseError(f"token endpoint {host}: unsupported token_type {token_type!r}")
-        lifetime = body.get("expires_in")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
-            LOG.warning("token endpoint sent no usable expires_in; assuming %ds", ASSUMED_LIFETIME)
+            shown = self._remote_text(token_type if isinstance(token_type, str) else "", 40)
+            raise ParseError(f"token endpoint {host}: unsupported token_type {shown!r}")
+        lifetime = _lifetime(body.get("expires_in"))
+        if lifetime is None:
+            LOG.warning(
+                "token endpoint %s sent no usable expires_in; assuming %ds", host, ASSUMED_LIFETIME
+            )
             lifetime = ASSUMED_LIFETIME
         now = self._clock()
         margin = min(RENEW_MARGIN_MAX, 0.1 * lifetime)
         LOG.debug("new access token from %s, valid for %ds", host, lifetime)
         return Token(value=value, expires_at=now + lifetime, renew_at=now + lifetime - margin)
+
+    def _remote_text(self, value: object, limit: int = DESCRIPTION_LENGTH) -> str:
+        """A text field of the token endpoint's answer, made safe to show (or '')."""
+        return self.redact(value, limit) if isinstance(value, str) else ""
+
+    def _refusal(self, status: int, body: object, host: str) -> AuthError | ApiHttpError:
+        """The error for a non-200 answer, keeping the OAuth2 error and error_description
+        (redacted and cut: the server explains there why it refused)."""
+        fields = body if isinstance(body, dict) else {}
+        error = self._remote_text(fields.get("error"), 60)
+        description = self._remote_text(fields.get("error_description"))
+        detail = f": {description}" if description else ""
+        if error.partition(" ")[0] == "invalid_client" or status == 401:
+            code = f" ({error})" if error else f" (HTTP {status})"
+            return AuthError(
+                f"token endpoint {host} rejected the client credentials{code}{detail}: "
+                "check the client id and client secret",
+                rejected_credentials=True,
+            )
+        code = f" ({error})" if error else ""
+        message = f"token endpoint {host}: HTTP {status}{code}{detail}"
+        if status == 429 or status >= 500:
+            return ApiHttpError(message)  # the endpoint is in trouble, not our credentials
+        return AuthError(message)

@@ -123,36 +123,25 @@ def hint(reason: str, step: str, message: str) -> str:
     return f"a bug of the exporter: run again with --log.level=debug and report what {PROG} logs"
 
 
-def _redact(text: str, *secrets: str) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
     """Fetch a token and every page of ``mandant``'s station list once; never raises."""
     counter = RequestCounter()
     tokens, client = connect(mandant, settings.page_limit, settings.concurrency, counter)
     deadline = Deadline(refresh_timeout(settings.refresh_interval))
-    step, token = "token", ""
+    step = "token"
     snapshot: Snapshot | None = None
     failure: Failure | None = None
     started = time.monotonic()
     try:
-        token = tokens.token(deadline)
+        tokens.token(deadline)
         step = "stations"
         snapshot = Snapshot.build(client.stations(deadline), time.time())
     except RefreshError as exc:
-        message = _redact(str(exc), mandant.client_secret.reveal(), token)
+        message = tokens.redact(str(exc))
         failure = Failure(exc.reason, message, hint(exc.reason, step, message))
     except Exception as exc:  # a bug of ours: report it as one failure, not a traceback
         LOG.debug("check of mandant %s failed unexpectedly", mandant.name, exc_info=True)
-        message = _redact(
-            f"unexpected {type(exc).__name__} while reading the {step}: {exc}",
-            mandant.client_secret.reveal(),
-            token,
-        )
+        message = tokens.redact(f"unexpected {type(exc).__name__} while reading the {step}: {exc}")
         failure = Failure("error", message, hint("error", step, message))
     seconds = time.monotonic() - started
     expires_at = tokens.expires_at
@@ -160,7 +149,9 @@ def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
         mandant=mandant,
         seconds=seconds,
         pages=counter.counts().get(("charging_stations", "200"), 0),
-        token_expires_in=None if expires_at is None else max(0.0, expires_at - time.time()),
+        token_expires_in=None
+        if expires_at is None or not math.isfinite(expires_at)
+        else max(0.0, expires_at - time.time()),
         snapshot=snapshot,
         failure=failure,
     )
@@ -309,7 +300,7 @@ def _json_requested(argv: Sequence[str]) -> bool:
 
 
 def _print_json(document: dict[str, Any]) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
+    print(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False), flush=True)
 
 
 def run_checks(settings: Settings, output: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import ipaddress
+import logging
 import math
 import re
 import ssl
@@ -26,6 +27,8 @@ import yaml
 
 from exporter.errors import ConfigError
 from exporter.model import FirmwareTarget
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_URL = "https://beenergised-jwtapis.auth.eu-central-1.amazoncognito.com/token"
 # Above every allocation seen in the 10000+ range of the Prometheus wiki page "Default port
@@ -70,12 +73,25 @@ _FALSE = ("false", "0", "no")
 
 
 class Secret:
-    """A secret string that never shows itself: str()/repr()/format give '***'."""
+    """A secret string that never shows itself: str()/repr()/format give '***'. ``path`` is the
+    file it was read from, if any, so a secret rotated in place can be read again."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "path")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, path: Path | None = None) -> None:
         self._value = value
+        self.path = path
+
+    def reread(self) -> Secret | None:
+        """The secret now in ``path``; None without a file or when the file is unusable now
+        (logged, without the value)."""
+        if self.path is None:
+            return None
+        try:
+            return _read_secret_file(_Given(str(self.path), "client secret file"), self.path)
+        except ConfigError as exc:
+            LOG.warning("cannot read the client secret again: %s", exc)
+            return None
 
     def reveal(self) -> str:
         """Return the value; call only where it leaves the process (the token request)."""
@@ -580,12 +596,26 @@ def _read_secret_file(given: _Given, path: Path) -> Secret:
             ) from None
         raise given.fail(f"cannot read {str(path)!r}: {reason}") from None
     try:
-        value = data.decode("utf-8").rstrip()
+        value = data.decode("utf-8")
     except UnicodeDecodeError:
         raise given.fail(f"{str(path)!r} is not UTF-8 text") from None
+    return Secret(_secret_value(given, value, f"{str(path)!r} is empty"), path)
+
+
+def _secret_value(given: _Given, value: str, empty: str) -> str:
+    """The secret without a leading byte order mark (Windows editors write one) and trailing
+    whitespace (line ends, also CRLF); refused when it still holds a character that cannot
+    travel in an HTTP Basic header (control characters, beyond Latin-1). Never shows it."""
+    value = value.removeprefix("\ufeff").rstrip()
     if not value:
-        raise given.fail(f"{str(path)!r} is empty")
-    return Secret(value)
+        raise given.fail(empty)
+    if any(not c.isprintable() for c in value):
+        raise given.fail("the client secret holds a control or invisible character")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise given.fail("the client secret holds a character beyond Latin-1") from None
+    return value
 
 
 def _ca_file(given: _Given, base: Path, directory_ok: bool = False) -> str:
@@ -803,10 +833,7 @@ def _inline_secret(given: _Given) -> Secret:
     # Never format given.value here: it is the secret.
     if not isinstance(given.value, str):
         raise given.fail("expected a string (put it in quotes)")
-    value = given.value.rstrip()
-    if not value:
-        raise given.fail(f"missing: {_MISSING_CLIENT_SECRET}")
-    return Secret(value)
+    return Secret(_secret_value(given, given.value, f"missing: {_MISSING_CLIENT_SECRET}"))
 
 
 @dataclass(frozen=True, slots=True)

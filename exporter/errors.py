@@ -16,9 +16,14 @@ class RefreshError(ExporterError):
 
 
 class AuthError(RefreshError):
-    """The token endpoint refused us or answered something unusable."""
+    """The token endpoint refused us or answered something unusable; ``rejected_credentials``
+    when it rejected the client id and secret (invalid_client or HTTP 401)."""
 
     reason = "auth"
+
+    def __init__(self, message: str, *, rejected_credentials: bool = False) -> None:
+        super().__init__(message)
+        self.rejected_credentials = rejected_credentials
 
 
 class ApiHttpError(RefreshError):
@@ -55,3 +60,8 @@ class PaginationError(RefreshError):
     """The listing changed while it was read, twice in a row: nothing new is published."""
 
     reason = "pagination"
+
+
+class RedirectError(ApiHttpError):
+    """The server redirected us to another origin (or too often); the redirect is not followed:
+    it may carry the client secret or lead to another mandant's fleet."""

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from exporter.errors import ApiConnectionError, ApiTimeoutError, TlsError
+from exporter.errors import ApiConnectionError, ApiTimeoutError, RedirectError, TlsError
 
 LOG = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ ResponseHook = Callable[[str, str], None]
 """Called with (endpoint, status code or ``error``) for every request made."""
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_REDIRECTS = 3
+"""Redirects followed per request, all within the origin of the request."""
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
 
@@ -124,6 +126,46 @@ def _ssl_cause(error: BaseException, depth: int = 0) -> ssl.SSLError | None:
     return None
 
 
+def origin(url: str) -> str:
+    """``scheme://host:port`` of ``url`` (the port made explicit): what a redirect may not
+    change. Never the path or query, which may carry the client secret."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def same_origin_redirects(url: str) -> Callable[..., None]:
+    """A requests response hook that lets requests follow at most MAX_REDIRECTS redirects,
+    each to the origin of ``url``, and raises RedirectError for any other: a 307/308 re-sends
+    the body (the secret with --token-auth-method=post), a query string may carry it, and
+    another host's API would publish its fleet as ours. Hooks run before requests follows."""
+    start = origin(url)
+    hops = 0
+
+    def hook(response: requests.Response, *args: object, **kwargs: object) -> None:
+        nonlocal hops
+        if not response.is_redirect:
+            return
+        target = origin(urljoin(response.url, response.headers.get("Location", "")))
+        hops += 1
+        if target != start:
+            response.close()
+            raise RedirectError(
+                f"{start} redirected (HTTP {response.status_code}) to another origin, {target}: "
+                "not followed, a redirect may carry the credentials; is the URL right?"
+            )
+        if hops > MAX_REDIRECTS:
+            response.close()
+            raise RedirectError(f"{start}: more than {MAX_REDIRECTS} redirects, not followed")
+
+    return hook
+
+
 def send(
     session: requests.Session,
     method: str,
@@ -148,7 +190,8 @@ def send(
         timeout = (min(CONNECT_TIMEOUT, remaining), min(READ_TIMEOUT, remaining))
         failure: Exception | None = None
         try:
-            response = session.request(method, url, timeout=timeout, **kwargs)
+            hooks = {"response": same_origin_redirects(url)}
+            response = session.request(method, url, timeout=timeout, hooks=hooks, **kwargs)
         except requests.ConnectTimeout:
             failure = ApiTimeoutError(f"{what}: timed out connecting")
         except requests.Timeout:

@@ -251,6 +251,9 @@ class MandantRefresher:
         started: float,
         tokens: TokenSource,
     ) -> None:
+        # The one gate of failure text to the log, the metrics and the (open) landing page:
+        # it may quote a server, which may echo the secret or a token, or send a megabyte.
+        message = tokens.redact(message)
         LOG.warning("refresh of mandant %s failed (%s): %s", self.mandant.name, reason, message)
         failures = dict(previous.failures)
         failures[reason] = failures.get(reason, 0) + 1

@@ -35,7 +35,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import SplitResult, parse_qs, unquote_plus, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, quote_plus, unquote_plus, urlsplit
 
 FIRMWARE_MIX: dict[str, float] = {"2.4.1": 0.6, "2.5.0": 0.3, "3.0.0-rc1": 0.1}
 
@@ -67,6 +67,18 @@ HISTORY_LENGTH = 1000
 #   duplicate_rows      the page's first row is the previous page's last one (not at offset 0)
 # The kinds from no_data to data_not_list, total_drift and duplicate_rows change 200 pages
 # only (a 401 stays a plain 401) and, like insert_rows and delete_rows, exist for stations only.
+#   echo_secret         (token) 401 whose error and error_description echo the client secret
+#                       plain, URL-encoded, JSON-escaped and in base64 of id:secret (plain and
+#                       form-encoded, standard and URL-safe)
+#   huge_error          (token) 400 with a 1 MB error_description holding the secret
+#   expires_in_nan, expires_in_infinity, expires_in_1e400, expires_in_negative,
+#   expires_in_string   (token) a valid token whose expires_in is NaN, Infinity, 1e400, -3600
+#                       or "3600", sent as raw JSON text
+#   redirect            ``status`` (307 unless given: 301, 302, 303, 307 or 308) to the same
+#                       path and query at another origin: a second simulator on another port
+#                       with the same client and a fleet of its own (3 stations) that it serves
+#                       without a token; its GET /_sim/credentials counts the requests that
+#                       carried the client secret there
 FAULT_KINDS: tuple[str, ...] = (
     "status",
     "latency",
@@ -86,6 +98,14 @@ FAULT_KINDS: tuple[str, ...] = (
     "delete_rows",
     "total_drift",
     "duplicate_rows",
+    "echo_secret",
+    "huge_error",
+    "expires_in_nan",
+    "expires_in_infinity",
+    "expires_in_1e400",
+    "expires_in_negative",
+    "expires_in_string",
+    "redirect",
 )
 FAULT_ENDPOINTS = ("stations", "token")
 # Kinds that reshape or shift a JSON:API page make no sense for the token endpoint.
@@ -102,6 +122,17 @@ STATIONS_ONLY_KINDS = frozenset(
         "duplicate_rows",
     }
 )
+EXPIRES_IN_TEXT = {
+    "expires_in_nan": "NaN",
+    "expires_in_infinity": "Infinity",
+    "expires_in_1e400": "1e400",
+    "expires_in_negative": "-3600",
+    "expires_in_string": '"3600"',
+}
+TOKEN_ONLY_KINDS = frozenset({"echo_secret", "huge_error", *EXPIRES_IN_TEXT})
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+OTHER_ORIGIN_STATIONS = 3
+HUGE_ERROR_LENGTH = 1_000_000
 HANG_SECONDS = 30.0
 MAX_FAULT_SECONDS = 3600.0
 
@@ -409,12 +440,22 @@ class Fault:
             raise ValueError(f"endpoint must be 'stations' or 'token', got {self.endpoint!r}")
         if self.endpoint == "token" and self.kind in STATIONS_ONLY_KINDS:
             raise ValueError(f"a {self.kind} fault works on the stations endpoint only")
+        if self.endpoint == "stations" and self.kind in TOKEN_ONLY_KINDS:
+            raise ValueError(f"a {self.kind} fault works on the token endpoint only")
         if self.kind == "status":
             _check_int("status", self.status, 400, 599)
         elif self.kind == "html" and self.status is not None:
             _check_int("status", self.status, 200, 599)
+        elif self.kind == "redirect" and self.status is not None:
+            if self.status not in REDIRECT_STATUSES or isinstance(self.status, bool):
+                raise ValueError(
+                    f"status of a redirect fault must be one of {REDIRECT_STATUSES}, "
+                    f"got {self.status!r}"
+                )
         elif self.status is not None:
-            raise ValueError(f"status is for status and html faults, not for {self.kind}")
+            raise ValueError(
+                f"status is for status and html faults and redirects, not for {self.kind}"
+            )
         if self.retry_after is not None and self.kind != "status":
             raise ValueError(f"retry_after is for status faults, not for {self.kind}")
         if self.retry_after is not None and not (
@@ -544,6 +585,29 @@ def _html_response(status: int | None) -> _Response:
     return _Response(status, page.encode(), "text/html")
 
 
+def _echo_secret_response(kind: str, client: tuple[str, str]) -> _Response:
+    """A token endpoint error that echoes the client secret: in every form a careless server
+    might (echo_secret), or inside a megabyte of text (huge_error)."""
+    client_id, secret = client
+    if kind == "huge_error":
+        filler = "A" * HUGE_ERROR_LENGTH
+        description = f"secret {secret} refused {filler} {secret}"
+        return _Response(400, {"error": "invalid_request", "error_description": description})
+    basic = f"{client_id}:{secret}".encode()
+    form = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    forms = [
+        quote(secret, safe=""),
+        quote_plus(secret),
+        json.dumps(secret),
+        base64.b64encode(basic).decode(),
+        base64.urlsafe_b64encode(basic).decode().rstrip("="),
+        base64.b64encode(form).decode(),
+        f"Basic {base64.b64encode(b'x' + basic).decode()}",
+    ]
+    description = "credentials " + " | ".join(forms) + " rejected\nlevel=error forged line"
+    return _Response(401, {"error": f"invalid_client {secret}", "error_description": description})
+
+
 def _wrong_type(index: int, value: Any) -> Any:
     return (12345, [value], {"value": value}, True)[index % 4]
 
@@ -646,6 +710,9 @@ class Simulator:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
+        self._secret_received = 0
+        self._other: Simulator | None = None  # the other origin of redirect faults
+        self._open = False  # serve stations without a token (the other origin does)
 
     def start(self) -> Simulator:
         """Bind (port 0 picks a free port) and serve in daemon threads; return self."""
@@ -688,6 +755,10 @@ class Simulator:
             self._server.close_connections()
         for thread in self._threads:
             thread.join(timeout=5)
+        with self._lock:
+            other, self._other = self._other, None
+        if other is not None:
+            other.stop()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -737,6 +808,22 @@ class Simulator:
         """A copy of the log of API requests (control requests are not logged)."""
         with self._lock:
             return list(self._requests)
+
+    def other_origin(self) -> str:
+        """The URL of the other origin of redirect faults: a second simulator with the same
+        client, a fleet of its own and stations served without a token; started on first use."""
+        with self._lock:
+            if self._other is None:
+                host = self._address[0]
+                other = Simulator(
+                    Inventory(size=OTHER_ORIGIN_STATIONS, seed=1 + id(self) % 1000),
+                    host=host,
+                    client_id=self._client[0],
+                    client_secret=self._client[1],
+                )
+                other._open = True
+                self._other = other.start()
+            return self._other.api_url
 
     def revoke_tokens(self) -> int:
         """Invalidate every token issued so far; return how many there were."""
@@ -836,6 +923,11 @@ class Simulator:
         kind = fault.kind
         if kind == "status":
             return _status_response(endpoint, fault)
+        if kind == "redirect":
+            location = self.other_origin() + request.path
+            return _Response(fault.status or 307, b"", headers=(("Location", location),))
+        if kind in ("echo_secret", "huge_error"):
+            return _echo_secret_response(kind, self._client)
         if kind == "html":
             return _html_response(fault.status)
         if kind in ("hang", "latency"):
@@ -851,6 +943,10 @@ class Simulator:
         elif kind == "delete_rows":
             self.inventory.remove_first(1)
         response = self._answer(endpoint, request, url, kind)
+        if kind in EXPIRES_IN_TEXT and response.status == 200:
+            marker = '"expires_in: raw"'
+            text = json.dumps(response.body | {"expires_in": "expires_in: raw"})
+            return replace(response, body=text.replace(marker, EXPIRES_IN_TEXT[kind]).encode())
         if kind == "disconnect":
             return replace(response, ending=_Ending.HALF_BODY)
         if kind == "truncated":
@@ -874,6 +970,8 @@ class Simulator:
             params |= parse_qs(request.body.decode("utf-8", "replace"))
         if not self._client_matches(request.headers.get("Authorization", ""), params):
             return _Response(401, {"error": "invalid_client"})
+        with self._lock:
+            self._secret_received += 1
         if _first(params, "grant_type") != "client_credentials":
             return _Response(400, {"error": "unsupported_grant_type"})
         token = secrets.token_urlsafe(32)
@@ -911,7 +1009,7 @@ class Simulator:
         return expiry is not None and self._clock() < expiry
 
     def _stations(self, request: _Request, url: SplitResult, kind: str | None) -> _Response:
-        if not self._authorized(request.headers.get("Authorization", "")):
+        if not self._open and not self._authorized(request.headers.get("Authorization", "")):
             return _api_error(401, "Unauthorized")
         query = parse_qs(url.query, keep_blank_values=True)
         try:
@@ -968,6 +1066,19 @@ class Simulator:
             return _Response(200, self.tokens)
         if (method, action) == ("GET", "history"):
             return _Response(200, {"fingerprints": self.inventory.history()})
+        if (method, action) == ("GET", "credentials"):
+            with self._lock:
+                other = self._other.api_url if self._other else None
+                return _Response(
+                    200, {"secret_received": self._secret_received, "other_origin": other}
+                )
+        if (method, action) == ("POST", "client_secret"):
+            secret = body.get("client_secret")
+            if not isinstance(secret, str) or not secret:
+                raise ValueError("client_secret must be a non-empty string")
+            with self._lock:
+                self._client = (self._client[0], secret)
+            return _Response(200, {"rotated": True})
         if (method, action) == ("POST", "revoke_tokens"):
             return _Response(200, {"revoked": self.revoke_tokens()})
         if (method, action) == ("POST", "latency"):
@@ -978,12 +1089,6 @@ class Simulator:
             return _Response(200, {"latency": self.latency})
         if (method, action) == ("POST", "inventory"):
             return _Response(200, self._change_inventory(body))
-        if (method, action) == ("POST", "client_secret"):
-            secret = body.get("client_secret")
-            if not isinstance(secret, str) or not secret:
-                raise ValueError("client_secret must be a non-empty string")
-            self._client = (self._client[0], secret)  # a rotated secret: the old one fails
-            return _Response(200, {"rotated": True})
         if (method, action) == ("GET", "faults"):
             return _Response(200, {"faults": self.faults})
         if (method, action) == ("POST", "faults"):

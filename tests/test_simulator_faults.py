@@ -146,6 +146,14 @@ def test_fault_kinds_are_exactly_the_documented_ones() -> None:
         "delete_rows",
         "total_drift",
         "duplicate_rows",
+        "echo_secret",
+        "huge_error",
+        "expires_in_nan",
+        "expires_in_infinity",
+        "expires_in_1e400",
+        "expires_in_negative",
+        "expires_in_string",
+        "redirect",
     }
     assert len(FAULT_KINDS) == len(set(FAULT_KINDS))
 
