@@ -23,7 +23,7 @@ from exporter.logs import setup_logging
 from exporter.metrics import Exposition, FleetCollector
 from exporter.model import FirmwareTarget
 from exporter.refresh import MandantRefresher, MandantState, refresh_timeout, start_scheduler
-from exporter.web import ExporterApp, serve
+from exporter.web import ExporterApp, listen_address, serve
 from exporter.webconfig import BasicAuth, load_web_config
 
 LOG = logging.getLogger("exporter")
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"beenergised-exporter: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    for warning in settings.warnings:
+    for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
         LOG.warning(warning)
 
     simulator = None
@@ -153,12 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     scheduler = start_scheduler(refreshers, settings.refresh_interval)
-    host, port = server.server_address[:2]
     LOG.info(
-        "beenergised-exporter %s listening on %s:%d, %d mandant(s), refresh every %gs",
+        "beenergised-exporter %s listening on %s, %d mandant(s), refresh every %gs",
         __version__,
-        host,
-        port,
+        listen_address(server),
         len(refreshers),
         settings.refresh_interval,
     )
