@@ -89,9 +89,7 @@ class ExporterApp:
         try:
             body = self._answer(environ, start_response)
         except Exception:
-            LOG.error(
-                "error answering %s %s", method, environ.get("PATH_INFO", "/"), exc_info=True
-            )
+            LOG.error("error answering %s %s", method, environ.get("PATH_INFO", "/"), exc_info=True)
             body = _respond(
                 start_response, "500 Internal Server Error", b"internal error\n", exc=True
             )
@@ -107,7 +105,7 @@ class ExporterApp:
                     environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
                 )
             except TooManyLogins:
-                LOG.debug("%s: password check refused, one is running", environ.get("REMOTE_ADDR"))
+                LOG.debug("%s: 429, too many password checks at once", environ.get("REMOTE_ADDR"))
                 return _respond(
                     start_response,
                     "429 Too Many Requests",
@@ -197,8 +195,7 @@ class ExporterApp:
         ):
             shown = limit_text if len(limit_text) <= 20 else limit_text[:20] + "..."
             raise BadRequest(
-                f"limit must be a whole number from 1 to {10**_MAX_LIMIT_DIGITS - 1}, "
-                f"got {shown!r}"
+                f"limit must be a whole number from 1 to {10**_MAX_LIMIT_DIGITS - 1}, got {shown!r}"
             )
         # The ring holds no more than max_entries, so a larger limit means all of them.
         return mandant, kind, min(int(limit_text), self._changelog.max_entries)
