@@ -469,6 +469,25 @@ def test_one_client_has_one_check_at_a_time_and_the_rest_get_refused_at_once(slo
     assert auth.check(basic(b"alice:wrong-again"), "192.0.2.1") is False  # its turn is over
 
 
+def test_the_queue_of_waiting_clients_is_bounded(slow_bcrypt):
+    auth = BasicAuth({"alice": HASH})
+    waiting = auth._queue.MAX_WAITING
+    threads = [
+        threading.Thread(target=auth.check, args=(basic(b"alice:wrong"), f"192.0.2.{n}"))
+        for n in range(1 + waiting)  # one running, the rest waiting
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(auth._queue._waiting) == waiting, what="a full queue")
+    with pytest.raises(TooManyLogins):
+        auth.check(basic(b"alice:" + PASSWORD), "198.51.100.1")
+    slow_bcrypt.hold.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(slow_bcrypt.checked) == 1 + waiting
+    assert auth.check(basic(b"alice:" + PASSWORD), "198.51.100.1") is True
+
+
 def test_a_right_password_waits_for_one_check_per_other_client_however_big_the_flood(
     start, slow_bcrypt
 ):
