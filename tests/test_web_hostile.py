@@ -349,7 +349,7 @@ def test_without_ipv6_an_empty_host_listens_on_ipv4(start, monkeypatch, caplog):
 
 
 def test_a_port_in_use_is_an_error_not_a_fallback(start):
-    port = start(host="0.0.0.0")
+    port = start(host="127.0.0.1")
     with pytest.raises(OSError) as caught:
         serve(ExporterApp(exposition(), states, ChangeLog(5)), "", port)
     assert caught.value.errno == errno.EADDRINUSE
