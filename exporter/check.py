@@ -330,15 +330,14 @@ def main(argv: Sequence[str]) -> int:
     try:
         settings = load_settings(args, environ, parser=parser)
         output = parser.parse_args(args).output
-        if settings.web_config_file:
-            load_web_config(settings.web_config_file)
+        web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
     except ConfigError as exc:
         if _json_requested(args):
             _print_json({"ok": False, "error": str(exc)})
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    for warning in settings.warnings:
+    for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
         LOG.warning(warning)
     if settings.web_config_file and output == "text":
         print(f"web config file {settings.web_config_file}: valid\n", flush=True)

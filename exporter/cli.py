@@ -34,7 +34,7 @@ from exporter.refresh import (
     schedule,
     start_scheduler,
 )
-from exporter.web import ExporterApp, serve
+from exporter.web import ExporterApp, listen_address, serve
 from exporter.webconfig import BasicAuth, WebConfig, load_web_config
 
 LOG = logging.getLogger("exporter")
@@ -170,7 +170,7 @@ class Reloader:
             if getattr(settings, field) != getattr(old, field):
                 LOG.warning("%s changed: it takes a restart; the reload keeps the old value", field)
         settings = replace(settings, **{field: getattr(old, field) for field in RESTART_SETTINGS})
-        for warning in settings.warnings:
+        for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
             if warning not in old.warnings:
                 LOG.warning(warning)
         self._apply_web_config(web_config)
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"beenergised-exporter: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    for warning in settings.warnings:
+    for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
         LOG.warning(warning)
     # From here on SIGHUP reloads instead of ending the process; the main thread does the work.
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -298,12 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     scheduler = start_scheduler(list(running.refreshers), settings.refresh_interval)
-    host, port = server.server_address[:2]
     LOG.info(
-        "beenergised-exporter %s listening on %s:%d, %d mandant(s), refresh every %gs",
+        "beenergised-exporter %s listening on %s, %d mandant(s), refresh every %gs",
         __version__,
-        host,
-        port,
+        listen_address(server),
         len(running.refreshers),
         settings.refresh_interval,
     )

@@ -9,7 +9,6 @@ refresh and a scrape only writes cached bytes (plus the few process metrics, whi
 
 from __future__ import annotations
 
-import gzip
 import platform
 import threading
 import time
@@ -298,20 +297,27 @@ class _Rendering:
     def __init__(self, collector: FleetCollector, states: tuple[MandantState, ...]) -> None:
         self.states = states
         self._collector = collector
-        self._variants = {(False, False): self._render_text(openmetrics=False)}
-        self._lock = threading.RLock()  # the gzip variant renders its plain variant inside
+        self._text = {False: self._render_text(openmetrics=False)}
+        self._gzip: dict[bool, _OpenGzip] = {}
+        self._lock = threading.Lock()
 
-    def body(self, openmetrics: bool, gzipped: bool) -> tuple[bytes, ...]:
-        variant = self._variants.get((openmetrics, gzipped))
+    def text(self, openmetrics: bool) -> tuple[bytes, ...]:
+        variant = self._text.get(openmetrics)
         if variant is None:
             with self._lock:
-                variant = self._variants.get((openmetrics, gzipped))
+                variant = self._text.get(openmetrics)
                 if variant is None:
-                    variant = self._variants[(openmetrics, gzipped)] = (
-                        _gzip(self.body(openmetrics, False))
-                        if gzipped
-                        else self._render_text(openmetrics=True)
-                    )
+                    variant = self._text[openmetrics] = self._render_text(openmetrics=True)
+        return variant
+
+    def gzipped(self, openmetrics: bool) -> _OpenGzip:
+        variant = self._gzip.get(openmetrics)
+        if variant is None:
+            text = self.text(openmetrics)
+            with self._lock:
+                variant = self._gzip.get(openmetrics)
+                if variant is None:
+                    variant = self._gzip[openmetrics] = _OpenGzip(text)
         return variant
 
     def _render_text(self, *, openmetrics: bool) -> tuple[bytes, ...]:
@@ -326,19 +332,33 @@ class _Rendering:
         return tuple(chunk for chunk in chunks if chunk)
 
 
-def _gzip(chunks: Iterable[bytes]) -> tuple[bytes, ...]:
-    """One gzip member of all ``chunks``, compressed as they come."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip container
-    out = [compressor.compress(chunk) for chunk in chunks]
-    out.append(compressor.flush())
-    return tuple(piece for piece in out if piece)
+class _OpenGzip:
+    """The start of one gzip member: ``chunks`` compressed and sync-flushed, and the compressor
+    left open after them, so each scrape appends its live part without compressing the fleet
+    again.
+
+    A body of two gzip members is valid gzip, but clients such as ``curl --compressed`` stop
+    after the first member and silently drop the rest.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+        out = [compressor.compress(chunk) for chunk in chunks]
+        out.append(compressor.flush(zlib.Z_SYNC_FLUSH))  # ends on a byte boundary, stays open
+        self.chunks = tuple(piece for piece in out if piece)
+        self._open = compressor  # only ever copied (under zlib's own lock), never written to
+
+    def finish(self, tail: bytes) -> bytes:
+        """The rest of the member: ``tail`` compressed, then the gzip trailer (CRC, length)."""
+        compressor = self._open.copy()
+        return compressor.compress(tail) + compressor.flush()
 
 
 class Exposition:
     """What ``/metrics`` serves: the cached fleet rendering followed by the live metrics.
 
-    Gzip bodies are two gzip members (the cached fleet, then the live part): a gzip stream
-    may hold several members, and every HTTP client decompresses them as one body.
+    Gzip bodies are one gzip member: the cached, compressed fleet and, per scrape, the
+    compressed live part with the trailer (see :class:`_OpenGzip`).
     """
 
     def __init__(
@@ -367,9 +387,12 @@ class Exposition:
 
     def body(self, *, openmetrics: bool = False, gzipped: bool = False) -> tuple[bytes, ...]:
         """The whole exposition in the asked-for format, as chunks to write one after another."""
-        fleet = self.update().body(openmetrics, gzipped)
+        rendering = self.update()
         live = generate_openmetrics(self._live) if openmetrics else generate_latest(self._live)
-        return (*fleet, gzip.compress(live, compresslevel=6) if gzipped else live)
+        if not gzipped:
+            return (*rendering.text(openmetrics), live)
+        fleet = rendering.gzipped(openmetrics)
+        return (*fleet.chunks, fleet.finish(live))
 
 
 def _same(old: tuple[MandantState, ...], new: tuple[MandantState, ...]) -> bool:

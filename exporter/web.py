@@ -6,9 +6,11 @@ TLS and basic auth come from the web config file (:mod:`exporter.webconfig`).
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -27,7 +29,7 @@ from exporter.changelog import ChangeEntry, ChangeLog
 from exporter.metrics import Exposition
 from exporter.model import CHANGE_KINDS
 from exporter.refresh import MandantState
-from exporter.webconfig import BasicAuth, WebConfig
+from exporter.webconfig import BasicAuth, TooManyLogins, WebConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ DEFAULT_CHANGES_LIMIT = 100
 LANDING_CHANGES = 10
 """Latest changes shown on the landing page."""
 _CHANGES_PARAMETERS = ("mandant", "kind", "limit")
+_MAX_LIMIT_DIGITS = 9
+"""Longer ``limit`` texts are refused before int() (which refuses over 4,300 digits)."""
+_METHODS = "GET, HEAD"
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2
 _JSON_HEADERS = [("Content-Type", "application/json")]
 
 
@@ -81,19 +87,46 @@ class ExporterApp:
         self._auth = auth
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Answer one request; HEAD gets GET's status and headers without the body, and an
+        unexpected error a plain 500 (the traceback goes to the log only)."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            body = self._answer(environ, start_response)
+        except Exception:
+            LOG.error("error answering %s %s", method, environ.get("PATH_INFO", "/"), exc_info=True)
+            body = _respond(
+                start_response, "500 Internal Server Error", b"internal error\n", exc=True
+            )
+        return () if method == "HEAD" else body
+
+    def _answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/") or "/"
         # Liveness probes carry no credentials; everything else needs them when users are set.
         public = path == "/healthz" and path != self._telemetry_path
-        if (
-            not public
-            and self._auth is not None
-            and not self._auth.check(environ.get("HTTP_AUTHORIZATION"))
-        ):
-            return _respond(
-                start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
-            )
+        if not public and self._auth is not None:
+            try:
+                allowed = self._auth.check(
+                    environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
+                )
+            except TooManyLogins:
+                LOG.debug("%s: 429, too many password checks at once", environ.get("REMOTE_ADDR"))
+                return _respond(
+                    start_response,
+                    "429 Too Many Requests",
+                    b"too many logins at once; try again\n",
+                    [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1")],
+                )
+            if not allowed:
+                return _respond(
+                    start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
+                )
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
-            return _respond(start_response, "405 Method Not Allowed", b"method not allowed\n")
+            return _respond(
+                start_response,
+                "405 Method Not Allowed",
+                b"method not allowed\n",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Allow", _METHODS)],
+            )
         if path == self._telemetry_path:
             return self._metrics(environ, start_response)
         if path == "/healthz":
@@ -108,7 +141,7 @@ class ExporterApp:
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        gzipped = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
         body = self._exposition.body(
             openmetrics=content_type.startswith("application/openmetrics-text"), gzipped=gzipped
         )
@@ -159,9 +192,17 @@ class ExporterApp:
         limit_text = params.get("limit", [None])[0]
         if limit_text is None:
             return mandant, kind, DEFAULT_CHANGES_LIMIT
-        if not (limit_text.isascii() and limit_text.isdigit()) or int(limit_text) < 1:
-            raise BadRequest(f"limit must be a whole number of at least 1, got {limit_text!r}")
-        return mandant, kind, int(limit_text)
+        if (
+            not (limit_text.isascii() and limit_text.isdigit())
+            or len(limit_text) > _MAX_LIMIT_DIGITS
+            or int(limit_text) < 1
+        ):
+            shown = limit_text if len(limit_text) <= 20 else limit_text[:20] + "..."
+            raise BadRequest(
+                f"limit must be a whole number from 1 to {10**_MAX_LIMIT_DIGITS - 1}, got {shown!r}"
+            )
+        # The ring holds no more than max_entries, so a larger limit means all of them.
+        return mandant, kind, min(int(limit_text), self._changelog.max_entries)
 
     def _landing(self, start_response: StartResponse) -> Iterable[bytes]:
         rows = "\n".join(_mandant_row(state) for state in self._states())
@@ -226,17 +267,43 @@ def _change_row(entry: ChangeEntry) -> str:
     return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
 
 
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding value accepts gzip: ``gzip`` (or ``x-gzip``) with a q-value
+    above 0, or else ``*`` with one; names are case-insensitive, a broken q-value counts as 0."""
+    q_of: dict[str, float] = {}
+    for element in header.split(","):
+        coding, *params = (part.strip() for part in element.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                value = value.strip()
+                q = float(value) if _QVALUE.fullmatch(value) else 0.0
+        q_of[coding.lower()] = q
+    for coding in ("gzip", "x-gzip", "*"):
+        if coding in q_of:
+            return q_of[coding] > 0
+    return False
+
+
 def _respond(
     start_response: StartResponse,
     status: str,
     body: bytes | Sequence[bytes],
     headers: list[tuple[str, str]] | None = None,
+    *,
+    exc: bool = False,
 ) -> Sequence[bytes]:
-    """Start the response; the body goes out as it is, one chunk after the other."""
+    """Start the response; the body goes out as it is, one chunk after the other.
+
+    ``exc``: answering an error, so replace a response already started but not yet sent.
+    """
     chunks = [body] if isinstance(body, bytes) else body
     headers = headers or [("Content-Type", "text/plain; charset=utf-8")]
     length = sum(len(chunk) for chunk in chunks)
-    start_response(status, [*headers, ("Content-Length", str(length))])
+    start_response(
+        status, [*headers, ("Content-Length", str(length))], sys.exc_info() if exc else None
+    )
     return chunks
 
 
@@ -305,18 +372,47 @@ class _ThreadingServerV6(_ThreadingServer):
     address_family = socket.AF_INET6
 
 
+class _DualStackServer(_ThreadingServerV6):
+    """Listens on every IPv6 and IPv4 address (IPv4 clients appear as ::ffff:a.b.c.d)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+
+
 def serve(
     app: ExporterApp, host: str, port: int, web_config: WebConfig | None = None
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Start serving ``app`` on host:port in a daemon thread ("" listens on every interface).
+    """Start serving ``app`` on host:port in a daemon thread.
 
-    With a web config that has TLS, every connection must speak TLS; basic auth is the app's
-    (``ExporterApp(auth=...)``), as it leaves /healthz open.
+    An empty host listens on every interface, IPv6 and IPv4 on one socket as node_exporter
+    does, or IPv4 only on a machine without IPv6. With a web config that has TLS, every
+    connection must speak TLS; basic auth is the app's (``ExporterApp(auth=...)``), as it
+    leaves /healthz open.
     """
-    server_class = _ThreadingServerV6 if ":" in host else _ThreadingServer
-    server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    server: WSGIServer | None = None
+    if not host:
+        try:
+            server = make_server("::", port, app, _DualStackServer, handler_class=_QuietHandler)
+        except OSError as e:
+            if e.errno not in _NO_IPV6:
+                raise
+            LOG.info("no IPv6 on this machine (%s): listening on IPv4 only", e.strerror)
+    if server is None:
+        server_class = _ThreadingServerV6 if ":" in host else _ThreadingServer
+        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
     if web_config is not None:
         server.ssl_context = web_config.ssl_context
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return server, thread
+
+
+def listen_address(server: WSGIServer) -> str:
+    """Where ``server`` listens, as HOST:PORT with IPv6 hosts in brackets: ``[::]:10140``
+    (every address, IPv6 and IPv4), ``0.0.0.0:10140``, ``127.0.0.1:10140``."""
+    host, port = server.server_address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

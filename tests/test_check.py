@@ -396,6 +396,15 @@ def test_a_valid_web_config_file_is_reported(sim, tmp_path, capsys, monkeypatch)
     assert out.splitlines()[0] == f"web config file {web}: valid"
 
 
+def test_an_empty_web_config_file_is_valid_with_a_warning(sim, tmp_path, capsys, monkeypatch):
+    web = tmp_path / "web.yml"
+    web.write_text("# nothing yet\n")
+    code, out, err = run_check(capsys, monkeypatch, mandant_env(sim), f"--web.config.file={web}")
+    assert code == 0
+    assert out.splitlines()[0] == f"web config file {web}: valid"
+    assert "without TLS and without basic auth" in err
+
+
 def test_demo_checks_the_built_in_simulator_and_stops_it(capsys, monkeypatch):
     code, out, err = run_check(capsys, monkeypatch, {}, "--demo")
     assert code == 0, out + err
