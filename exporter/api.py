@@ -344,9 +344,7 @@ class CpoClient:
                 raise ParseError(
                     f"charging stations of {self._host}: no last page after {len(pages)} pages"
                 )
-            stations, pagination = parse_page(
-                self._get_page(offset, deadline, gate, limit), known
-            )
+            stations, pagination = parse_page(self._get_page(offset, deadline, gate, limit), known)
             pages.append((stations, pagination))
             offset += len(stations)
         rows = [station for page, _ in pages for station in page]

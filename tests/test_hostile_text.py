@@ -19,12 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.api import STATIONS_PATH, CpoClient, decode_json, parse_page, parse_station
 from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
+from exporter.check import ISSUE_MEANINGS
 from exporter.config import Secret
 from exporter.errors import PaginationError
 from exporter.http import Deadline, RetryPolicy
 from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import MAX_TEXT_LENGTH, Change, Snapshot, Station
+from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Change, Snapshot, Station
 from exporter.refresh import MandantState, new_session
 from exporter.simulator import (
     CONTROL_LABEL_SUFFIX,
@@ -80,7 +81,7 @@ def test_every_text_attribute_kept_is_repaired(name):
 
 
 def test_printable_text_is_not_touched():
-    label = "Ladepark Süd – Säule 3\u00a0(Nord) 充電 🚗"  # NBSP, dash, CJK, emoji
+    label = "Ladepark Süd \u2013 Säule 3\u00a0(Nord) 充電 🚗"  # dash, NBSP, CJK, emoji
     station = parse_station(row(label=label))
     assert station.label == label
     assert station.repairs == ()
@@ -373,6 +374,10 @@ def test_the_new_faults_are_for_the_stations_endpoint_only(kind):
     with pytest.raises(ValueError, match="status is for"):
         Fault(kind, status=500)
     assert Fault.from_json({"kind": kind, "times": 2}).times == 2
+
+
+def test_check_explains_every_data_issue():
+    assert set(ISSUE_MEANINGS) == set(DATA_ISSUES)
 
 
 def test_station_keeps_its_firmware_interned():
