@@ -127,14 +127,6 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
         values.append(value if value.__class__ is str else _text(value, name, station_id))
     label, charge_box_identity, firmware_version, serial_number, iccid, imsi = values
     has_sim_data = bool(iccid and imsi)
-    texts = (station_id, label, charge_box_identity, firmware_version, serial_number)
-    repairs: tuple[str, ...] = ()
-    # One cheap test for the common case: printable text (no control characters, no lone
-    # surrogates) of modest length needs no repair.
-    joined = "".join(texts)
-    if len(joined) > MAX_TEXT_LENGTH or not joined.isprintable():
-        texts, repairs = _repair(texts)
-        station_id, label, charge_box_identity, firmware_version, serial_number = texts
     old = known.get(station_id) if known else None
     if (
         old is not None
@@ -143,10 +135,18 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
         and old.firmware_version == firmware_version
         and old.serial_number == serial_number
         and old.has_sim_data == has_sim_data
-        and old.repairs == repairs
+        and not old.repairs  # text equal to its clean text needs no repair either
     ):
         return old
-    return Station(
+    # A new or changed station: one cheap test for the common case, printable text (no
+    # control characters, no lone surrogates) of modest length, which needs no repair.
+    repairs: tuple[str, ...] = ()
+    joined = f"{station_id}{label}{charge_box_identity}{firmware_version}{serial_number}"
+    if len(joined) > MAX_TEXT_LENGTH or not joined.isprintable():
+        texts = (station_id, label, charge_box_identity, firmware_version, serial_number)
+        texts, repairs = _repair(texts)
+        station_id, label, charge_box_identity, firmware_version, serial_number = texts
+    station = Station(
         station_id,
         label,
         charge_box_identity,
@@ -155,6 +155,11 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
         has_sim_data,
         repairs,
     )
+    if repairs and known:  # repaired the same way as in the fleet held: keep that object
+        old = known.get(station_id)
+        if old is not None and old == station:
+            return old
+    return station
 
 
 _ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber", "iccid", "imsi")

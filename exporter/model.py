@@ -68,7 +68,7 @@ class Snapshot:
     def build(cls, stations: Iterable[Station], taken_at: float) -> Snapshot:
         """Index stations by id (the first of duplicate ids wins), count them per firmware and
         count their data issues."""
-        rows = list(stations)
+        rows = stations if isinstance(stations, list) else list(stations)
         by_id: dict[str, Station] = {}
         for station in rows:
             by_id.setdefault(station.id, station)
@@ -98,7 +98,7 @@ def data_issues(stations: Iterable[Station], repeated_ids: int = 0) -> dict[str,
     stations = list(stations)
     identities = Counter(map(attrgetter("charge_box_identity"), stations))
     identities.pop("", None)
-    repairs = Counter(chain.from_iterable(map(attrgetter("repairs"), stations)))
+    repairs = Counter(chain.from_iterable(filter(None, map(attrgetter("repairs"), stations))))
     return {
         "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
         "no_sim_data": countOf(map(attrgetter("has_sim_data"), stations), False),
