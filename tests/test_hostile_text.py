@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -94,6 +96,22 @@ def test_text_at_the_limit_is_kept_and_longer_text_is_cut_with_an_ellipsis():
     assert long.label == "y" * (MAX_TEXT_LENGTH - 1) + "…"
     assert long.serial_number == FFFD * (MAX_TEXT_LENGTH - 1) + "…"
     assert long.repairs == ("invalid_text", "text_too_long")
+
+
+any_text = st.text(st.characters(blacklist_categories=()), max_size=300)  # surrogates too
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_text, any_text, any_text)
+def test_whatever_the_text_a_station_is_safe_to_show(sid, label, serial):
+    sent = (sid or "x", label, serial)
+    station = parse_station(row(sent[0], label=label, serialnumber=serial))
+    shown = (station.id, station.label, station.serial_number)
+    for text in shown:
+        text.encode()  # UTF-8 can encode it
+        assert not RAW_CONTROL.search(text.replace("\u2028", "").replace("\u2029", ""))
+        assert len(text) <= MAX_TEXT_LENGTH
+    assert bool(station.repairs) == (shown != sent)
 
 
 def test_a_repaired_id_stays_unique_and_the_same_in_every_refresh():
