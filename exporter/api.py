@@ -271,29 +271,28 @@ class CpoClient:
         read once more, page after page; if it is inconsistent again nothing is returned, so a
         half-read list is never taken for a fleet that shrank.
 
-        A station that comes twice is read again in pages of another size: a row repeated by a
-        listing that moved sits at a page boundary and moves with the page size, while a station
-        the API itself lists twice stays. The same ids twice in both reads are the API's data:
-        returned as listed (``Snapshot.build`` keeps the first row of an id and counts the id).
+        A station that comes twice in a consistent read is read again in pages of another size:
+        a row repeated by a listing that moved sits at a page boundary and moves with the page
+        size, while a station the API itself lists twice stays. The same ids twice in both reads
+        are the API's data: returned as listed (``Snapshot.build`` keeps the first row of an id
+        and counts the id); other repeats are a torn read.
         """
         rows, problem, page_size = self._read_listing(
             deadline, self._concurrency, self._page_limit, known
         )
-        repeated = _repeated_ids(rows)
-        if not problem and not repeated:
-            return rows
         if problem:
             LOG.info(
                 "listing of %s changed while reading (%s); reading it again", self._host, problem
             )
-            rows, problem, _ = self._read_listing(deadline, 1, self._page_limit, known)
-            repeated = _repeated_ids(rows)
-            if not problem and not repeated:
-                return rows
-            raise PaginationError(
-                f"charging stations of {self._host}: listing inconsistent twice in a row "
-                f"({problem or f'{len(repeated)} station(s) listed twice'})"
-            )
+            rows, problem, page_size = self._read_listing(deadline, 1, self._page_limit, known)
+            if problem:
+                raise PaginationError(
+                    f"charging stations of {self._host}: listing inconsistent twice in a row "
+                    f"({problem})"
+                )
+        repeated = _repeated_ids(rows)
+        if not repeated:
+            return rows
         other_size = page_size - 1 if page_size > 1 else 2
         LOG.info(
             "listing of %s has %d station(s) listed twice; reading it again in pages of %d",

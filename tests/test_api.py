@@ -352,6 +352,17 @@ def test_a_listing_that_changes_while_read_is_read_again():
 
 
 @responses.activate
+def test_a_station_listed_twice_after_a_torn_read_is_still_taken_as_the_apis_data():
+    add_tokens("tok")
+    with_a = [row("a"), row("b"), row("b"), row("c"), row("d")]
+    without_a = with_a[1:]
+    changing_fleet([with_a, without_a])  # "a" deleted while the first read was under way
+    stations = make_client(page_limit=2).stations(Deadline(60))
+    assert [s.id for s in stations] == ["b", "b", "c", "d"]
+    assert offsets_requested() == [0, 2, 0, 2, 0, 2]  # torn, then "b" twice in two reads
+
+
+@responses.activate
 def test_a_listing_that_keeps_changing_publishes_nothing():
     add_tokens("tok")
     fleets = [[row(str(i)) for i in range(n)] for n in range(10, 0, -1)]
