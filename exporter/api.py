@@ -6,9 +6,13 @@ quickstart's own sample skips records with it): the offset advances by the rows 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import sys
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,13 +30,55 @@ from exporter.http import (
     environment_proxies,
     send,
 )
-from exporter.model import Station
+from exporter.model import MAX_TEXT_LENGTH, Station
 
 LOG = logging.getLogger(__name__)
 
 STATIONS_PATH = "/api/cpoapi/v1/charging_stations/"
 MAX_PAGES = 10_000
 """Upper bound of pages per listing, so a server that never says "last page" cannot loop us."""
+REPLACEMENT = "\ufffd"
+_INVALID_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""What no label may hold: C0 controls (tab, newline, CR, ESC, ...), DEL and C1 controls, which
+forge log lines and drive terminals, and lone surrogates (JSON's ``\\ud800`` escapes, and bytes
+that are not UTF-8 through ``decode_json``), which cannot be encoded as UTF-8 at all."""
+_ID_DIGEST_LENGTH = 16
+
+
+def decode_json(body: bytes) -> Any:
+    """A response body as JSON. Bytes that are not UTF-8 become lone surrogates (rather than
+    the mojibake of a guessed encoding), which ``parse_station`` repairs like any bad text.
+    Raises ValueError for anything that is not JSON, including nesting too deep to parse."""
+    try:
+        return json.loads(body.decode("utf-8", "surrogateescape"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _repair(texts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``texts`` (the station id first) made safe as labels, and the data issues repaired.
+
+    Every invalid character becomes U+FFFD (invalid_text); text longer than MAX_TEXT_LENGTH is
+    cut to that length, its last character an ellipsis (text_too_long). An id is a key, so a
+    repaired id ends in '#' and part of the SHA-256 of the id as sent instead: two ids that
+    differ only in what was repaired (or cut) stay two stations, the same in every refresh.
+    """
+    repaired = []
+    invalid = too_long = False
+    for index, text in enumerate(texts):
+        fixed, count = _INVALID_TEXT.subn(REPLACEMENT, text)
+        long = len(fixed) > MAX_TEXT_LENGTH
+        if index == 0 and (count or long):
+            digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+            fixed = fixed[: MAX_TEXT_LENGTH - _ID_DIGEST_LENGTH - 1]
+            fixed += "#" + digest[:_ID_DIGEST_LENGTH]
+        elif long:
+            fixed = fixed[: MAX_TEXT_LENGTH - 1] + "…"
+        invalid |= count > 0
+        too_long |= long
+        repaired.append(fixed)
+    issues = (("invalid_text",) if invalid else ()) + (("text_too_long",) if too_long else ())
+    return tuple(repaired), issues
 
 
 def _text(value: Any, name: str, station_id: str) -> str:
@@ -42,8 +88,8 @@ def _text(value: Any, name: str, station_id: str) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise ParseError(
-        f"charging station {station_id!r}: attribute {name} is a {type(value).__name__}, "
-        "not text (has the API changed?)"
+        f"charging station {station_id[:MAX_TEXT_LENGTH]!r}: attribute {name} is a "
+        f"{type(value).__name__}, not text (has the API changed?)"
     )
 
 
@@ -52,9 +98,11 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
 
     Missing or null attribute values become ''. A row whose ``attributes`` is not an object, or
     an attribute that is a list, object or boolean, is schema drift: a ParseError, so a changed
-    API never turns into a fleet of nameless stations on "unknown" firmware. A station equal
-    to one in ``known`` (the fleet already held) is returned as that object, so an unchanged
-    fleet costs no second copy in memory.
+    API never turns into a fleet of nameless stations on "unknown" firmware. The id and the
+    text attributes kept are repaired (``_repair``) and the repair noted in ``repairs``: one
+    bad record must not break the output of every mandant. A station equal to one in
+    ``known`` (the fleet already held) is returned as that object, so an unchanged fleet costs
+    no second copy in memory.
     """
     if row.__class__ is not dict:
         raise ParseError(f"charging station entry is a {type(row).__name__}, not an object")
@@ -69,7 +117,7 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
     attributes = row.get("attributes")
     if attributes.__class__ is not dict:
         raise ParseError(
-            f"charging station {station_id!r}: attributes is "
+            f"charging station {station_id[:MAX_TEXT_LENGTH]!r}: attributes is "
             f"{'missing' if attributes is None else 'a ' + type(attributes).__name__}, "
             "not an object (has the API changed?)"
         )
@@ -87,16 +135,31 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
         and old.firmware_version == firmware_version
         and old.serial_number == serial_number
         and old.has_sim_data == has_sim_data
+        and not old.repairs  # text equal to its clean text needs no repair either
     ):
         return old
-    return Station(
+    # A new or changed station: one cheap test for the common case, printable text (no
+    # control characters, no lone surrogates) of modest length, which needs no repair.
+    repairs: tuple[str, ...] = ()
+    joined = f"{station_id}{label}{charge_box_identity}{firmware_version}{serial_number}"
+    if len(joined) > MAX_TEXT_LENGTH or not joined.isprintable():
+        texts = (station_id, label, charge_box_identity, firmware_version, serial_number)
+        texts, repairs = _repair(texts)
+        station_id, label, charge_box_identity, firmware_version, serial_number = texts
+    station = Station(
         station_id,
         label,
         charge_box_identity,
         sys.intern(firmware_version),
         serial_number,
         has_sim_data,
+        repairs,
     )
+    if repairs and known:  # repaired the same way as in the fleet held: keep that object
+        old = known.get(station_id)
+        if old is not None and old == station:
+            return old
+    return station
 
 
 _ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber", "iccid", "imsi")
@@ -137,10 +200,14 @@ def _inconsistency(rows: list[Station], totals: set[int]) -> str:
         return f"total went from {min(totals)} to {max(totals)}"
     if totals and len(rows) != next(iter(totals)):
         return f"{len(rows)} rows received for a total of {next(iter(totals))}"
-    repeated = len(rows) - len({station.id for station in rows})
-    if repeated:
-        return f"{repeated} station(s) listed twice"
     return ""
+
+
+def _repeated_ids(rows: list[Station]) -> frozenset[str]:
+    """The ids that come more than once in one read of the listing."""
+    if len({station.id for station in rows}) == len(rows):
+        return frozenset()
+    return frozenset(sid for sid, n in Counter(station.id for station in rows).items() if n > 1)
 
 
 class _Gate:
@@ -200,27 +267,70 @@ class CpoClient:
         """Every station of the listing, in the order the API gave them.
 
         The first read fetches the pages after the first concurrently; a listing that changed
-        while we read it (the total moved, the rows received do not add up to the total, or a
-        station came twice) is read once more, page after page; if it is inconsistent again
-        nothing is returned, so a half-read list is never taken for a fleet that shrank.
+        while we read it (the total moved, or the rows received do not add up to the total) is
+        read once more, page after page; if it is inconsistent again nothing is returned, so a
+        half-read list is never taken for a fleet that shrank.
+
+        A station that comes twice in a consistent read is read again in pages of another size:
+        a row repeated by a listing that moved sits at a page boundary and moves with the page
+        size, while a station the API itself lists twice stays. The same ids twice in both reads
+        are the API's data: returned as listed (``Snapshot.build`` keeps the first row of an id
+        and counts the id); other repeats are a torn read.
         """
-        rows, problem = self._read_listing(deadline, self._concurrency, known)
-        if not problem:
-            return rows
-        LOG.info("listing of %s changed while reading (%s); reading it again", self._host, problem)
-        rows, problem = self._read_listing(deadline, 1, known)
-        if not problem:
-            return rows
-        raise PaginationError(
-            f"charging stations of {self._host}: listing inconsistent twice in a row ({problem})"
+        rows, problem, page_size = self._read_listing(
+            deadline, self._concurrency, self._page_limit, known
         )
+        if problem:
+            LOG.info(
+                "listing of %s changed while reading (%s); reading it again", self._host, problem
+            )
+            rows, problem, page_size = self._read_listing(deadline, 1, self._page_limit, known)
+            if problem:
+                raise PaginationError(
+                    f"charging stations of {self._host}: listing inconsistent twice in a row "
+                    f"({problem})"
+                )
+        repeated = _repeated_ids(rows)
+        if not repeated:
+            return rows
+        other_size = page_size - 1 if page_size > 1 else 2
+        LOG.info(
+            "listing of %s has %d station(s) listed twice; reading it again in pages of %d",
+            self._host,
+            len(repeated),
+            other_size,
+        )
+        again, problem, _ = self._read_listing(deadline, self._concurrency, other_size, known)
+        repeated_again = _repeated_ids(again)
+        if not problem and repeated_again and repeated_again != repeated:
+            problem = f"other stations listed twice in pages of {other_size} than of {page_size}"
+        if problem:
+            raise PaginationError(
+                f"charging stations of {self._host}: listing inconsistent twice in a row "
+                f"({problem})"
+            )
+        if repeated_again:
+            LOG.info(
+                "listing of %s has the same %d station(s) listed twice in pages of %d and of %d: "
+                "the API's data, published once each (data issue duplicate_station_id)",
+                self._host,
+                len(repeated_again),
+                page_size,
+                other_size,
+            )
+        return again
 
     def _read_listing(
-        self, deadline: Deadline, concurrency: int, known: Mapping[str, Station] | None
-    ) -> tuple[list[Station], str]:
-        """All rows of one walk through the pages, and what makes it inconsistent ('' if OK)."""
+        self,
+        deadline: Deadline,
+        concurrency: int,
+        limit: int,
+        known: Mapping[str, Station] | None,
+    ) -> tuple[list[Station], str, int]:
+        """All rows of one walk through pages of ``limit`` (or fewer, as the server clamps it),
+        what makes it inconsistent ('' if OK) and the rows of its first page."""
         gate = _Gate(concurrency)
-        stations, pagination = parse_page(self._get_page(0, deadline, gate), known)
+        stations, pagination = parse_page(self._get_page(0, deadline, gate, limit), known)
         pages = [(stations, pagination)]
         step = len(stations)
         total = _int_or_none(pagination.get("total"))
@@ -231,31 +341,34 @@ class CpoClient:
                     f"charging stations of {self._host}: {total} stations in pages of {step} "
                     f"is more than {self._max_pages} pages"
                 )
-            pages += self._fetch_concurrently(offsets, deadline, gate, known)
+            pages += self._fetch_concurrently(offsets, deadline, gate, limit, known)
         offset = sum(len(page) for page, _ in pages)
         while pages[-1][0] and not _is_last(pages[-1][1], offset, _total(pages[-1][1])):
             if len(pages) == self._max_pages:
                 raise ParseError(
                     f"charging stations of {self._host}: no last page after {len(pages)} pages"
                 )
-            stations, pagination = parse_page(self._get_page(offset, deadline, gate), known)
+            stations, pagination = parse_page(self._get_page(offset, deadline, gate, limit), known)
             pages.append((stations, pagination))
             offset += len(stations)
         rows = [station for page, _ in pages for station in page]
         LOG.debug("read %d rows from %s in %d page(s)", len(rows), self._host, len(pages))
-        return rows, _inconsistency(rows, {_total(p) for _, p in pages} - {None})
+        return rows, _inconsistency(rows, {_total(p) for _, p in pages} - {None}), step
 
     def _fetch_concurrently(
         self,
         offsets: range,
         deadline: Deadline,
         gate: _Gate,
+        limit: int,
         known: Mapping[str, Station] | None,
     ) -> list[tuple[list[Station], dict[str, Any]]]:
         """The pages at ``offsets``, fetched by up to ``gate.limit`` threads, in order."""
         with ThreadPoolExecutor(gate.limit, thread_name_prefix="page") as pool:
             futures = [
-                pool.submit(lambda o: parse_page(self._get_page(o, deadline, gate), known), offset)
+                pool.submit(
+                    lambda o: parse_page(self._get_page(o, deadline, gate, limit), known), offset
+                )
                 for offset in offsets
             ]
             try:
@@ -265,8 +378,8 @@ class CpoClient:
                     future.cancel()
                 raise
 
-    def _get_page(self, offset: int, deadline: Deadline, gate: _Gate) -> Any:
-        params = {"page[limit]": self._page_limit, "page[offset]": offset}
+    def _get_page(self, offset: int, deadline: Deadline, gate: _Gate, limit: int) -> Any:
+        params = {"page[limit]": limit, "page[offset]": offset}
         with gate:
             token = self._tokens.token(deadline)
             response = self._request(params, token, deadline, gate)
@@ -296,7 +409,7 @@ class CpoClient:
                 f"{content_type.split(';')[0]!r}, not JSON"
             )
         try:
-            return response.json()
+            return decode_json(response.content)
         except ValueError:
             raise ParseError(
                 f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"

@@ -25,7 +25,7 @@ from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser, 
 from exporter.errors import ConfigError, RefreshError
 from exporter.http import Deadline
 from exporter.logs import setup_logging
-from exporter.model import DATA_ISSUES, Snapshot
+from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Snapshot
 from exporter.refresh import RequestCounter, connect, refresh_timeout
 from exporter.webconfig import load_web_config
 
@@ -44,6 +44,9 @@ ISSUE_MEANINGS = {
     "no_firmware_version": "no firmwareVersion (counted as firmware unknown)",
     "no_sim_data": "no iccid or no imsi",
     "duplicate_charge_box_identity": "chargeBoxIdentity shared with another station",
+    "invalid_text": "control characters or text not in UTF-8 (shown as U+FFFD)",
+    "text_too_long": f"id or text longer than {MAX_TEXT_LENGTH} characters (cut)",
+    "duplicate_station_id": "listed more than once by the API (counted once)",
 }
 
 _HTTP_STATUS_RE = re.compile(r"\bHTTP (\d{3})\b")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -15,6 +16,19 @@ LEVELS = {
 }
 
 _NAMES = {logging.WARNING: "warn", logging.CRITICAL: "error"}
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+"""Characters no log line carries raw, whoever wrote the message: control characters end a
+line (so text from the API could forge another) or drive the terminal, the Unicode line
+separators end lines in some viewers, and lone surrogates cannot be encoded."""
+_LOGFMT_QUOTED = re.compile(r'[ ="\\]|' + _UNSAFE.pattern)
+_LOGFMT_ESCAPED = re.compile(r'["\\]|' + _UNSAFE.pattern)
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, str]:
@@ -46,14 +60,15 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line with the same keys as the logfmt output."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), ensure_ascii=False)
+        # json.dumps escapes C0 controls; DEL, C1 and the rest of _UNSAFE it would leave raw.
+        return _UNSAFE.sub(_escape, json.dumps(_fields(record), ensure_ascii=False))
 
 
 def _logfmt_value(value: str) -> str:
-    if value and not any(c in value for c in ' ="\\\n\t'):
+    """A value as it is, or quoted with \\ \" \\n \\r \\t and \\uXXXX escapes."""
+    if value and not _LOGFMT_QUOTED.search(value):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    return '"' + _LOGFMT_ESCAPED.sub(_escape, value) + '"'
 
 
 def setup_logging(level: str, fmt: str) -> None:

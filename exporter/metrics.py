@@ -9,6 +9,7 @@ refresh and a scrape only writes cached bytes (plus the few process metrics, whi
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 import time
@@ -21,9 +22,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.model import DATA_ISSUES, Station
+from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Station
 from exporter.refresh import FAILURE_REASONS, MandantState
 
+LOG = logging.getLogger(__name__)
 CACHED = " (from the last successful refresh of the API)"
 INFO_NAME = "beenergised_charging_station_info"
 INFO_HELP = "One series per charging station with its identifying labels; value 1" + CACHED + "."
@@ -65,6 +67,8 @@ def _info_lines(states: list[MandantState]) -> Iterator[bytes]:
 
     Written here rather than through a metric family: 100,000 samples with label dictionaries
     and one joined string of the whole family would cost several times the final bytes.
+    Parsing repairs text that UTF-8 cannot encode; should any get past it, it becomes '?'
+    rather than an error for every mandant (the error handler costs nothing until needed).
     """
     yield f"# HELP {INFO_NAME} {INFO_HELP}\n# TYPE {INFO_NAME} gauge\n".encode()
     chunk: list[str] = []
@@ -78,10 +82,10 @@ def _info_lines(states: list[MandantState]) -> Iterator[bytes]:
             f'station_id="{_escape(station.id)}"}} 1.0\n'
         )
         if len(chunk) == 1000:
-            yield "".join(chunk).encode()
+            yield "".join(chunk).encode(errors="replace")
             chunk = []
     if chunk:
-        yield "".join(chunk).encode()
+        yield "".join(chunk).encode(errors="replace")
 
 
 class FleetCollector(Collector):
@@ -135,7 +139,10 @@ class FleetCollector(Collector):
         issues = GaugeMetricFamily(
             "beenergised_charging_stations_data_issues",
             "Charging stations with a data issue: no_firmware_version, no_sim_data (iccid or "
-            "imsi empty), duplicate_charge_box_identity (every station sharing one)" + CACHED + ".",
+            "imsi empty), duplicate_charge_box_identity (every station sharing one), "
+            "invalid_text (control characters or text not in UTF-8, shown as U+FFFD), "
+            f"text_too_long (cut to {MAX_TEXT_LENGTH} characters), duplicate_station_id (listed "
+            "more than once, shown once)" + CACHED + ".",
             labels=["mandant", "issue"],
         )
         for state in states:
@@ -325,11 +332,31 @@ class _Rendering:
         generate = generate_openmetrics if openmetrics else generate_latest
         info = _info_lines(states) if self._collector.station_info else ()
         chunks = (
-            generate(_Families(self._collector.fleet_families(states))).removesuffix(_EOF),
+            _generate(generate, list(self._collector.fleet_families(states))),
             *info,
-            generate(_Families(self._collector.other_families(states))).removesuffix(_EOF),
+            _generate(generate, list(self._collector.other_families(states))),
         )
         return tuple(chunk for chunk in chunks if chunk)
+
+
+def _generate(generate: Callable[[_Families], bytes], families: list[Metric]) -> bytes:
+    """``families`` in a text format, without its EOF line. Label text that UTF-8 cannot
+    encode (parsing repairs what the API sends, so it would be a bug) becomes '?' and is
+    logged, rather than failing /metrics for every mandant."""
+    try:
+        return generate(_Families(families)).removesuffix(_EOF)
+    except UnicodeEncodeError as e:
+        LOG.error("metric label text that UTF-8 cannot encode, shown as '?': %s", e)
+    for family in families:
+        family.samples = [
+            sample._replace(labels={k: _encodable(v) for k, v in sample.labels.items()})
+            for sample in family.samples
+        ]
+    return generate(_Families(families)).removesuffix(_EOF)
+
+
+def _encodable(text: str) -> str:
+    return text.encode(errors="replace").decode()
 
 
 class _OpenGzip:

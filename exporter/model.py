@@ -9,14 +9,29 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter, countOf
 from types import MappingProxyType
 
 UNKNOWN_FIRMWARE = "unknown"
 """The firmware label used when a station reports no (or an empty) firmware version."""
 
-DATA_ISSUES = ("no_firmware_version", "no_sim_data", "duplicate_charge_box_identity")
+DATA_ISSUES = (
+    "no_firmware_version",
+    "no_sim_data",
+    "duplicate_charge_box_identity",
+    "invalid_text",
+    "text_too_long",
+    "duplicate_station_id",
+)
 """The fixed set of values of the ``issue`` label of the data-quality metric."""
+
+MAX_TEXT_LENGTH = 256
+"""Characters kept of a station's id and of each text attribute: far above any real value, and
+it bounds what one station adds to /metrics (parsing cuts longer text: ``text_too_long``)."""
+
+TEXT_ISSUES = ("invalid_text", "text_too_long")
+"""The data issues that parsing repairs, as ``Station.repairs`` names them."""
 
 CHANGE_KINDS = ("added", "removed", "firmware_changed")
 """The kinds of change between two snapshots."""
@@ -32,6 +47,7 @@ class Station:
     firmware_version: str
     serial_number: str
     has_sim_data: bool = True  # both iccid and imsi given
+    repairs: tuple[str, ...] = ()  # the TEXT_ISSUES that parsing repaired in this station
 
     @property
     def firmware_label(self) -> str:
@@ -52,16 +68,21 @@ class Snapshot:
     def build(cls, stations: Iterable[Station], taken_at: float) -> Snapshot:
         """Index stations by id (the first of duplicate ids wins), count them per firmware and
         count their data issues."""
+        rows = stations if isinstance(stations, list) else list(stations)
         by_id: dict[str, Station] = {}
-        for station in stations:
+        for station in rows:
             by_id.setdefault(station.id, station)
+        repeated = 0
+        if len(by_id) < len(rows):
+            ids = Counter(map(attrgetter("id"), rows))
+            repeated = sum(1 for count in ids.values() if count > 1)
         firmware = Counter(map(attrgetter("firmware_version"), by_id.values()))
         if "" in firmware:
             firmware[UNKNOWN_FIRMWARE] += firmware.pop("")
         return cls(
             MappingProxyType(by_id),
             MappingProxyType(dict(firmware)),
-            MappingProxyType(data_issues(by_id.values())),
+            MappingProxyType(data_issues(by_id.values(), repeated)),
             taken_at,
         )
 
@@ -69,17 +90,21 @@ class Snapshot:
         return len(self.stations)
 
 
-def data_issues(stations: Iterable[Station]) -> dict[str, int]:
+def data_issues(stations: Iterable[Station], repeated_ids: int = 0) -> dict[str, int]:
     """Stations per data issue: no firmware version; no SIM data (iccid or imsi empty); a
     charge box identity that another station of the fleet has too (every one of them counts;
-    an empty identity is never a duplicate)."""
+    an empty identity is never a duplicate); text that parsing repaired (``Station.repairs``);
+    and ``repeated_ids``, the ids the listing gave more than once (each station counts once)."""
     stations = list(stations)
     identities = Counter(map(attrgetter("charge_box_identity"), stations))
     identities.pop("", None)
+    repairs = Counter(chain.from_iterable(filter(None, map(attrgetter("repairs"), stations))))
     return {
         "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
         "no_sim_data": countOf(map(attrgetter("has_sim_data"), stations), False),
         "duplicate_charge_box_identity": sum(n for n in identities.values() if n > 1),
+        **{issue: repairs[issue] for issue in TEXT_ISSUES},
+        "duplicate_station_id": repeated_ids,
     }
 
 

@@ -79,6 +79,13 @@ HISTORY_LENGTH = 1000
 #                       with the same client and a fleet of its own (3 stations) that it serves
 #                       without a token; its GET /_sim/credentials counts the requests that
 #                       carried the client secret there
+#   surrogate_label     the page's last row's label ends in a lone surrogate (JSON "\ud800")
+#   non_utf8_label      the page's last row's label ends in bytes that are not UTF-8
+#   control_label       the page's last row's label holds CR and ESC (a forged log line)
+#   long_label          the page's last row's label is LONG_LABEL_LENGTH characters longer
+#   duplicate_station   the listing has the inventory's first station once more at its end,
+#                       in every read, with a total that counts it (the API's own duplicate)
+# These kinds too change 200 pages only and exist for stations only.
 FAULT_KINDS: tuple[str, ...] = (
     "status",
     "latency",
@@ -106,6 +113,11 @@ FAULT_KINDS: tuple[str, ...] = (
     "expires_in_negative",
     "expires_in_string",
     "redirect",
+    "surrogate_label",
+    "non_utf8_label",
+    "control_label",
+    "long_label",
+    "duplicate_station",
 )
 FAULT_ENDPOINTS = ("stations", "token")
 # Kinds that reshape or shift a JSON:API page make no sense for the token endpoint.
@@ -120,6 +132,11 @@ STATIONS_ONLY_KINDS = frozenset(
         "delete_rows",
         "total_drift",
         "duplicate_rows",
+        "surrogate_label",
+        "non_utf8_label",
+        "control_label",
+        "long_label",
+        "duplicate_station",
     }
 )
 EXPIRES_IN_TEXT = {
@@ -135,6 +152,18 @@ OTHER_ORIGIN_STATIONS = 3
 HUGE_ERROR_LENGTH = 1_000_000
 HANG_SECONDS = 30.0
 MAX_FAULT_SECONDS = 3600.0
+LONG_LABEL_LENGTH = 100_000
+CONTROL_LABEL_SUFFIX = "\r\x1b[2Klevel=error msg=forged"
+"""What control_label appends: a carriage return and an ANSI escape that, written raw to a
+terminal, erase the real log line and show a forged one."""
+_NOT_UTF8 = b" M\xfcnchen \xff"  # Latin-1 text and a byte that starts no UTF-8 character
+_NOT_UTF8_MARKER = "@@not-utf-8@@"
+_LABEL_SUFFIXES = {
+    "surrogate_label": "\ud800",
+    "non_utf8_label": _NOT_UTF8_MARKER,
+    "control_label": CONTROL_LABEL_SUFFIX,
+    "long_label": " " + "x" * (LONG_LABEL_LENGTH - 1),
+}
 
 
 def _version_key(version: str) -> tuple[tuple[int, ...], bool, str]:
@@ -634,6 +663,9 @@ def _reshape(document: dict[str, Any], kind: str) -> None:
         document["data"] = rows[0] if rows else {}
     elif kind == "total_drift":
         pagination["total"] += 1
+    elif kind in _LABEL_SUFFIXES and rows:
+        attributes = rows[-1]["attributes"]
+        attributes["label"] = f"{attributes.get('label') or ''}{_LABEL_SUFFIXES[kind]}"
 
 
 def _first(params: dict[str, list[str]], name: str) -> str | None:
@@ -1018,12 +1050,17 @@ class Simulator:
         except ValueError as exc:
             return _api_error(400, "Bad Request", str(exc))
         limit = min(limit, self._max_page_limit)
-        # duplicate_rows reads one row more, the previous page's last, in the same slice.
-        start = offset - 1 if kind == "duplicate_rows" and offset > 0 else offset
-        window, total = self.inventory.page(start, limit + offset - start)
-        rows = window[offset - start :]
-        if start < offset and rows:
-            rows[0] = window[0]
+        if kind == "duplicate_station":
+            listing = self.inventory.stations()  # one consistent view, as page() gives
+            listing += listing[:1]
+            rows, total = listing[offset : offset + limit], len(listing)
+        else:
+            # duplicate_rows reads one row more, the previous page's last, in the same slice.
+            start = offset - 1 if kind == "duplicate_rows" and offset > 0 else offset
+            window, total = self.inventory.page(start, limit + offset - start)
+            rows = window[offset - start :]
+            if start < offset and rows:
+                rows[0] = window[0]
         last_page = offset + limit >= total
         links = {"current": self._page_url(limit, offset)}
         if not last_page:
@@ -1034,6 +1071,9 @@ class Simulator:
         document = {"data": rows, "meta": {"pagination": pagination}, "links": links}
         if kind is not None:
             _reshape(document, kind)
+        if kind == "non_utf8_label":
+            body = json.dumps(document).encode().replace(_NOT_UTF8_MARKER.encode(), _NOT_UTF8)
+            return _Response(200, body, JSON_API)
         return _Response(200, document, JSON_API)
 
     def _page_url(self, limit: int, offset: int) -> str:

@@ -169,7 +169,8 @@ class ExporterApp:
             "changes": [entry.as_dict() for entry in entries],
             "max_entries": self._changelog.max_entries,
         }
-        body = json.dumps(document, ensure_ascii=False, indent=1).encode() + b"\n"
+        # errors="replace": text UTF-8 cannot encode (parsing repairs it) must not fail the page
+        body = json.dumps(document, ensure_ascii=False, indent=1).encode(errors="replace") + b"\n"
         return _respond(start_response, "200 OK", body, _JSON_HEADERS)
 
     def _changes_query(self, query: str) -> tuple[str | None, str | None, int]:
@@ -234,7 +235,7 @@ class ExporterApp:
 </tbody></table></body></html>
 """
         headers = [("Content-Type", "text/html; charset=utf-8")]
-        return _respond(start_response, "200 OK", page.encode(), headers)
+        return _respond(start_response, "200 OK", page.encode(errors="replace"), headers)
 
 
 def _mandant_row(state: MandantState) -> str:

@@ -17,6 +17,7 @@ import requests
 
 from exporter import check
 from exporter.api import CpoClient
+from exporter.model import DATA_ISSUES
 from exporter.simulator import Fault, Inventory, Simulator
 
 SCRIPT = str(Path(sys.executable).with_name("beenergised-exporter"))
@@ -199,7 +200,7 @@ def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
             "firmware": "/2\\.5\\..*|3\\..*/",
             "on_target": firmware.get("2.5.0", 0) + firmware.get("3.0.0-rc1", 0),
         },
-        "data_issues": PROBLEMS,
+        "data_issues": dict.fromkeys(DATA_ISSUES, 0) | PROBLEMS,
         "error": None,
     }
     assert 0 < mandant["seconds"] < 10
@@ -213,7 +214,7 @@ def test_pages_are_capped_by_the_apis_page_limit(sim, capsys, monkeypatch):
     # --page-limit defaults to 100; the simulator gives at most 10 rows a page.
     assert mandant["pages"] == math.ceil(STATIONS / MAX_PAGE_LIMIT)
     assert mandant["target"] is None
-    assert mandant["data_issues"] == dict.fromkeys(PROBLEMS, 0)
+    assert mandant["data_issues"] == dict.fromkeys(DATA_ISSUES, 0)
 
 
 @pytest.mark.parametrize("output", ["text", "json"])

@@ -203,6 +203,9 @@ def test_data_issue_counts_match_a_fleet_with_known_problems(simulator_process, 
         "no_firmware_version": 3,
         "no_sim_data": 3,
         "duplicate_charge_box_identity": 5,  # cp_1 twice, dup three times
+        "invalid_text": 0,
+        "text_too_long": 0,
+        "duplicate_station_id": 0,
     }
 
 

@@ -66,7 +66,21 @@ def test_data_issues_count_each_station_with_a_problem():
         "no_firmware_version": 2,
         "no_sim_data": 2,
         "duplicate_charge_box_identity": 3,
+        "invalid_text": 0,
+        "text_too_long": 0,
+        "duplicate_station_id": 0,
     }
+
+
+def test_repaired_text_and_repeated_ids_are_data_issues():
+    repaired = Station("x", "X\ufffd", "", "1.0", "SN", repairs=("invalid_text",))
+    both = Station("y", "Y", "", "1.0", "SN", repairs=("invalid_text", "text_too_long"))
+    rows = [repaired, both, station("a"), station("a"), station("a"), station("b"), station("b")]
+    snapshot = Snapshot.build(rows, 0.0)
+    assert list(snapshot.stations) == ["x", "y", "a", "b"]  # each id once
+    issues = snapshot.data_issues
+    assert (issues["invalid_text"], issues["text_too_long"]) == (2, 1)
+    assert issues["duplicate_station_id"] == 2  # "a" and "b", however often each came
 
 
 def test_a_clean_fleet_has_zero_of_every_issue():

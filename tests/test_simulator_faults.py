@@ -154,6 +154,11 @@ def test_fault_kinds_are_exactly_the_documented_ones() -> None:
         "expires_in_negative",
         "expires_in_string",
         "redirect",
+        "surrogate_label",
+        "non_utf8_label",
+        "control_label",
+        "long_label",
+        "duplicate_station",
     }
     assert len(FAULT_KINDS) == len(set(FAULT_KINDS))
 

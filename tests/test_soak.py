@@ -50,7 +50,8 @@ def process_status(pid: int) -> tuple[int, int]:
 
 def published_fingerprint(text: str) -> str | None:
     for family in text_string_to_metric_families(text):
-        if family.name == "beenergised_charging_station_info":
+        # Without samples (no refresh has succeeded yet) there is no fleet to fingerprint.
+        if family.name == "beenergised_charging_station_info" and family.samples:
             return fingerprint(
                 (s.labels["station_id"], s.labels["firmware_version"]) for s in family.samples
             )
