@@ -6,6 +6,7 @@ quickstart's own sample skips records with it): the offset advances by the rows 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -19,8 +20,11 @@ import requests
 from exporter.auth import TokenSource
 from exporter.errors import ApiHttpError, AuthError, PaginationError, ParseError
 from exporter.http import (
+    DEFAULT_LIMITS,
     DEFAULT_RETRY,
+    Answer,
     Deadline,
+    Limits,
     ResponseHook,
     RetryPolicy,
     environment_proxies,
@@ -118,6 +122,12 @@ def parse_page(
     )
 
 
+def decode_json(body: bytes) -> Any:
+    """A JSON document from an answer's body; bytes that are not UTF-8 become lone surrogates
+    instead of failing the whole page."""
+    return json.loads(body.decode("utf-8", "surrogateescape"))
+
+
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -182,6 +192,7 @@ class CpoClient:
         max_pages: int = MAX_PAGES,
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._url = api_url.rstrip("/") + STATIONS_PATH
         self._host = urlsplit(api_url).netloc
@@ -192,6 +203,7 @@ class CpoClient:
         self._max_pages = max_pages
         self._on_response = on_response or (lambda endpoint, code: None)
         self._retry = retry
+        self._limits = limits
         self._proxies = environment_proxies(self._url)
 
     def stations(
@@ -296,7 +308,7 @@ class CpoClient:
                 f"{content_type.split(';')[0]!r}, not JSON"
             )
         try:
-            return response.json()
+            return decode_json(response.body)
         except ValueError:
             raise ParseError(
                 f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"
@@ -304,7 +316,7 @@ class CpoClient:
 
     def _request(
         self, params: dict[str, int], token: str, deadline: Deadline, gate: _Gate
-    ) -> requests.Response:
+    ) -> Answer:
         def on_response(endpoint: str, code: str) -> None:
             self._on_response(endpoint, code)
             if code == "429":
@@ -319,6 +331,7 @@ class CpoClient:
             on_response=on_response,
             deadline=deadline,
             retry=self._retry,
+            limits=self._limits,
             proxies=self._proxies,
             params=params,
             headers={

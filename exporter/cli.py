@@ -19,10 +19,11 @@ from exporter import __version__
 from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Secret, Settings, load_settings
 from exporter.errors import ConfigError
+from exporter.http import Limits
 from exporter.logs import setup_logging
 from exporter.metrics import Exposition, FleetCollector
 from exporter.model import FirmwareTarget
-from exporter.refresh import MandantRefresher, MandantState, refresh_timeout, start_scheduler
+from exporter.refresh import MandantRefresher, MandantState, start_scheduler
 from exporter.web import ExporterApp, serve
 from exporter.webconfig import BasicAuth, load_web_config
 
@@ -131,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             mandant,
             page_limit=settings.page_limit,
             concurrency=settings.concurrency,
-            timeout=refresh_timeout(settings.refresh_interval),
+            timeout=settings.refresh_timeout,
+            interval=settings.refresh_interval,
+            limits=Limits(settings.request_timeout, settings.max_response_size),
             cancel=shutting_down,
             on_publish=exposition.update,
             changelog=changelog,

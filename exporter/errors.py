@@ -49,3 +49,14 @@ class PaginationError(RefreshError):
     """The listing changed while it was read, twice in a row: nothing new is published."""
 
     reason = "pagination"
+
+
+class ResponseTooLargeError(RefreshError):
+    """An answer was larger than the size limit; it was refused unread and its connection
+    dropped. ``status`` is the answer's HTTP status, for the request counter."""
+
+    reason = "too_large"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

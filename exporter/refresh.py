@@ -20,7 +20,6 @@ import requests
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from requests.adapters import HTTPAdapter
 
 from exporter import __version__
 from exporter.api import CpoClient
@@ -28,7 +27,7 @@ from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
 from exporter.config import Mandant
 from exporter.errors import PaginationError, RefreshError
-from exporter.http import Deadline
+from exporter.http import DEFAULT_LIMITS, BoundedAdapter, Deadline, Limits
 from exporter.model import FirmwareTarget, Snapshot, diff
 
 LOG = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ LOG = logging.getLogger(__name__)
 MAX_READS = 3
 """Reads of the listing per refresh when the fleet changed: until two in a row agree."""
 
-FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination")
+FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination", "too_large")
 """The fixed set of values of the ``reason`` label of the failure counter."""
 
 
@@ -79,6 +78,7 @@ class MandantState:
     )
     token_expiry: float | None = None
     firmware_target: FirmwareTarget | None = None
+    overruns: int = 0  # refreshes that took longer than the interval
 
     @property
     def ready(self) -> bool:
@@ -99,7 +99,7 @@ def new_session(concurrency: int = 1) -> requests.Session:
         os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     )
     session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
+    adapter = BoundedAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
@@ -111,6 +111,7 @@ def connect(
     concurrency: int,
     on_response: RequestCounter,
     clock: Callable[[], float] = time.time,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[TokenSource, CpoClient]:
     """The token source and API client of one mandant, sharing one new HTTP session."""
     session = new_session(concurrency)
@@ -121,6 +122,7 @@ def connect(
         auth_method=mandant.token_auth_method,
         session=session,
         on_response=on_response,
+        limits=limits,
         clock=clock,
     )
     client = CpoClient(
@@ -130,6 +132,7 @@ def connect(
         page_limit=page_limit,
         concurrency=concurrency,
         on_response=on_response,
+        limits=limits,
     )
     return tokens, client
 
@@ -144,6 +147,8 @@ class MandantRefresher:
         page_limit: int,
         timeout: float,
         concurrency: int = 1,
+        interval: float | None = None,
+        limits: Limits = DEFAULT_LIMITS,
         cancel: threading.Event | None = None,
         on_publish: Callable[[], object] | None = None,
         changelog: ChangeLog | None = None,
@@ -153,11 +158,12 @@ class MandantRefresher:
         self._on_publish = on_publish or (lambda: None)
         self._changelog = changelog
         self._timeout = timeout
+        self._interval = interval
         self._cancel = cancel or threading.Event()
         self._clock = clock
         self._requests = RequestCounter()
         self._tokens, self._client = connect(
-            mandant, page_limit, concurrency, self._requests, clock=clock
+            mandant, page_limit, concurrency, self._requests, clock=clock, limits=limits
         )
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
@@ -252,13 +258,19 @@ class MandantRefresher:
 
     def _publish(self, state: MandantState) -> None:
         """Swap in the new state whole, then tell the exposition to render it."""
+        duration = state.last_duration
+        if self._interval is not None and duration is not None and duration > self._interval:
+            # The scheduler never overlaps a job with itself: the next refresh starts late.
+            LOG.warning(
+                "refresh of mandant %s took %.1fs, longer than the refresh interval of %gs; "
+                "the next refresh starts late",
+                self.mandant.name,
+                duration,
+                self._interval,
+            )
+            state = replace(state, overruns=state.overruns + 1)
         self.state = state
         self._on_publish()
-
-
-def refresh_timeout(interval: float) -> float:
-    """The deadline of one refresh: 90% of the interval, so a refresh ends before the next."""
-    return 0.9 * interval
 
 
 def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> BackgroundScheduler:
