@@ -290,7 +290,7 @@ def _attempt(
             method, url, timeout=(min(CONNECT_TIMEOUT, bound), bound), stream=True, **kwargs
         )
         try:
-            return Answer(
+            answer = Answer(
                 response.status_code, response.headers, _read_body(response, limits, what)
             )
         finally:
@@ -302,6 +302,9 @@ def _attempt(
     finally:
         _IN_FLIGHT.watch = None
         _WATCHDOG.disarm(watch)
+    if watch.cut:  # cut amid the headers, http.client may take what came for a whole answer
+        raise _Cut()
+    return answer
 
 
 def send(

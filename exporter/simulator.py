@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from email.message import Message
 from http import HTTPStatus
@@ -63,6 +63,11 @@ HISTORY_LENGTH = 1000
 #   delete_rows         delete the inventory's first station first
 #   total_drift         meta.pagination.total is one too many
 #   duplicate_rows      the page's first row is the previous page's last one (not at offset 0)
+#   drip                the normal answer, its body (or with ``part: headers`` its status line
+#                       and headers) sent DRIP_BYTES at a time every ``seconds`` (1); a clear
+#                       sends the rest at once
+#   oversized           the normal answer padded to ``size`` bytes (50 MB) of valid JSON, with
+#                       an honest Content-Length, streamed without being held in memory
 # The kinds from no_data to data_not_list, total_drift and duplicate_rows change 200 pages
 # only (a 401 stays a plain 401) and, like insert_rows and delete_rows, exist for stations only.
 FAULT_KINDS: tuple[str, ...] = (
@@ -84,6 +89,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "delete_rows",
     "total_drift",
     "duplicate_rows",
+    "drip",
+    "oversized",
 )
 FAULT_ENDPOINTS = ("stations", "token")
 # Kinds that reshape or shift a JSON:API page make no sense for the token endpoint.
@@ -102,6 +109,12 @@ STATIONS_ONLY_KINDS = frozenset(
 )
 HANG_SECONDS = 30.0
 MAX_FAULT_SECONDS = 3600.0
+DRIP_SECONDS = 1.0
+DRIP_BYTES = 2
+DRIP_PARTS = ("body", "headers")
+OVERSIZED_BYTES = 50_000_000
+MAX_OVERSIZED_BYTES = 2**30
+PAD_CHUNK = 64 * 1024
 
 
 def _version_key(version: str) -> tuple[tuple[int, ...], bool, str]:
@@ -399,6 +412,8 @@ class Fault:
     seconds: float | None = None
     times: int | None = None
     after: int = 0
+    part: str | None = None
+    size: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -425,10 +440,16 @@ class Fault:
                 "retry_after must be a header value such as '1' or "
                 f"'Wed, 21 Oct 2015 07:28:00 GMT', got {self.retry_after!r}"
             )
-        if self.kind == "latency" or (self.kind == "hang" and self.seconds is not None):
+        if self.kind == "latency" or (self.kind in ("hang", "drip") and self.seconds is not None):
             _check_seconds(self.seconds, self.kind)
         elif self.seconds is not None:
-            raise ValueError(f"seconds is for latency and hang faults, not for {self.kind}")
+            raise ValueError(f"seconds is for latency, hang and drip faults, not for {self.kind}")
+        if self.part is not None and (self.kind != "drip" or self.part not in DRIP_PARTS):
+            raise ValueError(f"part is 'body' or 'headers', for drip faults; got {self.part!r}")
+        if self.size is not None and self.kind != "oversized":
+            raise ValueError(f"size is for oversized faults, not for {self.kind}")
+        if self.size is not None:
+            _check_int("size", self.size, 1, MAX_OVERSIZED_BYTES)
         if self.times is not None:
             _check_int("times", self.times, 1)
         _check_int("after", self.after, 0)
@@ -494,10 +515,39 @@ class _Response:
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
     ending: _Ending = _Ending.COMPLETE
+    pause: float = 0.0  # drip: seconds between the pieces of the head or body
+    drip_head: bool = False  # drip the status line and headers, not the body
+    wake: threading.Event | None = None  # set: send the rest of a drip at once
+    padding: int = 0  # oversized: the size the body is padded to
 
     @property
     def payload(self) -> bytes:
         return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+
+    @property
+    def streamed(self) -> bool:
+        return self.pause > 0 or self.padding > 0
+
+
+def _pieces(data: bytes, size: int) -> Iterator[bytes]:
+    return (data[start : start + size] for start in range(0, len(data), size))
+
+
+def _padded(payload: bytes, size: int) -> tuple[int, Iterator[bytes]]:
+    """A JSON object ``payload`` with a "padding" member in front that makes it ``size``
+    bytes long (or as short as it can be): its length and its pieces, made as they are sent."""
+    prefix, suffix = b'{"padding":"', b'",' + payload[1:]
+    fill = max(0, size - len(prefix) - len(suffix))
+
+    def pieces() -> Iterator[bytes]:
+        yield prefix
+        chunk = b"x" * PAD_CHUNK
+        for _ in range(fill // PAD_CHUNK):
+            yield chunk
+        yield chunk[: fill % PAD_CHUNK]
+        yield suffix
+
+    return len(prefix) + fill + len(suffix), pieces()
 
 
 def _phrase(status: int) -> str:
@@ -843,6 +893,11 @@ class Simulator:
             return replace(response, body=payload[: len(payload) // 2])
         if kind == "wrong_content_type":
             return replace(response, content_type="text/plain")
+        if kind == "drip":
+            pause = DRIP_SECONDS if fault.seconds is None else fault.seconds
+            return replace(response, pause=pause, drip_head=fault.part == "headers", wake=wake)
+        if kind == "oversized":
+            return replace(response, padding=fault.size or OVERSIZED_BYTES)
         return response
 
     def _answer(
@@ -1052,6 +1107,9 @@ class _Handler(BaseHTTPRequestHandler):
         if response.ending is _Ending.NO_RESPONSE:
             self.close_connection = True
             return
+        if response.streamed:
+            self._stream(response)
+            return
         payload = response.payload
         sent = payload
         if response.ending is _Ending.HALF_BODY:
@@ -1067,6 +1125,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(sent)
         except ConnectionError:  # the client gave up (e.g. its timeout was shorter than latency)
             self.close_connection = True
+
+    def _stream(self, response: _Response) -> None:
+        """Send a drip or oversized answer piece by piece."""
+        payload = response.payload
+        if response.padding:
+            length, body = _padded(payload, response.padding)
+        else:
+            length, body = len(payload), iter((payload,))
+        lines = [
+            f"HTTP/1.1 {response.status} {_phrase(response.status)}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {length}",
+            *(f"{name}: {value}" for name, value in response.headers),
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            if response.drip_head:
+                self._drip(head, response)
+            else:
+                self.wfile.write(head)
+            if response.pause and not response.drip_head:
+                self._drip(payload, response)
+            else:
+                for piece in body:
+                    self.wfile.write(piece)
+        except ConnectionError:  # the client gave up on the drip or the oversized body
+            self.close_connection = True
+
+    def _drip(self, data: bytes, response: _Response) -> None:
+        wake = response.wake or threading.Event()
+        for piece in _pieces(data, DRIP_BYTES):
+            self.wfile.write(piece)
+            wake.wait(response.pause)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default stderr access log: it would show query strings with secrets."""

@@ -146,6 +146,8 @@ def test_fault_kinds_are_exactly_the_documented_ones() -> None:
         "delete_rows",
         "total_drift",
         "duplicate_rows",
+        "drip",
+        "oversized",
     }
     assert len(FAULT_KINDS) == len(set(FAULT_KINDS))
 
@@ -581,7 +583,7 @@ def test_clear_by_post_and_trailing_slash(sim: Simulator, path: str) -> None:
         ({"kind": "latency", "seconds": -1}, "seconds for a latency fault"),
         ({"kind": "hang", "seconds": True}, "seconds for a hang fault"),
         ({"kind": "hang", "seconds": 1e300}, "seconds for a hang fault must be a number from 0"),
-        ({"kind": "truncated", "seconds": 1}, "seconds is for latency and hang faults"),
+        ({"kind": "truncated", "seconds": 1}, "seconds is for latency, hang and drip faults"),
         ({"kind": "latency", "seconds": 1, "status": 500}, "status is for status and html"),
         ({"kind": "truncated", "endpoint": "tokens"}, "endpoint must be 'stations' or 'token'"),
         ({"kind": "insert_rows", "endpoint": "token"}, "works on the stations endpoint only"),
