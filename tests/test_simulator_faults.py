@@ -527,6 +527,8 @@ def test_after_and_times_are_counted_per_fault(sim: Simulator) -> None:
                 "seconds": None,
                 "times": 2,
                 "after": 1,
+                "part": None,
+                "size": None,
                 "remaining_after": 1,
                 "remaining_times": 2,
             }
