@@ -74,7 +74,7 @@ def stack() -> Iterator[Stack]:
         "--stations", str(STATIONS), "--max-page-limit", "20", "--client-secret", SECRET,
     )  # fmt: skip
     exporter = ExporterProcess(
-        ["--refresh-interval=1s", "--page-limit=20"],
+        ["--refresh-interval=1s", "--page-limit=20", "--api.request-timeout=2s"],
         {
             "BEENERGISED_API_URL": simulator.url,
             "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
