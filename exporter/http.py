@@ -181,17 +181,23 @@ _IN_FLIGHT = threading.local()
 """``watch``: the _Watch of the request this thread is making, read by the pools below."""
 
 
-class _WatchedPool(HTTPConnectionPool):
+class _Watched:
+    """Hands the connection of each request to the request's _Watch, so it can be cut."""
+
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
         watch: _Watch | None = getattr(_IN_FLIGHT, "watch", None)
         if watch is not None:
             watch.conn = conn
         return conn
 
 
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    _get_conn = _WatchedPool._get_conn
+class _WatchedPool(_Watched, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_Watched, HTTPSConnectionPool):
+    pass
 
 
 _POOLS = {"http": _WatchedPool, "https": _WatchedHTTPSPool}

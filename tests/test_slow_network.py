@@ -8,15 +8,19 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 import responses
+import trustme
 import urllib3
 
 from exporter.auth import TokenSource
+from exporter.check import hint
 from exporter.config import Mandant, Secret
 from exporter.errors import ApiConnectionError, ApiTimeoutError, ResponseTooLargeError
 from exporter.http import Deadline, Limits, RetryPolicy, send
@@ -196,6 +200,47 @@ def test_the_refresh_deadline_bounds_a_request_below_the_request_bound(sim: Simu
     assert time.monotonic() - started < BOUND + SLACK
 
 
+def test_https_requests_are_cut_at_the_bound_too(sim: Simulator, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.configure_cert(context)
+    sim._server.socket = context.wrap_socket(sim._server.socket, server_side=True)  # type: ignore[union-attr]
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    session = new_session()
+    session.verify = str(tmp_path / "ca.pem")
+    url = page_url(sim).replace("http://", "https://")
+    tok = requests.post(
+        sim.token_url.replace("http://", "https://"),
+        data={"grant_type": "client_credentials"},
+        auth=("demo-client", "demo-secret"),
+        verify=session.verify,
+        timeout=5,
+    ).json()["access_token"]
+
+    def get() -> bytes:
+        return send(
+            session,
+            "GET",
+            url,
+            endpoint="charging_stations",
+            what="stations",
+            on_response=lambda *_: None,
+            deadline=Deadline(60),
+            retry=ONCE,
+            limits=FAST,
+            headers={"Authorization": f"Bearer {tok}"},
+        ).body
+
+    assert len(json.loads(get())["data"]) == 10
+    sim.add_fault(Fault("drip", seconds=0.05, times=1))
+    started = time.monotonic()
+    with pytest.raises(ApiTimeoutError):
+        get()
+    assert time.monotonic() - started < BOUND + SLACK
+    assert len(json.loads(get())["data"]) == 10
+
+
 def test_a_cut_connection_is_not_reused(sim: Simulator) -> None:
     session = new_session()
     fetch(sim, session)  # a pooled keep-alive connection
@@ -346,3 +391,8 @@ def test_a_refresh_longer_than_the_interval_counts_an_overrun(sim: Simulator) ->
         assert refresher.state.up
     assert slow.state.last_duration is not None and slow.state.last_duration > 0.2
     assert (slow.state.overruns, relaxed.state.overruns) == (1, 0)
+
+
+def test_the_check_explains_too_large() -> None:
+    assert "--api.max-response-size" in hint("too_large", "stations", "answer larger than 8 MiB")
+    assert "--api.request-timeout" in hint("timeout", "stations", "timed out")
