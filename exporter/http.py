@@ -142,7 +142,8 @@ class _Watchdog:
                 self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, (watch.end, next(self._order), watch))
-            self._changed.notify()
+            if self._heap[0][2] is watch:  # else the thread wakes up before this one ends anyway
+                self._changed.notify()
         return watch
 
     def disarm(self, watch: _Watch) -> None:
