@@ -272,7 +272,12 @@ def _timed_out(exc: BaseException) -> bool:
             return True
         if not isinstance(error, BaseException):
             return False
-        error = error.args[0] if error.args else error.__context__
+        first = error.args[0] if error.args else None
+        error = (
+            first
+            if isinstance(first, BaseException)
+            else getattr(error, "reason", None) or error.__context__
+        )
     return False
 
 

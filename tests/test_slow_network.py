@@ -323,9 +323,12 @@ def test_the_token_endpoint_is_bounded_in_time_and_size(sim: Simulator) -> None:
 
 
 @responses.activate
-def test_a_read_timeout_inside_the_body_is_a_timeout_not_a_connection_failure() -> None:
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_read_timeout_inside_the_body_is_a_timeout_not_a_connection_failure(wrapped) -> None:
     # requests reports a read timeout while reading the body as a ConnectionError.
     inner = urllib3.exceptions.ReadTimeoutError(None, "/p", "Read timed out.")  # type: ignore[arg-type]
+    if wrapped:
+        inner = urllib3.exceptions.MaxRetryError(None, "/p", inner)  # type: ignore[assignment,arg-type]
     responses.get("https://api.example.test/p", body=requests.ConnectionError(inner))
     with pytest.raises(ApiTimeoutError):
         send(
