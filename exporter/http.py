@@ -268,6 +268,8 @@ def _timed_out(exc: BaseException) -> bool:
     as a ConnectionError around urllib3's ReadTimeoutError."""
     error: object = exc
     for _ in range(10):  # the chain is short; a bound all the same
+        if isinstance(error, urllib3.exceptions.NewConnectionError):
+            return False  # a refused connection, though urllib3 derives it from a timeout
         if isinstance(error, TimeoutError | requests.Timeout | urllib3.exceptions.TimeoutError):
             return True
         if not isinstance(error, BaseException):

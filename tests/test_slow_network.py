@@ -365,7 +365,9 @@ def test_a_failure_as_the_deadline_runs_out_is_a_timeout() -> None:
                 deadline=Ending(5),
                 limits=Limits(request_timeout=30),
             )
-        mock.get("https://api.example.test/p", body=requests.ConnectionError("refused"))
+        refused = urllib3.exceptions.NewConnectionError(None, "refused")  # type: ignore[arg-type]
+        failed = urllib3.exceptions.MaxRetryError(None, "/p", refused)  # type: ignore[arg-type]
+        mock.get("https://api.example.test/p", body=requests.ConnectionError(failed))
         with pytest.raises(ApiConnectionError):  # with time left it is what it is
             send(
                 requests.Session(),
