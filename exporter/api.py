@@ -23,8 +23,11 @@ import requests
 from exporter.auth import TokenSource
 from exporter.errors import ApiHttpError, AuthError, PaginationError, ParseError
 from exporter.http import (
+    DEFAULT_LIMITS,
     DEFAULT_RETRY,
+    Answer,
     Deadline,
+    Limits,
     ResponseHook,
     RetryPolicy,
     environment_proxies,
@@ -249,6 +252,7 @@ class CpoClient:
         max_pages: int = MAX_PAGES,
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._url = api_url.rstrip("/") + STATIONS_PATH
         self._host = urlsplit(api_url).netloc
@@ -259,6 +263,7 @@ class CpoClient:
         self._max_pages = max_pages
         self._on_response = on_response or (lambda endpoint, code: None)
         self._retry = retry
+        self._limits = limits
         self._proxies = environment_proxies(self._url)
 
     def stations(
@@ -409,7 +414,7 @@ class CpoClient:
                 f"{content_type.split(';')[0]!r}, not JSON"
             )
         try:
-            return decode_json(response.content)
+            return decode_json(response.body)
         except ValueError:
             raise ParseError(
                 f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"
@@ -417,7 +422,7 @@ class CpoClient:
 
     def _request(
         self, params: dict[str, int], token: str, deadline: Deadline, gate: _Gate
-    ) -> requests.Response:
+    ) -> Answer:
         def on_response(endpoint: str, code: str) -> None:
             self._on_response(endpoint, code)
             if code == "429":
@@ -432,6 +437,7 @@ class CpoClient:
             on_response=on_response,
             deadline=deadline,
             retry=self._retry,
+            limits=self._limits,
             proxies=self._proxies,
             params=params,
             headers={

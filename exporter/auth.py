@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import requests
@@ -15,8 +16,11 @@ import requests
 from exporter.config import Secret
 from exporter.errors import ApiHttpError, AuthError, ParseError
 from exporter.http import (
+    DEFAULT_LIMITS,
     DEFAULT_RETRY,
+    Answer,
     Deadline,
+    Limits,
     ResponseHook,
     RetryPolicy,
     environment_proxies,
@@ -31,6 +35,9 @@ RENEW_MARGIN_MAX = 300.0
 
 ASSUMED_LIFETIME = 3600.0
 """Lifetime assumed when the token endpoint sends no usable ``expires_in``."""
+
+TOKEN_MAX_RESPONSE_SIZE = 64 * 1024
+"""Size limit of a token endpoint's answer: a token answer is a few KB."""
 
 MIN_LIFETIME = 10.0
 MAX_LIFETIME = 86400.0
@@ -89,6 +96,7 @@ class TokenSource:
         session: requests.Session,
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._token_url = token_url
@@ -98,6 +106,11 @@ class TokenSource:
         self._session = session
         self._on_response = on_response or (lambda endpoint, code: None)
         self._retry = retry
+        self._limits = replace(
+            limits,
+            max_response_size=TOKEN_MAX_RESPONSE_SIZE,
+            size_advice="a token answer is a few KB",
+        )
         self._proxies = environment_proxies(token_url)
         self._clock = clock
         self._token: Token | None = None
@@ -180,13 +193,14 @@ class TokenSource:
             headers={"Accept": "application/json"},
             deadline=deadline,
             retry=self._retry,
+            limits=self._limits,
             proxies=self._proxies,
         )
         return self._read_token(response, host)
 
-    def _read_token(self, response: requests.Response, host: str) -> Token:
+    def _read_token(self, response: Answer, host: str) -> Token:
         try:
-            body = response.json()
+            body = json.loads(response.body)
         except ValueError:
             body = None
         if response.status_code != 200:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, cast
 from exporter.cli import start_demo_api
 from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser, load_settings
 from exporter.errors import ConfigError, RefreshError
-from exporter.http import Deadline
+from exporter.http import Deadline, Limits
 from exporter.logs import setup_logging
 from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Snapshot
-from exporter.refresh import RequestCounter, connect, refresh_timeout
+from exporter.refresh import RequestCounter, connect
 from exporter.webconfig import load_web_config
 
 if TYPE_CHECKING:
@@ -93,8 +93,14 @@ def hint(reason: str, step: str, message: str) -> str:
         )
     if reason == "timeout":
         return (
-            f"no answer in time from {url}: is the server overloaded, or does a firewall drop "
-            "the packets? A refresh may take 90% of --refresh-interval"
+            f"no complete answer in time from {url}: is the server overloaded, or does a "
+            "firewall drop the packets? A request may take --api.request-timeout, a refresh "
+            "--refresh.timeout"
+        )
+    if reason == "too_large":
+        return (
+            f"the answer of {url} is larger than a page of stations should be: is {url} "
+            "right? Raise --api.max-response-size (or lower --page-limit) if it is genuine"
         )
     if status == 404 and step == "token":  # an AuthError: the token endpoint answered 4xx
         return f"is token_url the OAuth2 token endpoint, e.g. {DEFAULT_TOKEN_URL}?"
@@ -129,8 +135,11 @@ def hint(reason: str, step: str, message: str) -> str:
 def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
     """Fetch a token and every page of ``mandant``'s station list once; never raises."""
     counter = RequestCounter()
-    tokens, client = connect(mandant, settings.page_limit, settings.concurrency, counter)
-    deadline = Deadline(refresh_timeout(settings.refresh_interval))
+    limits = Limits(settings.request_timeout, settings.max_response_size)
+    tokens, client = connect(
+        mandant, settings.page_limit, settings.concurrency, counter, limits=limits
+    )
+    deadline = Deadline(settings.refresh_timeout)
     step = "token"
     snapshot: Snapshot | None = None
     failure: Failure | None = None

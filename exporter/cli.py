@@ -23,6 +23,7 @@ from exporter import __version__
 from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Secret, Settings, load_settings
 from exporter.errors import ConfigError
+from exporter.http import Limits
 from exporter.logs import setup_logging
 from exporter.metrics import Exposition, FleetCollector, ReloadStatus
 from exporter.model import FirmwareTarget
@@ -30,7 +31,6 @@ from exporter.refresh import (
     MandantRefresher,
     MandantState,
     job_id,
-    refresh_timeout,
     schedule,
     start_scheduler,
 )
@@ -202,10 +202,7 @@ class Reloader:
         """Start added mandants, stop removed ones, reconnect changed ones (keeping what they
         published and their counters)."""
         old_settings = self._running.settings
-        connection_changed = (settings.page_limit, settings.concurrency) != (
-            old_settings.page_limit,
-            old_settings.concurrency,
-        )
+        connection_changed = _connection_settings(settings) != _connection_settings(old_settings)
         current = {refresher.mandant.name: refresher for refresher in self._running.refreshers}
         kept: list[MandantRefresher] = []
         added: list[MandantRefresher] = []
@@ -217,7 +214,11 @@ class Reloader:
                 added.append(refresher)
             elif refresher.mandant != mandant or connection_changed:
                 refresher.reconnect(
-                    mandant, page_limit=settings.page_limit, concurrency=settings.concurrency
+                    mandant,
+                    page_limit=settings.page_limit,
+                    concurrency=settings.concurrency,
+                    timeout=settings.refresh_timeout,
+                    limits=_limits(settings),
                 )
                 changed.append(mandant.name)
             kept.append(refresher)
@@ -234,6 +235,21 @@ class Reloader:
             ", ".join(current) or "none",
             ", ".join(changed) or "none",
         )
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(settings.request_timeout, settings.max_response_size)
+
+
+def _connection_settings(settings: Settings) -> tuple[object, ...]:
+    """The global settings a mandant's connection is built from: a change reconnects all."""
+    return (
+        settings.page_limit,
+        settings.concurrency,
+        settings.refresh_timeout,
+        settings.request_timeout,
+        settings.max_response_size,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             mandant,
             page_limit=settings.page_limit,
             concurrency=settings.concurrency,
-            timeout=refresh_timeout(settings.refresh_interval),
+            timeout=settings.refresh_timeout,
+            interval=settings.refresh_interval,
+            limits=_limits(settings),
             cancel=shutting_down,
             on_publish=exposition.update,
             changelog=changelog,

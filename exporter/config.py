@@ -44,16 +44,24 @@ DEFAULT_CONCURRENCY = 4
 DEFAULT_TELEMETRY_PATH = "/metrics"
 SHORT_REFRESH_INTERVAL = 30.0
 DEFAULT_CHANGES_MAX_ENTRIES = 1000
+DEFAULT_REFRESH_TIMEOUT = 600.0
+"""A refresh may take 10 minutes: 100,000 stations at 300 ms a page take about 75 s at
+concurrency 4 and 300 s page by page; a hung request is cut after --api.request-timeout."""
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_MAX_RESPONSE_SIZE = 8 * 1024 * 1024
 
 _MISSING_API_URL = "the base URL of your mandant, e.g. https://yourmandant.beenergised.cloud"
 _MISSING_CLIENT_ID = "the client id of your CPO API token"
 _MISSING_CLIENT_SECRET = "the client secret of your CPO API token"
 _FILE_GLOBAL_KEYS = (
     "mandants",
+    "api_max_response_size",
+    "api_request_timeout",
     "changes_max_entries",
     "concurrency",
     "page_limit",
     "refresh_interval",
+    "refresh_timeout",
     "station_info",
     "token_auth_method",
 )
@@ -154,6 +162,9 @@ class Settings:
     station_info: bool  # False with --no-station-info
     changes_max_entries: int  # size of the change log ring
     warnings: tuple[str, ...]  # messages the CLI logs at WARN once logging is up
+    refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT  # seconds one refresh may take, > 0
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # wall-clock seconds per request, > 0
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE  # bytes per answer, >= 1
 
 
 _DURATION_UNITS = (("y", 365 * 86400), ("w", 7 * 86400), ("d", 86400), ("h", 3600))
@@ -330,6 +341,29 @@ def build_parser(
         "(env BEENERGISED_REFRESH_INTERVAL, default 5m)",
     )
     add(
+        "--refresh.timeout",
+        dest="refresh_timeout",
+        metavar="DURATION",
+        help="time one refresh of a mandant may take, every page included; independent of "
+        "--refresh-interval: a refresh that takes longer than the interval delays the next one "
+        "(beenergised_refresh_overruns_total) (env BEENERGISED_REFRESH_TIMEOUT, default 10m)",
+    )
+    add(
+        "--api.request-timeout",
+        dest="api_request_timeout",
+        metavar="DURATION",
+        help="wall time one request to the token endpoint or the API may take, headers and "
+        "body, however slowly the bytes come (env BEENERGISED_API_REQUEST_TIMEOUT, default 30s)",
+    )
+    add(
+        "--api.max-response-size",
+        dest="api_max_response_size",
+        metavar="SIZE",
+        help="largest answer of the API accepted, in bytes or with a unit (512KiB, 8MiB, 1GB); "
+        "a larger one fails the refresh with reason too_large (env "
+        "BEENERGISED_API_MAX_RESPONSE_SIZE, default 8MiB)",
+    )
+    add(
         "--page-limit",
         metavar="N",
         help=f"stations requested per API page (env BEENERGISED_PAGE_LIMIT, default "
@@ -474,6 +508,34 @@ def _positive_int(given: _Given) -> int:
     if number < 1:
         raise given.fail(f"must be at least 1, got {value!r}")
     return number
+
+
+_SIZE_RE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?", re.ASCII)
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+}
+
+
+def _size(given: _Given) -> int:
+    """A size in bytes: a whole number, optionally with a unit (KB, MB, GB, KiB, MiB, GiB)."""
+    value = given.value
+    text = value.strip() if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    match = _SIZE_RE.fullmatch(text) if text is not None else None
+    if match is None:
+        raise given.fail(f"not a size: {value!r}; use bytes (1048576) or a unit (512KiB, 8MiB)")
+    size = int(match[1]) * _SIZE_UNITS[match[2]]
+    if size < 1:
+        raise given.fail(f"must be at least 1 byte, got {value!r}")
+    return size
 
 
 def _is_number(text: str) -> bool:
@@ -1004,6 +1066,24 @@ def load_settings(
                 "of every mandant from the CPO API, so 1m or more is kinder to it"
             )
 
+    refresh_timeout_given = sources.pick(
+        "refresh_timeout",
+        "--refresh.timeout",
+        "BEENERGISED_REFRESH_TIMEOUT",
+        in_file.get("refresh_timeout"),
+    )
+    request_timeout_given = sources.pick(
+        "api_request_timeout",
+        "--api.request-timeout",
+        "BEENERGISED_API_REQUEST_TIMEOUT",
+        in_file.get("api_request_timeout"),
+    )
+    size_given = sources.pick(
+        "api_max_response_size",
+        "--api.max-response-size",
+        "BEENERGISED_API_MAX_RESPONSE_SIZE",
+        in_file.get("api_max_response_size"),
+    )
     page_given = sources.pick(
         "page_limit", "--page-limit", "BEENERGISED_PAGE_LIMIT", in_file.get("page_limit")
     )
@@ -1058,4 +1138,11 @@ def load_settings(
             _positive_int(changes_given) if changes_given else DEFAULT_CHANGES_MAX_ENTRIES
         ),
         warnings=tuple(warnings),
+        refresh_timeout=(
+            _duration(refresh_timeout_given) if refresh_timeout_given else DEFAULT_REFRESH_TIMEOUT
+        ),
+        request_timeout=(
+            _duration(request_timeout_given) if request_timeout_given else DEFAULT_REQUEST_TIMEOUT
+        ),
+        max_response_size=_size(size_given) if size_given else DEFAULT_MAX_RESPONSE_SIZE,
     )

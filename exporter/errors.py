@@ -65,3 +65,14 @@ class PaginationError(RefreshError):
 class RedirectError(ApiHttpError):
     """The server redirected us to another origin (or too often); the redirect is not followed:
     it may carry the client secret or lead to another mandant's fleet."""
+
+
+class ResponseTooLargeError(RefreshError):
+    """An answer was larger than the size limit; it was refused unread and its connection
+    dropped. ``status`` is the answer's HTTP status, for the request counter."""
+
+    reason = "too_large"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -2,27 +2,44 @@
 
 Connection errors and the statuses that mean "try again later" (429, 502, 503, 504) are
 retried with exponential backoff and full jitter, honouring ``Retry-After`` up to a bound, and
-never past the refresh's deadline. Exceptions of ``requests`` are never chained or formatted
-into our errors: their text holds the request URL, which carries the client secret with
-``--token-auth-method=query``.
+never past the refresh's deadline. Every attempt, headers and body, has a wall-clock bound: a
+socket timeout restarts with every byte, so a server that trickles its answer would outlast
+it; a watchdog thread shuts the socket down when the bound has passed (sessions must mount
+``BoundedAdapter`` for that). The body is read streamed and refused past a size limit.
+Exceptions of ``requests`` are never chained or formatted into our errors: their text holds
+the request URL, which carries the client secret with ``--token-auth-method=query``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connection import HTTPConnection
 
-from exporter.errors import ApiConnectionError, ApiTimeoutError, RedirectError, TlsError
+from exporter.errors import (
+    ApiConnectionError,
+    ApiTimeoutError,
+    RedirectError,
+    ResponseTooLargeError,
+    TlsError,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +50,36 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_REDIRECTS = 3
 """Redirects followed per request, all within the origin of the request."""
 CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 30.0
+"""Default wall-clock bound of one request, headers and body (--api.request-timeout)."""
+MAX_RESPONSE_SIZE = 8 * 1024 * 1024
+"""Default size limit of one answer (--api.max-response-size): a page of 1000 stations is
+about 0.5 MB, a 50 MB answer is refused before it is read whole."""
+CHUNK_SIZE = 64 * 1024
+RECHECK = 0.05
+"""Seconds after which the watchdog looks again at a request it could not cut yet (its
+connection had no socket: still connecting, which the connect timeout bounds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How long one request may take and how large its answer may be."""
+
+    request_timeout: float = REQUEST_TIMEOUT
+    max_response_size: int = MAX_RESPONSE_SIZE
+    size_advice: str = "raise --api.max-response-size if answers this large are genuine"
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete HTTP answer: status, headers and the whole body (within the limits)."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +120,120 @@ class Deadline:
         self._cancel.wait(min(seconds, self.remaining()))
 
 
+class _Watch:
+    """One request in flight: when it must end, the connection it uses, whether it was cut."""
+
+    __slots__ = ("conn", "cut", "done", "end")
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+        self.conn: HTTPConnection | None = None
+        self.cut = False
+        self.done = False
+
+
+class _Watchdog:
+    """A daemon thread that shuts down the socket of every request still running at its end.
+
+    Shutting a socket down wakes the thread blocked reading it (headers or body) at once;
+    the cut connection is closed, never returned to the pool for reuse.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> _Watch:
+        watch = _Watch(time.monotonic() + seconds)
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (watch.end, next(self._order), watch))
+            if self._heap[0][2] is watch:  # else the thread wakes up before this one ends anyway
+                self._changed.notify()
+        return watch
+
+    def disarm(self, watch: _Watch) -> None:
+        with self._changed:  # never cut a connection after its request ended: it is pooled
+            watch.done = True
+            watch.conn = None
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                if not self._heap:
+                    self._changed.wait()
+                    continue
+                end, _, watch = self._heap[0]
+                wait = end - time.monotonic()
+                if wait > 0:
+                    self._changed.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                if not watch.done and not self._cut(watch):
+                    heapq.heappush(self._heap, (end + RECHECK, next(self._order), watch))
+
+    @staticmethod
+    def _cut(watch: _Watch) -> bool:
+        watch.cut = True
+        sock = getattr(watch.conn, "sock", None)
+        if sock is None:
+            return False
+        with contextlib.suppress(OSError):  # already closed: nothing left to cut
+            sock.shutdown(socket.SHUT_RDWR)
+        return True
+
+
+_WATCHDOG = _Watchdog()
+_IN_FLIGHT = threading.local()
+"""``watch``: the _Watch of the request this thread is making, read by the pools below."""
+
+
+class _Watched:
+    """Hands the connection of each request to the request's _Watch, so it can be cut."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        watch: _Watch | None = getattr(_IN_FLIGHT, "watch", None)
+        if watch is not None:
+            watch.conn = conn
+        return conn
+
+
+class _WatchedPool(_Watched, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_Watched, HTTPSConnectionPool):
+    pass
+
+
+_POOLS = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
+
+
+class BoundedAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections the watchdog of ``send`` can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
 def environment_proxies(url: str) -> dict[str, str]:
     """The proxies HTTP(S)_PROXY / NO_PROXY give for ``url``, read once (sessions here do not
     read the environment on every request)."""
     return requests.utils.get_environ_proxies(url)
 
 
-def retry_after(response: requests.Response) -> float | None:
+def retry_after(response: requests.Response | Answer) -> float | None:
     """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     value = response.headers.get("Retry-After", "").strip()
     if not value:
@@ -166,6 +319,91 @@ def same_origin_redirects(url: str) -> Callable[..., None]:
     return hook
 
 
+def _size(size: int) -> str:
+    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
+
+
+def _read_body(response: requests.Response, limits: Limits, what: str) -> bytes:
+    """The whole body, streamed; ResponseTooLargeError as soon as it is known to pass the limit."""
+    limit = limits.max_response_size
+    refused = ResponseTooLargeError(
+        f"{what}: answer larger than {_size(limit)}, refused; {limits.size_advice}",
+        response.status_code,
+    )
+    length = response.headers.get("Content-Length", "").strip()
+    if length.isascii() and length.isdigit() and int(length) > limit:
+        raise refused
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(CHUNK_SIZE):
+        size += len(chunk)
+        if size > limit:
+            raise refused
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout is behind ``exc``: requests reports a read timeout within the body
+    as a ConnectionError around urllib3's ReadTimeoutError."""
+    error: object = exc
+    for _ in range(10):  # the chain is short; a bound all the same
+        if isinstance(error, urllib3.exceptions.NewConnectionError):
+            return False  # a refused connection, though urllib3 derives it from a timeout
+        if isinstance(error, TimeoutError | requests.Timeout | urllib3.exceptions.TimeoutError):
+            return True
+        if not isinstance(error, BaseException):
+            return False
+        first = error.args[0] if error.args else None
+        error = (
+            first
+            if isinstance(first, BaseException)
+            else getattr(error, "reason", None) or error.__context__
+        )
+    return False
+
+
+class _Cut(Exception):
+    """The watchdog cut the request at its wall-clock bound."""
+
+
+def _attempt(
+    session: requests.Session,
+    method: str,
+    url: str,
+    bound: float,
+    limits: Limits,
+    what: str,
+    kwargs: dict[str, Any],
+) -> Answer:
+    """One request and its whole body within ``bound`` seconds of wall time."""
+    watch = _WATCHDOG.arm(bound)
+    _IN_FLIGHT.watch = watch
+    try:
+        response = session.request(
+            method, url, timeout=(min(CONNECT_TIMEOUT, bound), bound), stream=True, **kwargs
+        )
+        try:
+            answer = Answer(
+                response.status_code, response.headers, _read_body(response, limits, what)
+            )
+        finally:
+            response.close()  # returns a fully read connection to the pool, closes any other
+    except requests.RequestException:
+        if watch.cut:  # whatever the cut made requests raise: no complete answer in time
+            raise _Cut() from None
+        raise
+    finally:
+        _IN_FLIGHT.watch = None
+        _WATCHDOG.disarm(watch)
+    if watch.cut:  # cut amid the headers, http.client may take what came for a whole answer
+        raise _Cut()
+    return answer
+
+
 def send(
     session: requests.Session,
     method: str,
@@ -176,32 +414,50 @@ def send(
     on_response: ResponseHook,
     deadline: Deadline,
     retry: RetryPolicy = DEFAULT_RETRY,
+    limits: Limits = DEFAULT_LIMITS,
     **kwargs: Any,
-) -> requests.Response:
+) -> Answer:
     """Make the request, retrying what is worth retrying; count every attempt.
 
-    Returns the last response, which may still be an error status: the caller decides what a
-    status means. Raises ApiTimeoutError or ApiConnectionError when no answer came.
+    Each attempt, headers and body, takes at most ``limits.request_timeout`` seconds and what
+    is left of ``deadline``. Returns the last answer, which may still be an error status: the
+    caller decides what a status means. Raises ApiTimeoutError when no complete answer came in
+    time, ApiConnectionError when none came at all, ResponseTooLargeError past the size limit.
     """
     for attempt in range(1, retry.attempts + 1):
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise ApiTimeoutError(f"{what}: refresh deadline reached")
-        timeout = (min(CONNECT_TIMEOUT, remaining), min(READ_TIMEOUT, remaining))
+            raise ApiTimeoutError(f"{what}: refresh deadline reached (--refresh.timeout)")
+        bound = min(limits.request_timeout, remaining)
+        by_deadline = bound < limits.request_timeout
+        late = ApiTimeoutError(
+            f"{what}: timed out waiting for the answer: "
+            + (
+                "refresh deadline reached (--refresh.timeout)"
+                if by_deadline
+                else f"no complete answer within {bound:g}s (--api.request-timeout)"
+            )
+        )
         failure: Exception | None = None
         try:
-            hooks = {"response": same_origin_redirects(url)}
-            response = session.request(method, url, timeout=timeout, hooks=hooks, **kwargs)
+            kwargs["hooks"] = {"response": same_origin_redirects(url)}
+            response = _attempt(session, method, url, bound, limits, what, kwargs)
+        except ResponseTooLargeError as exc:
+            on_response(endpoint, str(exc.status))
+            raise
         except requests.ConnectTimeout:
             failure = ApiTimeoutError(f"{what}: timed out connecting")
-        except requests.Timeout:
+        except (_Cut, requests.Timeout):
             # A read timeout is not retried: the server got the request and may be overloaded.
             on_response(endpoint, "error")
-            raise ApiTimeoutError(f"{what}: timed out waiting for the answer") from None
+            raise late from None
         except requests.exceptions.SSLError as exc:
             on_response(endpoint, "error")  # not retried: a certificate does not heal itself
             raise tls_error(what, url, exc) from None
         except requests.RequestException as exc:
+            if _timed_out(exc) or deadline.remaining() <= 0:
+                on_response(endpoint, "error")
+                raise late from None
             failure = ApiConnectionError(f"{what}: cannot connect ({type(exc).__name__})")
         if failure is not None:
             on_response(endpoint, "error")

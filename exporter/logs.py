@@ -78,7 +78,8 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
-    # urllib3 logs request lines (with query strings) at debug, APScheduler every job run at
-    # info: both are noise, and the first could show a secret sent with --token-auth-method=query.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # urllib3 logs request lines (with query strings) at debug and, for a server's malformed
+    # headers, at warning; APScheduler every job run at info: noise, and urllib3's could show a
+    # secret sent with --token-auth-method=query.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

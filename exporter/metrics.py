@@ -229,13 +229,20 @@ class FleetCollector(Collector):
         )
         failures = CounterMetricFamily(
             "beenergised_refresh_failures",
-            "Failed refreshes by reason (auth, http, timeout, connection, parse, pagination, tls).",
+            "Failed refreshes by reason (auth, http, timeout, connection, parse, pagination, "
+            "tls, too_large).",
             labels=["mandant", "reason"],
         )
         requests = CounterMetricFamily(
             "beenergised_api_requests",
             "HTTP requests to the API by endpoint and status code ('error': no answer).",
             labels=["mandant", "endpoint", "code"],
+        )
+        overruns = CounterMetricFamily(
+            "beenergised_refresh_overruns",
+            "Refreshes that took longer than the refresh interval, so that the next one started "
+            "late.",
+            labels=["mandant"],
         )
         token_expiry = GaugeMetricFamily(
             "beenergised_token_expiry_timestamp_seconds",
@@ -250,11 +257,12 @@ class FleetCollector(Collector):
                 duration.add_metric([state.name], state.last_duration)
             for reason in FAILURE_REASONS:
                 failures.add_metric([state.name, reason], state.failures.get(reason, 0))
+            overruns.add_metric([state.name], state.overruns)
             for (endpoint, code), count in sorted(state.api_requests.items()):
                 requests.add_metric([state.name, endpoint, code], count)
             if state.token_expiry is not None:
                 token_expiry.add_metric([state.name], state.token_expiry)
-        yield from (up, last_success, duration, failures, requests, token_expiry)
+        yield from (up, last_success, duration, failures, overruns, requests, token_expiry)
 
 
 class ReloadStatus(Collector):

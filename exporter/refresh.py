@@ -19,7 +19,6 @@ import requests
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from requests.adapters import HTTPAdapter
 
 from exporter import __version__
 from exporter.api import CpoClient
@@ -27,7 +26,7 @@ from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
 from exporter.config import Mandant
 from exporter.errors import PaginationError, RefreshError
-from exporter.http import Deadline
+from exporter.http import DEFAULT_LIMITS, BoundedAdapter, Deadline, Limits
 from exporter.model import FirmwareTarget, Snapshot, diff
 
 LOG = logging.getLogger(__name__)
@@ -38,7 +37,16 @@ MAX_READS = 3
 MAX_REFRESH_THREADS = 32
 """Mandants refreshed at the same time, at most."""
 
-FAILURE_REASONS = ("auth", "http", "timeout", "connection", "parse", "pagination", "tls")
+FAILURE_REASONS = (
+    "auth",
+    "http",
+    "timeout",
+    "connection",
+    "parse",
+    "pagination",
+    "tls",
+    "too_large",
+)
 """The fixed set of values of the ``reason`` label of the failure counter."""
 
 
@@ -81,6 +89,7 @@ class MandantState:
     )
     token_expiry: float | None = None
     firmware_target: FirmwareTarget | None = None
+    overruns: int = 0  # refreshes that took longer than the interval
 
     @property
     def ready(self) -> bool:
@@ -100,7 +109,7 @@ def new_session(concurrency: int = 1, ca_file: str | None = None) -> requests.Se
     session.trust_env = False
     session.verify = ca_file or True
     session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
+    adapter = BoundedAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
@@ -112,6 +121,7 @@ def connect(
     concurrency: int,
     on_response: RequestCounter,
     clock: Callable[[], float] = time.time,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[TokenSource, CpoClient]:
     """The token source and API client of one mandant, sharing one new HTTP session."""
     session = new_session(concurrency, mandant.ca_file)
@@ -122,6 +132,7 @@ def connect(
         auth_method=mandant.token_auth_method,
         session=session,
         on_response=on_response,
+        limits=limits,
         clock=clock,
     )
     client = CpoClient(
@@ -131,6 +142,7 @@ def connect(
         page_limit=page_limit,
         concurrency=concurrency,
         on_response=on_response,
+        limits=limits,
     )
     return tokens, client
 
@@ -145,6 +157,8 @@ class MandantRefresher:
         page_limit: int,
         timeout: float,
         concurrency: int = 1,
+        interval: float | None = None,
+        limits: Limits = DEFAULT_LIMITS,
         cancel: threading.Event | None = None,
         on_publish: Callable[[], object] | None = None,
         changelog: ChangeLog | None = None,
@@ -154,18 +168,24 @@ class MandantRefresher:
         self._on_publish = on_publish or (lambda: None)
         self._changelog = changelog
         self._timeout = timeout
+        self._interval = interval
         self._cancel = cancel or threading.Event()
         self._clock = clock
         self._requests = RequestCounter()
-        self._connection = connect(mandant, page_limit, concurrency, self._requests, clock=clock)
+        self._connection = connect(
+            mandant, page_limit, concurrency, self._requests, clock=clock, limits=limits
+        )
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
-    def reconnect(self, mandant: Mandant, *, page_limit: int, concurrency: int) -> None:
+    def reconnect(
+        self, mandant: Mandant, *, page_limit: int, concurrency: int, timeout: float, limits: Limits
+    ) -> None:
         """Use changed settings of the same mandant (a reload): a new HTTP session and token
         source from the next refresh on; the published state and its counters stay."""
         self._connection = connect(
-            mandant, page_limit, concurrency, self._requests, clock=self._clock
+            mandant, page_limit, concurrency, self._requests, clock=self._clock, limits=limits
         )
+        self._timeout = timeout
         self.mandant = mandant
         self._publish(self.state)
 
@@ -190,7 +210,6 @@ class MandantRefresher:
             snapshot=snapshot,
             up=True,
             last_success=snapshot.taken_at,
-            last_duration=time.monotonic() - started,
             last_error=None,
             api_requests=self._requests.counts(),
             token_expiry=tokens.expires_at,
@@ -217,8 +236,8 @@ class MandantRefresher:
                     self._changelog.record(self.mandant.name, snapshot.taken_at, changes)
         else:
             LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
-        self._publish(state)
-        LOG.debug("mandant %s refreshed in %.3fs", self.mandant.name, state.last_duration)
+        self._finish(state, started)
+        LOG.debug("mandant %s refreshed in %.3fs", self.mandant.name, self.state.last_duration)
 
     def _read_confirmed(self, client: CpoClient, published: Snapshot | None) -> Snapshot:
         """The fleet, once two reads in a row agree (or a read equals what is published).
@@ -257,16 +276,16 @@ class MandantRefresher:
         LOG.warning("refresh of mandant %s failed (%s): %s", self.mandant.name, reason, message)
         failures = dict(previous.failures)
         failures[reason] = failures.get(reason, 0) + 1
-        self._publish(
+        self._finish(
             replace(
                 previous,
                 up=False,
-                last_duration=time.monotonic() - started,
                 last_error=message,
                 failures=MappingProxyType(failures),
                 api_requests=self._requests.counts(),
                 token_expiry=tokens.expires_at,
-            )
+            ),
+            started,
         )
 
     def _publish(self, state: MandantState) -> None:
@@ -276,10 +295,22 @@ class MandantRefresher:
         self.state = replace(state, firmware_target=self.mandant.target_firmware)
         self._on_publish()
 
-
-def refresh_timeout(interval: float) -> float:
-    """The deadline of one refresh: 90% of the interval, so a refresh ends before the next."""
-    return 0.9 * interval
+    def _finish(self, state: MandantState, started: float) -> None:
+        """Publish what a refresh that began at ``started`` (monotonic) ended with; one that
+        took longer than the interval counts as an overrun."""
+        duration = time.monotonic() - started
+        state = replace(state, last_duration=duration)
+        if self._interval is not None and duration > self._interval:
+            # The scheduler never overlaps a job with itself: the next refresh starts late.
+            LOG.warning(
+                "refresh of mandant %s took %.1fs, longer than the refresh interval of %gs; "
+                "the next refresh starts late",
+                self.mandant.name,
+                duration,
+                self._interval,
+            )
+            state = replace(state, overruns=state.overruns + 1)
+        self._publish(state)
 
 
 def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> BackgroundScheduler:

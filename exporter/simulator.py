@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from email.message import Message
 from http import HTTPStatus
@@ -65,12 +65,18 @@ HISTORY_LENGTH = 1000
 #   delete_rows         delete the inventory's first station first
 #   total_drift         meta.pagination.total is one too many
 #   duplicate_rows      the page's first row is the previous page's last one (not at offset 0)
+#   drip                the normal answer, its body (or with ``part: headers`` its status line
+#                       and headers) sent DRIP_BYTES at a time every ``seconds`` (1); a clear
+#                       sends the rest at once
+#   oversized           the normal answer padded to ``size`` bytes (50 MB) of valid JSON, with
+#                       an honest Content-Length, streamed without being held in memory
 # The kinds from no_data to data_not_list, total_drift and duplicate_rows change 200 pages
 # only (a 401 stays a plain 401) and, like insert_rows and delete_rows, exist for stations only.
 #   echo_secret         (token) 401 whose error and error_description echo the client secret
 #                       plain, URL-encoded, JSON-escaped and in base64 of id:secret (plain and
 #                       form-encoded, standard and URL-safe)
-#   huge_error          (token) 400 with a 1 MB error_description holding the secret
+#   huge_error          (token) 400 with a 60 KB error_description holding the secret: far
+#                       longer than a log line, yet under the exporter's 64 KiB token cap
 #   expires_in_nan, expires_in_infinity, expires_in_1e400, expires_in_negative,
 #   expires_in_string   (token) a valid token whose expires_in is NaN, Infinity, 1e400, -3600
 #                       or "3600", sent as raw JSON text
@@ -118,6 +124,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "control_label",
     "long_label",
     "duplicate_station",
+    "drip",
+    "oversized",
 )
 FAULT_ENDPOINTS = ("stations", "token")
 # Kinds that reshape or shift a JSON:API page make no sense for the token endpoint.
@@ -149,7 +157,7 @@ EXPIRES_IN_TEXT = {
 TOKEN_ONLY_KINDS = frozenset({"echo_secret", "huge_error", *EXPIRES_IN_TEXT})
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 OTHER_ORIGIN_STATIONS = 3
-HUGE_ERROR_LENGTH = 1_000_000
+HUGE_ERROR_LENGTH = 60_000
 HANG_SECONDS = 30.0
 MAX_FAULT_SECONDS = 3600.0
 LONG_LABEL_LENGTH = 100_000
@@ -164,6 +172,12 @@ _LABEL_SUFFIXES = {
     "control_label": CONTROL_LABEL_SUFFIX,
     "long_label": " " + "x" * (LONG_LABEL_LENGTH - 1),
 }
+DRIP_SECONDS = 1.0
+DRIP_BYTES = 2
+DRIP_PARTS = ("body", "headers")
+OVERSIZED_BYTES = 50_000_000
+MAX_OVERSIZED_BYTES = 2**30
+PAD_CHUNK = 64 * 1024
 
 
 def _version_key(version: str) -> tuple[tuple[int, ...], bool, str]:
@@ -461,6 +475,8 @@ class Fault:
     seconds: float | None = None
     times: int | None = None
     after: int = 0
+    part: str | None = None
+    size: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -497,10 +513,16 @@ class Fault:
                 "retry_after must be a header value such as '1' or "
                 f"'Wed, 21 Oct 2015 07:28:00 GMT', got {self.retry_after!r}"
             )
-        if self.kind == "latency" or (self.kind == "hang" and self.seconds is not None):
+        if self.kind == "latency" or (self.kind in ("hang", "drip") and self.seconds is not None):
             _check_seconds(self.seconds, self.kind)
         elif self.seconds is not None:
-            raise ValueError(f"seconds is for latency and hang faults, not for {self.kind}")
+            raise ValueError(f"seconds is for latency, hang and drip faults, not for {self.kind}")
+        if self.part is not None and (self.kind != "drip" or self.part not in DRIP_PARTS):
+            raise ValueError(f"part is 'body' or 'headers', for drip faults; got {self.part!r}")
+        if self.size is not None and self.kind != "oversized":
+            raise ValueError(f"size is for oversized faults, not for {self.kind}")
+        if self.size is not None:
+            _check_int("size", self.size, 1, MAX_OVERSIZED_BYTES)
         if self.times is not None:
             _check_int("times", self.times, 1)
         _check_int("after", self.after, 0)
@@ -566,10 +588,39 @@ class _Response:
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
     ending: _Ending = _Ending.COMPLETE
+    pause: float = 0.0  # drip: seconds between the pieces of the head or body
+    drip_head: bool = False  # drip the status line and headers, not the body
+    wake: threading.Event | None = None  # set: send the rest of a drip at once
+    padding: int = 0  # oversized: the size the body is padded to
 
     @property
     def payload(self) -> bytes:
         return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+
+    @property
+    def streamed(self) -> bool:
+        return self.pause > 0 or self.padding > 0
+
+
+def _pieces(data: bytes, size: int) -> Iterator[bytes]:
+    return (data[start : start + size] for start in range(0, len(data), size))
+
+
+def _padded(payload: bytes, size: int) -> tuple[int, Iterator[bytes]]:
+    """A JSON object ``payload`` with a "padding" member in front that makes it ``size``
+    bytes long (or as short as it can be): its length and its pieces, made as they are sent."""
+    prefix, suffix = b'{"padding":"', b'",' + payload[1:]
+    fill = max(0, size - len(prefix) - len(suffix))
+
+    def pieces() -> Iterator[bytes]:
+        yield prefix
+        chunk = b"x" * PAD_CHUNK
+        for _ in range(fill // PAD_CHUNK):
+            yield chunk
+        yield chunk[: fill % PAD_CHUNK]
+        yield suffix
+
+    return len(prefix) + fill + len(suffix), pieces()
 
 
 def _phrase(status: int) -> str:
@@ -616,7 +667,7 @@ def _html_response(status: int | None) -> _Response:
 
 def _echo_secret_response(kind: str, client: tuple[str, str]) -> _Response:
     """A token endpoint error that echoes the client secret: in every form a careless server
-    might (echo_secret), or inside a megabyte of text (huge_error)."""
+    might (echo_secret), or inside 60 KB of text (huge_error)."""
     client_id, secret = client
     if kind == "huge_error":
         filler = "A" * HUGE_ERROR_LENGTH
@@ -986,6 +1037,11 @@ class Simulator:
             return replace(response, body=payload[: len(payload) // 2])
         if kind == "wrong_content_type":
             return replace(response, content_type="text/plain")
+        if kind == "drip":
+            pause = DRIP_SECONDS if fault.seconds is None else fault.seconds
+            return replace(response, pause=pause, drip_head=fault.part == "headers", wake=wake)
+        if kind == "oversized":
+            return replace(response, padding=fault.size or OVERSIZED_BYTES)
         return response
 
     def _answer(
@@ -1223,6 +1279,9 @@ class _Handler(BaseHTTPRequestHandler):
         if response.ending is _Ending.NO_RESPONSE:
             self.close_connection = True
             return
+        if response.streamed:
+            self._stream(response)
+            return
         payload = response.payload
         sent = payload
         if response.ending is _Ending.HALF_BODY:
@@ -1238,6 +1297,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(sent)
         except ConnectionError:  # the client gave up (e.g. its timeout was shorter than latency)
             self.close_connection = True
+
+    def _stream(self, response: _Response) -> None:
+        """Send a drip or oversized answer piece by piece."""
+        payload = response.payload
+        if response.padding:
+            length, body = _padded(payload, response.padding)
+        else:
+            length, body = len(payload), iter((payload,))
+        lines = [
+            f"HTTP/1.1 {response.status} {_phrase(response.status)}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {length}",
+            *(f"{name}: {value}" for name, value in response.headers),
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            if response.drip_head:
+                self._drip(head, response)
+            else:
+                self.wfile.write(head)
+            if response.pause and not response.drip_head:
+                self._drip(payload, response)
+            else:
+                for piece in body:
+                    self.wfile.write(piece)
+        except ConnectionError:  # the client gave up on the drip or the oversized body
+            self.close_connection = True
+
+    def _drip(self, data: bytes, response: _Response) -> None:
+        wake = response.wake or threading.Event()
+        for piece in _pieces(data, DRIP_BYTES):
+            self.wfile.write(piece)
+            wake.wait(response.pause)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default stderr access log: it would show query strings with secrets."""

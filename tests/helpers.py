@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -30,6 +31,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a text exposition, keyed by (name, frozenset of label items)."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 TOOL_PACKAGES = {

@@ -285,14 +285,19 @@ def test_a_wrong_mandant_url_fails_with_the_404_hint(sim, capsys, monkeypatch):
 
 def test_an_api_that_does_not_answer_in_time_fails_with_reason_timeout(sim, capsys, monkeypatch):
     sim.add_fault(Fault(kind="hang", seconds=5))
-    # The check has 90% of the refresh interval, as a refresh does.
+    # The check has the request and refresh bounds of a refresh.
     code, out, err = run_check(
-        capsys, monkeypatch, mandant_env(sim), "--output=json", "--refresh-interval=1s"
+        capsys,
+        monkeypatch,
+        mandant_env(sim),
+        "--output=json",
+        "--refresh-interval=1s",
+        "--api.request-timeout=1s",
     )
     assert code == 1
     [mandant] = json.loads(out)["mandants"]
     assert mandant["error"]["reason"] == "timeout"
-    assert "refresh-interval" in mandant["error"]["hint"]
+    assert "--api.request-timeout" in mandant["error"]["hint"]
     assert "below 30s" in err  # the configuration's warnings are logged
 
 

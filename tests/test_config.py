@@ -50,6 +50,9 @@ FLAGS_AND_ENV = [
     ("--target-firmware", "BEENERGISED_TARGET_FIRMWARE"),
     ("--changes.max-entries", "BEENERGISED_CHANGES_MAX_ENTRIES"),
     ("--api.ca-file", "BEENERGISED_API_CA_FILE"),
+    ("--refresh.timeout", "BEENERGISED_REFRESH_TIMEOUT"),
+    ("--api.request-timeout", "BEENERGISED_API_REQUEST_TIMEOUT"),
+    ("--api.max-response-size", "BEENERGISED_API_MAX_RESPONSE_SIZE"),
 ]
 
 
@@ -1198,3 +1201,42 @@ mandants:
     assert error([f"--config.file={config}", f"--api.ca-file={ca}"], {}).startswith(
         f"--api.ca-file: {config} also lists mandants"
     )
+
+
+# --- time and size bounds ---------------------------------------------------------------------
+
+
+def test_time_and_size_bounds_have_defaults_independent_of_the_interval() -> None:
+    settings = load(["--refresh-interval=30s"])
+    assert settings.refresh_timeout == 600.0
+    assert settings.request_timeout == 30.0
+    assert settings.max_response_size == 8 * 1024 * 1024
+
+
+def test_time_and_size_bounds_from_flags_environment_and_file(tmp_path: Path) -> None:
+    settings = load(
+        ["--refresh.timeout=1m30s", "--api.request-timeout=2.5", "--api.max-response-size=512KiB"]
+    )
+    assert (settings.refresh_timeout, settings.request_timeout) == (90.0, 2.5)
+    assert settings.max_response_size == 512 * 1024
+    env = ENV | {"BEENERGISED_REFRESH_TIMEOUT": "20m", "BEENERGISED_API_MAX_RESPONSE_SIZE": "2MB"}
+    settings = load([], env)
+    assert (settings.refresh_timeout, settings.max_response_size) == (1200.0, 2_000_000)
+    config = tmp_path / "exporter.yml"
+    config.write_text("api_request_timeout: 5s\napi_max_response_size: 1000\n")
+    settings = load([f"--config.file={config}"])
+    assert (settings.request_timeout, settings.max_response_size) == (5.0, 1000)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--api.max-response-size=8 megs"], "--api.max-response-size: not a size: '8 megs'"),
+        (["--api.max-response-size=0"], "--api.max-response-size: must be at least 1 byte"),
+        (["--api.max-response-size=-5"], "--api.max-response-size: not a size"),
+        (["--api.request-timeout=0"], "--api.request-timeout: must be positive"),
+        (["--refresh.timeout=soon"], "--refresh.timeout: not a duration"),
+    ],
+)
+def test_bad_time_and_size_bounds_name_the_setting(argv: list[str], message: str) -> None:
+    assert error(argv).startswith(message)

@@ -10,21 +10,12 @@ import pytest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ExporterProcess, SimulatorProcess, require_tool, wait_until
+from tests.helpers import ExporterProcess, SimulatorProcess, require_tool, samples, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "e2e-Secret-7f3a9c"
-
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(metrics: dict, name: str, **labels: str) -> float | None:

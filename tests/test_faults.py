@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ExporterProcess, SimulatorProcess, wait_until
+from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,11 +29,7 @@ class Stack:
 
     def metrics(self) -> dict[tuple[str, frozenset], float]:
         text = self.exporter.get("/metrics").text
-        return {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        return samples(text)
 
     def value(self, name: str, **labels: str) -> float:
         return self.metrics().get((name, frozenset({"mandant": MANDANT, **labels}.items())), 0.0)
@@ -74,7 +69,7 @@ def stack() -> Iterator[Stack]:
         "--stations", str(STATIONS), "--max-page-limit", "20", "--client-secret", SECRET,
     )  # fmt: skip
     exporter = ExporterProcess(
-        ["--refresh-interval=1s", "--page-limit=20"],
+        ["--refresh-interval=1s", "--page-limit=20", "--api.request-timeout=2s"],
         {
             "BEENERGISED_API_URL": simulator.url,
             "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.model import MAX_TEXT_LENGTH
 from exporter.simulator import CONTROL_LABEL_SUFFIX, LONG_LABEL_LENGTH
-from tests.helpers import ExporterProcess, SimulatorProcess, wait_until
+from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +33,7 @@ class Stack:
         """/metrics, which must answer 200 and parse whatever the API sent."""
         response = self.exporter.get("/metrics")
         assert response.status_code == 200, response.text[:500]
-        return {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples
-        }
+        return samples(response.text)
 
     def value(self, name: str, mandant: str = HOSTILE, **labels: str) -> float | None:
         return self.metrics().get((name, frozenset({"mandant": mandant, **labels}.items())))

@@ -16,9 +16,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ExporterProcess, SimulatorProcess, wait_until
+from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,11 +27,7 @@ NEW_SECRET = "reload-New-5ecret-2e"
 
 def metrics(exporter: ExporterProcess, **kwargs: object) -> dict[tuple[str, frozenset], float]:
     text = exporter.get("/metrics", **kwargs).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return samples(text)
 
 
 def value(exporter: ExporterProcess, name: str, **labels: str) -> float | None:

@@ -159,6 +159,8 @@ def test_fault_kinds_are_exactly_the_documented_ones() -> None:
         "control_label",
         "long_label",
         "duplicate_station",
+        "drip",
+        "oversized",
     }
     assert len(FAULT_KINDS) == len(set(FAULT_KINDS))
 
@@ -538,6 +540,8 @@ def test_after_and_times_are_counted_per_fault(sim: Simulator) -> None:
                 "seconds": None,
                 "times": 2,
                 "after": 1,
+                "part": None,
+                "size": None,
                 "remaining_after": 1,
                 "remaining_times": 2,
             }
@@ -594,7 +598,7 @@ def test_clear_by_post_and_trailing_slash(sim: Simulator, path: str) -> None:
         ({"kind": "latency", "seconds": -1}, "seconds for a latency fault"),
         ({"kind": "hang", "seconds": True}, "seconds for a hang fault"),
         ({"kind": "hang", "seconds": 1e300}, "seconds for a hang fault must be a number from 0"),
-        ({"kind": "truncated", "seconds": 1}, "seconds is for latency and hang faults"),
+        ({"kind": "truncated", "seconds": 1}, "seconds is for latency, hang and drip faults"),
         ({"kind": "latency", "seconds": 1, "status": 500}, "status is for status and html"),
         ({"kind": "truncated", "endpoint": "tokens"}, "endpoint must be 'stations' or 'token'"),
         ({"kind": "insert_rows", "endpoint": "token"}, "works on the stations endpoint only"),
