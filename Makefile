@@ -21,9 +21,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/beenergised-exporter --demo --refresh-interval=30s
 
-## test: the whole suite (unit, golden, end-to-end; promtool where installed)
+## test: the whole suite (unit, golden, end-to-end; promtool where installed). Most of its time
+## is spent waiting on real processes, so four workers share it; a file stays on one worker.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 --dist loadfile
 
 ## lint: ruff lint and format check
 lint: $(VENV)/.installed-test

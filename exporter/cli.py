@@ -237,6 +237,21 @@ class Reloader:
         )
 
 
+SIGNAL_POLL = 0.5
+"""Seconds the main thread waits for a signal at a time. Python runs signal handlers in the
+main thread only, and a signal the kernel hands to another thread does not wake a main thread
+blocked in a wait without a timeout: the handler would run late, or never."""
+
+
+def _next_signal(signals: queue.SimpleQueue[int]) -> int:
+    """The next signal number the handlers queued, waiting for it in short polls."""
+    while True:
+        try:
+            return signals.get(timeout=SIGNAL_POLL)
+        except queue.Empty:
+            continue
+
+
 def _limits(settings: Settings) -> Limits:
     return Limits(settings.request_timeout, settings.max_response_size)
 
@@ -333,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exposition=exposition,
         status=reload_status,
     )
-    while (signum := signals.get()) == signal.SIGHUP:
+    while (signum := _next_signal(signals)) == signal.SIGHUP:
         LOG.info("received SIGHUP, reloading the configuration")
         reloader.reload()
     LOG.info("received %s, shutting down", signal.Signals(signum).name)
