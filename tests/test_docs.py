@@ -1,0 +1,182 @@
+"""README.md and docs/: the front door stays small, and every link and runbook_url leads somewhere.
+
+README.md is the manual's front door (what it is, quickstart, configuration, metrics,
+endpoints); reference material lives in docs/. These tests keep it that way: the README stays
+under 30 KB, still names every flag and metric, and every relative link of README.md and
+docs/*.md, and every alert's runbook_url, resolves to a file and, with an anchor, to a heading.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+RUNBOOKS = DOCS / "runbooks.md"
+MARKDOWN = [README, *sorted(DOCS.glob("*.md"))]
+# The base the alerts' runbook_url uses (the project's GitHub blob URL of its main branch).
+URL_BASE = "https://github.com/beenergised-exporter/beenergised-exporter/blob/main/"
+README_MAX_BYTES = 30 * 1024
+
+FENCE = re.compile(r"^\s*(```|~~~)")
+# [text](target) or [text](target "title"); an image's ![..](..) too.
+LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def prose_lines(text: str) -> list[str]:
+    """The lines outside fenced code blocks: a `# comment` in a code block is no heading."""
+    lines, fenced = [], False
+    for line in text.splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            lines.append(line)
+    return lines
+
+
+def github_anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lowercase, punctuation but '-' and '_' dropped, ' ' to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every anchor of a markdown file's headings, a repeated one numbered as GitHub does."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in prose_lines(path.read_text()):
+        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not match:
+            continue
+        anchor = github_anchor(match.group(1))
+        count = seen.get(anchor, 0)
+        seen[anchor] = count + 1
+        out.add(anchor if count == 0 else f"{anchor}-{count}")
+    return out
+
+
+def relative_links(path: Path) -> list[str]:
+    """The link targets of a markdown file that point into the repository."""
+    return [
+        target
+        for line in prose_lines(path.read_text())
+        for target in LINK.findall(line)
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE)
+    ]
+
+
+def unresolved(source: Path, target: str) -> str | None:
+    """Why a relative link of source does not resolve, or None when it does."""
+    file_part, _, anchor = target.partition("#")
+    resolved = (source.parent / unquote(file_part)).resolve() if file_part else source
+    if not resolved.exists():
+        return f"{target}: no file {resolved}"
+    if anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+        return f"{target}: {resolved.relative_to(ROOT)} has no heading #{anchor}"
+    return None
+
+
+def test_readme_stays_under_30_kb():
+    size = len(README.read_bytes())
+    assert size < README_MAX_BYTES, f"README.md is {size} bytes; move reference text to docs/"
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_relative_link_resolves_to_a_file_and_heading(path):
+    problems = [problem for target in relative_links(path) if (problem := unresolved(path, target))]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_link_check_catches_a_missing_file_and_a_missing_heading():
+    assert "docs/runbooks.md" in relative_links(README)
+    assert "https://www.beenergised.com" not in relative_links(README)
+    assert unresolved(README, "docs/runbooks.md#runbook-exporter-down") is None
+    assert unresolved(README, "#quickstart") is None
+    assert "no heading" in unresolved(README, "docs/runbooks.md#runbook-no-such-alert")
+    assert "no heading" in unresolved(README, "#no-such-section")
+    assert "no file" in unresolved(README, "docs/no-such-page.md")
+
+
+def test_github_anchor_rules():
+    assert github_anchor("Checking a configuration: `beenergised-exporter check`") == (
+        "checking-a-configuration-beenergised-exporter-check"
+    )
+    assert github_anchor("Reloading: SIGHUP") == "reloading-sighup"
+    assert github_anchor("Runbook: TLS certificate not trusted") == (
+        "runbook-tls-certificate-not-trusted"
+    )
+    assert github_anchor("snake_case and dash-case") == "snake_case-and-dash-case"
+
+
+def test_every_page_of_docs_is_linked_from_the_readme():
+    linked = {
+        (README.parent / target.partition("#")[0]).resolve() for target in relative_links(README)
+    }
+    orphans = [path.name for path in DOCS.glob("*.md") if path.resolve() not in linked]
+    assert not orphans, f"README.md does not link to docs/{orphans}"
+
+
+def runbook_urls() -> list[tuple[str, str]]:
+    """(where, runbook_url) of every alert and of every alert the rule unit tests expect."""
+    urls = []
+    alerts = yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())
+    for group in alerts["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                urls.append((f"alerts.yml {rule['alert']}", rule["annotations"]["runbook_url"]))
+    tests = yaml.safe_load((ROOT / "prometheus" / "alerts_test.yml").read_text())["tests"]
+    for test in tests:
+        for case in test.get("alert_rule_test", []):
+            for alert in case["exp_alerts"]:
+                url = alert.get("exp_annotations", {}).get("runbook_url")
+                if url:
+                    urls.append((f"alerts_test.yml {case['alertname']}", url))
+    return urls
+
+
+@pytest.mark.parametrize(("where", "url"), runbook_urls(), ids=lambda value: str(value))
+def test_every_runbook_url_resolves_to_a_heading_of_docs_runbooks(where, url):
+    page, _, anchor = url.partition("#")
+    assert page == URL_BASE + "docs/runbooks.md", f"{where}: {url} is not docs/runbooks.md"
+    assert anchor in anchors(RUNBOOKS), f"{where}: docs/runbooks.md has no heading #{anchor}"
+
+
+def help_flags(*args: str) -> set[str]:
+    """The flags `beenergised-exporter [args] --help` lists."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9.-]*[a-z0-9]", result.stdout)) - {"--help"}
+
+
+def test_every_flag_is_in_the_readme():
+    flags = help_flags() | help_flags("check")
+    assert {"--api-url", "--output"} <= flags, "the --help parsing found too little"
+    readme = README.read_text()
+    missing = sorted(flag for flag in flags if f"`{flag}" not in readme)
+    assert not missing, f"README.md does not mention {missing}"
+
+
+def test_every_metric_is_in_the_readme():
+    golden = (ROOT / "tests" / "golden" / "metrics.txt").read_text()
+    names = set(re.findall(r"^# TYPE (beenergised_\w+)", golden, re.MULTILINE))
+    for module in (ROOT / "exporter").rglob("*.py"):
+        names |= set(re.findall(r"\"(beenergised_\w+)\"", module.read_text()))
+    assert "beenergised_up" in names, "the metric name search found too little"
+    readme = README.read_text()
+    missing = sorted(name for name in names if f"`{name}" not in readme)
+    assert not missing, f"README.md's metrics table does not name {missing}"
