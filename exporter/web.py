@@ -27,9 +27,8 @@ from prometheus_client.exposition import choose_encoder
 from exporter import __version__
 from exporter.changelog import ChangeEntry, ChangeLog
 from exporter.metrics import Exposition
-from exporter.model import CHANGE_KINDS
-from exporter.refresh import MandantState
-from exporter.webconfig import BasicAuth, TooManyLogins, WebConfig
+from exporter.model import CHANGE_KINDS, MandantState
+from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
 
 LOG = logging.getLogger(__name__)
 
