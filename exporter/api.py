@@ -151,7 +151,13 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
     repairs: tuple[str, ...] = ()
     joined = f"{station_id}{label}{charge_box_identity}{firmware_version}{serial_number}"
     if len(joined) > MAX_TEXT_LENGTH or not joined.isprintable():
-        texts = (station_id, label, charge_box_identity, firmware_version, serial_number)
+        texts: tuple[str, ...] = (
+            station_id,
+            label,
+            charge_box_identity,
+            firmware_version,
+            serial_number,
+        )
         texts, repairs = _repair(texts)
         station_id, label, charge_box_identity, firmware_version, serial_number = texts
     station = Station(
@@ -363,7 +369,8 @@ class CpoClient:
             offset += len(stations)
         rows = [station for page, _ in pages for station in page]
         LOG.debug("read %d rows from %s in %d page(s)", len(rows), self._host, len(pages))
-        return rows, _inconsistency(rows, {_total(p) for _, p in pages} - {None}), step
+        totals = {total for _, p in pages if (total := _total(p)) is not None}
+        return rows, _inconsistency(rows, totals), step
 
     def _fetch_concurrently(
         self,

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from wsgiref.simple_server import WSGIServer
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
@@ -34,7 +33,7 @@ from exporter.refresh import (
     schedule,
     start_scheduler,
 )
-from exporter.web import ExporterApp, listen_address, serve
+from exporter.web import ExporterApp, ThreadingServer, listen_address, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
 
@@ -92,7 +91,7 @@ class Reloader:
         new_refresher: Callable[[Mandant, Settings], MandantRefresher],
         scheduler: BackgroundScheduler,
         app: ExporterApp,
-        server: WSGIServer,
+        server: ThreadingServer,
         exposition: Exposition,
         status: ReloadStatus,
     ) -> None:
@@ -146,7 +145,7 @@ class Reloader:
                 "plain HTTP" if old_tls is None else "HTTPS",
             )
             tls = old_tls
-        self._server.ssl_context = tls  # type: ignore[attr-defined]
+        self._server.ssl_context = tls
         if dict(users) != dict(old.users if old is not None else {}):
             self._app.set_auth(BasicAuth(users) if users else None)
         self._running.web_config = WebConfig(tls, MappingProxyType(dict(users)))
