@@ -26,10 +26,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 4 --dist loadfile
 
-## lint: ruff lint and format check
+## lint: ruff lint and format check, mypy (configured in pyproject.toml)
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/ruff format --check exporter tests bench
+	$(BIN)/mypy exporter
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix exporter tests bench

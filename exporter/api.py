@@ -12,20 +12,25 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
+from exporter import __version__
 from exporter.auth import TokenSource
+from exporter.config import Mandant
 from exporter.errors import ApiHttpError, AuthError, PaginationError, ParseError
 from exporter.http import (
     DEFAULT_LIMITS,
     DEFAULT_RETRY,
     Answer,
+    BoundedAdapter,
     Deadline,
     Limits,
     ResponseHook,
@@ -146,7 +151,13 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
     repairs: tuple[str, ...] = ()
     joined = f"{station_id}{label}{charge_box_identity}{firmware_version}{serial_number}"
     if len(joined) > MAX_TEXT_LENGTH or not joined.isprintable():
-        texts = (station_id, label, charge_box_identity, firmware_version, serial_number)
+        texts: tuple[str, ...] = (
+            station_id,
+            label,
+            charge_box_identity,
+            firmware_version,
+            serial_number,
+        )
         texts, repairs = _repair(texts)
         station_id, label, charge_box_identity, firmware_version, serial_number = texts
     station = Station(
@@ -358,7 +369,8 @@ class CpoClient:
             offset += len(stations)
         rows = [station for page, _ in pages for station in page]
         LOG.debug("read %d rows from %s in %d page(s)", len(rows), self._host, len(pages))
-        return rows, _inconsistency(rows, {_total(p) for _, p in pages} - {None}), step
+        totals = {total for _, p in pages if (total := _total(p)) is not None}
+        return rows, _inconsistency(rows, totals), step
 
     def _fetch_concurrently(
         self,
@@ -445,3 +457,71 @@ class CpoClient:
                 "Accept": "application/vnd.api+json, application/json",
             },
         )
+
+
+class RequestCounter:
+    """Thread-safe counts of API requests by (endpoint, status code)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str, code: str) -> None:
+        with self._lock:
+            key = (endpoint, code)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> Mapping[tuple[str, str], int]:
+        """A copy of the counts, safe to read while requests go on."""
+        with self._lock:
+            return MappingProxyType(dict(self._counts))
+
+
+def new_session(concurrency: int = 1, ca_file: str | None = None) -> requests.Session:
+    """An HTTP session with our User-Agent and a connection pool as large as the concurrency;
+    one per mandant, so connections are reused from refresh to refresh.
+
+    Servers are verified against ``ca_file`` (the mandant's, or REQUESTS_CA_BUNDLE, resolved
+    and checked by the config), else certifi's bundle. The environment is not read on every
+    request (that costs requests a scan of os.environ per page); netrc is never consulted.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = ca_file or True
+    session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
+    adapter = BoundedAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def connect(
+    mandant: Mandant,
+    page_limit: int,
+    concurrency: int,
+    on_response: RequestCounter,
+    clock: Callable[[], float] = time.time,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[TokenSource, CpoClient]:
+    """The token source and API client of one mandant, sharing one new HTTP session."""
+    session = new_session(concurrency, mandant.ca_file)
+    tokens = TokenSource(
+        token_url=mandant.token_url,
+        client_id=mandant.client_id,
+        client_secret=mandant.client_secret,
+        auth_method=mandant.token_auth_method,
+        session=session,
+        on_response=on_response,
+        limits=limits,
+        clock=clock,
+    )
+    client = CpoClient(
+        api_url=mandant.api_url,
+        tokens=tokens,
+        session=session,
+        page_limit=page_limit,
+        concurrency=concurrency,
+        on_response=on_response,
+        limits=limits,
+    )
+    return tokens, client

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import requests
 
-from exporter.config import Secret
 from exporter.errors import ApiHttpError, AuthError, ParseError
 from exporter.http import (
     DEFAULT_LIMITS,
@@ -26,6 +25,7 @@ from exporter.http import (
     environment_proxies,
     send,
 )
+from exporter.model import Secret
 from exporter.redact import MAX_LENGTH, redact
 
 LOG = logging.getLogger(__name__)

@@ -78,7 +78,7 @@ class ChangeLog:
         """Entries newest first, only of ``mandant`` and ``kind`` when given, at most ``limit``."""
         with self._lock:
             entries = list(self._entries)
-        found = []
+        found: list[ChangeEntry] = []
         for entry in reversed(entries):
             if limit is not None and len(found) >= limit:
                 break

@@ -1,9 +1,10 @@
 """``beenergised-exporter check``: read every mandant once and say what works and what does not.
 
-The first command a new user runs. It validates the configuration exactly as the exporter
-does, then per mandant fetches a token and every page of the charging station list once, and
-reports the fleet, or the reason of the failure with a hint of what to change. Exit status 0
-when every mandant succeeded, 1 when one failed, 2 for a configuration error.
+The first command a new user runs. The CLI validates the configuration exactly as for the
+exporter (with this module's parser and environment) and starts the demo API; then this module
+fetches per mandant a token and every page of the charging station list once, and reports the
+fleet, or the reason of the failure with a hint of what to change. Exit status 0 when every
+mandant succeeded, 1 when one failed, 2 for a configuration error.
 """
 
 from __future__ import annotations
@@ -12,25 +13,17 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from exporter.cli import start_demo_api
-from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser, load_settings
-from exporter.errors import ConfigError, RefreshError
+from exporter.api import RequestCounter, connect
+from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser
+from exporter.errors import RefreshError
 from exporter.http import Deadline, Limits
-from exporter.logs import setup_logging
 from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Snapshot
-from exporter.refresh import RequestCounter, connect
-from exporter.webconfig import load_web_config
-
-if TYPE_CHECKING:
-    from exporter.simulator import Simulator
 
 LOG = logging.getLogger(__name__)
 
@@ -283,10 +276,8 @@ def build_check_parser() -> argparse.ArgumentParser:
         "page of the charging station list. Prints per mandant the stations, pages, time, "
         "firmware versions, rollout progress and data issues, or the reason it failed with a "
         "hint. Exit status: 0 every mandant OK, 1 a mandant failed, 2 configuration error.",
+        log_level=DEFAULT_LOG_LEVEL,
     )
-    for action in parser._actions:  # argparse has no public way to reword one flag's help
-        if action.dest == "log_level" and action.help:
-            action.help = action.help.replace("default info", f"default {DEFAULT_LOG_LEVEL}")
     parser.add_argument(
         "--output",
         choices=OUTPUTS,
@@ -298,7 +289,16 @@ def build_check_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _json_requested(argv: Sequence[str]) -> bool:
+def environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with the check's default log level unless BEENERGISED_LOG_LEVEL sets one
+    (--log.level still wins)."""
+    environment = dict(environ)
+    if not environment.get("BEENERGISED_LOG_LEVEL"):
+        environment["BEENERGISED_LOG_LEVEL"] = DEFAULT_LOG_LEVEL
+    return environment
+
+
+def json_requested(argv: Sequence[str]) -> bool:
     """Whether ``argv`` asks for --output json, read without the parser (which may be what
     failed)."""
     for index, arg in enumerate(argv):
@@ -311,12 +311,14 @@ def _json_requested(argv: Sequence[str]) -> bool:
     return False
 
 
-def _print_json(document: dict[str, Any]) -> None:
+def print_json(document: dict[str, Any]) -> None:
     print(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False), flush=True)
 
 
 def run_checks(settings: Settings, output: str) -> int:
-    """Check every mandant in turn, print the report; the exit status."""
+    """Check every mandant in turn, print the report; the exit status (0 or 1)."""
+    if settings.web_config_file and output == "text":
+        print(f"web config file {settings.web_config_file}: valid\n", flush=True)
     results = []
     for mandant in settings.mandants:
         result = check_mandant(mandant, settings)
@@ -325,42 +327,7 @@ def run_checks(settings: Settings, output: str) -> int:
             print(render_text(result) + "\n", flush=True)
     ok = all(result.ok for result in results)
     if output == "json":
-        _print_json({"ok": ok, "mandants": [as_json(result) for result in results]})
+        print_json({"ok": ok, "mandants": [as_json(result) for result in results]})
     else:
         print(summary_line(results), flush=True)
     return 0 if ok else 1
-
-
-def main(argv: Sequence[str]) -> int:
-    """``beenergised-exporter check [flags]`` (``argv`` without "check"): the exit status, 0, 1
-    or 2; reads os.environ like the exporter."""
-    args = list(argv)
-    environ = dict(os.environ)
-    if not environ.get("BEENERGISED_LOG_LEVEL"):
-        environ["BEENERGISED_LOG_LEVEL"] = DEFAULT_LOG_LEVEL  # --log.level still wins
-    parser = build_check_parser()
-    try:
-        settings = load_settings(args, environ, parser=parser)
-        output = parser.parse_args(args).output
-        web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
-    except ConfigError as exc:
-        if _json_requested(args):
-            _print_json({"ok": False, "error": str(exc)})
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.log_level, settings.log_format)
-    for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
-        LOG.warning(warning)
-    if settings.web_config_file and output == "text":
-        print(f"web config file {settings.web_config_file}: valid\n", flush=True)
-    simulator = None
-    try:
-        if settings.demo:
-            settings, simulator = start_demo_api(settings)
-        return run_checks(settings, output)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if simulator is not None:
-            cast("Simulator", simulator).stop()

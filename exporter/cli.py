@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from wsgiref.simple_server import WSGIServer
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
@@ -19,82 +18,35 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__
+from exporter import __version__, check
 from exporter.changelog import ChangeLog
-from exporter.config import Mandant, Secret, Settings, load_settings
+from exporter.config import Mandant, Settings, build_parser, load_settings
+from exporter.demo import start_demo_api
 from exporter.errors import ConfigError
 from exporter.http import Limits
 from exporter.logs import setup_logging
 from exporter.metrics import Exposition, FleetCollector, ReloadStatus
-from exporter.model import FirmwareTarget
+from exporter.model import MandantState
 from exporter.refresh import (
     MandantRefresher,
-    MandantState,
     job_id,
     schedule,
     start_scheduler,
 )
-from exporter.web import ExporterApp, listen_address, serve
-from exporter.webconfig import BasicAuth, WebConfig, load_web_config
+from exporter.web import ExporterApp, ThreadingServer, listen_address, serve
+from exporter.webauth import BasicAuth, WebConfig
+from exporter.webconfig import load_web_config
 
 LOG = logging.getLogger("exporter")
 
-DEMO_STATIONS = 40
-DEMO_CHURN_INTERVAL = 20.0
-DEMO_LAN_STATIONS = 2
-"""Demo stations on a wired network, with no SIM data: the data-quality metric shows them."""
-DEMO_TARGET_FIRMWARE = r"/2\.5\..*|3\..*/"
-"""The demo's rollout target: 2.5 or newer, which the simulator's churn rolls stations to."""
+PROG = "beenergised-exporter"
+
 SHUTDOWN_GRACE = 3.0
 """Seconds to wait for running refreshes at shutdown, so SIGTERM always ends within 5 s."""
 RESTART_SETTINGS = ("refresh_interval", "station_info", "changes_max_entries")
 """Settings of the config file that a reload does not apply: a change is logged as a warning
 and takes effect at the next start. (Flags and environment do not change in a running process.)
 """
-
-
-def start_demo_api(settings: Settings) -> tuple[Settings, object]:
-    """Start the in-process simulated CPO API and point the settings at it."""
-    from exporter.simulator import Inventory, Simulator
-
-    secret = "demo-secret"
-    inventory = Inventory(
-        size=DEMO_STATIONS - DEMO_LAN_STATIONS, seed=int.from_bytes(os.urandom(2), "big")
-    )
-    inventory.add_custom(
-        [
-            {
-                "attributes": {
-                    "label": f"Depot (LAN) {number}",
-                    "chargeBoxIdentity": f"depot_lan_{number}",
-                    "iccid": "",
-                    "imsi": "",
-                    "serialnumber": f"SN-LAN-{number}",
-                    "firmwareVersion": "2.5.0",
-                }
-            }
-            for number in range(1, DEMO_LAN_STATIONS + 1)
-        ]
-    )
-    simulator = Simulator(
-        inventory,
-        client_id="demo-client",
-        client_secret=secret,
-        churn_interval=DEMO_CHURN_INTERVAL,
-    ).start()
-    mandant = Mandant(
-        name="demo",
-        api_url=simulator.api_url,
-        token_url=simulator.token_url,
-        client_id="demo-client",
-        client_secret=Secret(secret),
-        token_auth_method="basic",
-        target_firmware=FirmwareTarget.parse(DEMO_TARGET_FIRMWARE),
-    )
-    LOG.info(
-        "demo mode: simulated CPO API at %s with %d stations", simulator.api_url, DEMO_STATIONS
-    )
-    return replace(settings, mandants=(mandant,)), simulator
 
 
 def build_exposition(
@@ -139,7 +91,7 @@ class Reloader:
         new_refresher: Callable[[Mandant, Settings], MandantRefresher],
         scheduler: BackgroundScheduler,
         app: ExporterApp,
-        server: WSGIServer,
+        server: ThreadingServer,
         exposition: Exposition,
         status: ReloadStatus,
     ) -> None:
@@ -193,7 +145,7 @@ class Reloader:
                 "plain HTTP" if old_tls is None else "HTTPS",
             )
             tls = old_tls
-        self._server.ssl_context = tls  # type: ignore[attr-defined]
+        self._server.ssl_context = tls
         if dict(users) != dict(old.users if old is not None else {}):
             self._app.set_auth(BasicAuth(users) if users else None)
         self._running.web_config = WebConfig(tls, MappingProxyType(dict(users)))
@@ -268,30 +220,54 @@ def _connection_settings(settings: Settings) -> tuple[object, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the exporter until SIGTERM or SIGINT, or ``check``; return the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["check"]:
-        from exporter.check import main as check  # here: exporter.check imports this module
+    """Run the exporter until SIGTERM or SIGINT, or ``check``; return the exit status.
 
-        return check(args[1:])
+    Both commands start up alike: settings, web config file, logging, the demo API."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    checking = args[:1] == ["check"]
+    if checking:
+        args = args[1:]
+    prog = check.PROG if checking else PROG
+    parser = check.build_check_parser() if checking else build_parser()
+    environ = check.environment(os.environ) if checking else os.environ
     try:
-        settings = load_settings(args, os.environ)
+        settings = load_settings(args, environ, parser=parser)
         web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
     except ConfigError as exc:
-        print(f"beenergised-exporter: {exc}", file=sys.stderr)
+        if checking and check.json_requested(args):
+            check.print_json({"ok": False, "error": str(exc)})
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
     for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
         LOG.warning(warning)
     # From here on SIGHUP reloads instead of ending the process; the main thread does the work.
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda signum, _frame: signals.put(signum))
-
+    if not checking:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _frame: signals.put(signum))
     simulator = None
-    if settings.demo:
-        settings, simulator = start_demo_api(settings)
+    try:
+        if settings.demo:
+            settings, simulator = start_demo_api(settings)
+        if checking:
+            return check.run_checks(settings, parser.parse_args(args).output)
+        return serve_until_stopped(args, settings, web_config, signals)
+    except KeyboardInterrupt:  # only ``check``: the exporter turns SIGINT into a signal above
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if simulator is not None:
+            simulator.stop()
 
+
+def serve_until_stopped(
+    args: Sequence[str],
+    settings: Settings,
+    web_config: WebConfig | None,
+    signals: queue.SimpleQueue[int],
+) -> int:
+    """Refresh every mandant and serve /metrics until SIGTERM or SIGINT; SIGHUP reloads."""
     shutting_down = threading.Event()
     running = Running(settings, web_config, ())
 
@@ -355,8 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutting_down.set()
     server.shutdown()
     server.server_close()
-    if simulator is not None:
-        simulator.stop()
     # Backoff waits end at once; a request in flight may not, so wait for it a little only.
     stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
     stopper.start()

@@ -10,7 +10,6 @@ else, and live only inside :class:`Secret`, which never shows its value.
 from __future__ import annotations
 
 import argparse
-import hmac
 import ipaddress
 import logging
 import math
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter.errors import ConfigError
-from exporter.model import FirmwareTarget
+from exporter.model import FirmwareTarget, Secret, clean_secret
 
 LOG = logging.getLogger(__name__)
 
@@ -78,49 +77,6 @@ _FILE_MANDANT_KEYS = (
 )
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
-
-
-class Secret:
-    """A secret string that never shows itself: str()/repr()/format give '***'. ``path`` is the
-    file it was read from, if any, so a secret rotated in place can be read again."""
-
-    __slots__ = ("_value", "path")
-
-    def __init__(self, value: str, path: Path | None = None) -> None:
-        self._value = value
-        self.path = path
-
-    def reread(self) -> Secret | None:
-        """The secret now in ``path``; None without a file or when the file is unusable now
-        (logged, without the value)."""
-        if self.path is None:
-            return None
-        try:
-            return _read_secret_file(_Given(str(self.path), "client secret file"), self.path)
-        except ConfigError as exc:
-            LOG.warning("cannot read the client secret again: %s", exc)
-            return None
-
-    def reveal(self) -> str:
-        """Return the value; call only where it leaves the process (the token request)."""
-        return self._value
-
-    def __str__(self) -> str:
-        return "***"
-
-    def __repr__(self) -> str:
-        return "***"
-
-    def __format__(self, format_spec: str) -> str:
-        return "***"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +234,10 @@ def build_parser(
     prog: str = "beenergised-exporter",
     description: str = "Prometheus exporter for the be.ENERGISED CPO API: "
     "charging station fleet, firmware and changes.",
+    log_level: str = "info",
 ) -> argparse.ArgumentParser:
-    """The command line; every flag's help names its environment variable and default."""
+    """The command line; every flag's help names its environment variable and default
+    (``log_level`` is the default the caller puts in place of an unset one)."""
     parser = _Parser(
         prog=prog,
         description=description,
@@ -415,7 +373,7 @@ def build_parser(
         "--log.level",
         dest="log_level",
         metavar="LEVEL",
-        help="debug, info, warn or error (env BEENERGISED_LOG_LEVEL, default info)",
+        help=f"debug, info, warn or error (env BEENERGISED_LOG_LEVEL, default {log_level})",
     )
     add(
         "--log.format",
@@ -646,7 +604,7 @@ def _secret_path(given: _Given) -> Path:
 def _read_secret_file(given: _Given, path: Path) -> Secret:
     """The secret in ``path``; errors name the file, never its content."""
     try:
-        data = path.read_bytes()
+        return Secret.read(path)
     except OSError as e:
         reason = e.strerror or type(e).__name__
         # A name without "/" that cannot be read may be the secret itself, set by mistake
@@ -657,27 +615,8 @@ def _read_secret_file(given: _Given, path: Path) -> Secret:
                 "a '/' it may be the secret itself; give the path of the file)"
             ) from None
         raise given.fail(f"cannot read {str(path)!r}: {reason}") from None
-    try:
-        value = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise given.fail(f"{str(path)!r} is not UTF-8 text") from None
-    return Secret(_secret_value(given, value, f"{str(path)!r} is empty"), path)
-
-
-def _secret_value(given: _Given, value: str, empty: str) -> str:
-    """The secret without a leading byte order mark (Windows editors write one) and trailing
-    whitespace (line ends, also CRLF); refused when it still holds a character that cannot
-    travel in an HTTP Basic header (control characters, beyond Latin-1). Never shows it."""
-    value = value.removeprefix("\ufeff").rstrip()
-    if not value:
-        raise given.fail(empty)
-    if any(not c.isprintable() for c in value):
-        raise given.fail("the client secret holds a control or invisible character")
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        raise given.fail("the client secret holds a character beyond Latin-1") from None
-    return value
+    except ValueError as e:
+        raise given.fail(str(e)) from None
 
 
 def _ca_file(given: _Given, base: Path, directory_ok: bool = False) -> str:
@@ -895,7 +834,10 @@ def _inline_secret(given: _Given) -> Secret:
     # Never format given.value here: it is the secret.
     if not isinstance(given.value, str):
         raise given.fail("expected a string (put it in quotes)")
-    return Secret(_secret_value(given, given.value, f"missing: {_MISSING_CLIENT_SECRET}"))
+    try:
+        return Secret(clean_secret(given.value, f"missing: {_MISSING_CLIENT_SECRET}"))
+    except ValueError as e:
+        raise given.fail(str(e)) from None
 
 
 @dataclass(frozen=True, slots=True)

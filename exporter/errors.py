@@ -1,4 +1,10 @@
-"""The project's exception hierarchy: one place, messages that tell the user what to change."""
+"""The project's exception hierarchy: one place, messages that tell the user what to change.
+
+The ``reason`` of each kind of RefreshError is the value of the ``reason`` label of the failure
+counter, and ``FAILURE_REASONS`` is derived from them: a new reason is a new subclass here.
+"""
+
+from typing import Any, ClassVar
 
 
 class ExporterError(Exception):
@@ -9,10 +15,19 @@ class ConfigError(ExporterError):
     """A setting is missing or wrong; the message names the setting."""
 
 
+_REASONS: list[str] = []
+"""Each new ``reason`` of a RefreshError subclass, in the order the classes are defined."""
+
+
 class RefreshError(ExporterError):
     """A refresh failed; ``reason`` is one of the fixed failure reasons of the metrics."""
 
-    reason = "http"
+    reason: ClassVar[str] = "http"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.reason not in _REASONS:
+            _REASONS.append(cls.reason)
 
 
 class AuthError(RefreshError):
@@ -44,12 +59,6 @@ class ApiConnectionError(RefreshError):
     reason = "connection"
 
 
-class TlsError(ApiConnectionError):
-    """The TLS handshake failed, usually because the server's certificate is not trusted."""
-
-    reason = "tls"
-
-
 class ParseError(RefreshError):
     """The API answered with a body we cannot read as the documented JSON:API shape."""
 
@@ -60,6 +69,12 @@ class PaginationError(RefreshError):
     """The listing changed while it was read, twice in a row: nothing new is published."""
 
     reason = "pagination"
+
+
+class TlsError(ApiConnectionError):
+    """The TLS handshake failed, usually because the server's certificate is not trusted."""
+
+    reason = "tls"
 
 
 class RedirectError(ApiHttpError):
@@ -76,3 +91,8 @@ class ResponseTooLargeError(RefreshError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+FAILURE_REASONS = tuple(_REASONS)
+"""The fixed set of values of the ``reason`` label of the failure counter, in the order the
+classes above first give them (the golden exposition pins it): append new kinds at the end."""

@@ -22,8 +22,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Station
-from exporter.refresh import FAILURE_REASONS, MandantState
+from exporter.errors import FAILURE_REASONS
+from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, MandantState, Station
 
 LOG = logging.getLogger(__name__)
 CACHED = " (from the last successful refresh of the API)"

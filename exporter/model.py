@@ -1,17 +1,23 @@
-"""Stations, immutable fleet snapshots, the changes between two snapshots and firmware targets.
+"""Stations, immutable fleet snapshots, the changes between two snapshots, firmware targets,
+the published state of a mandant and secrets.
 
 This module imports nothing of ours: it is plain data that every other layer can share.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, countOf
+from pathlib import Path
 from types import MappingProxyType
+
+LOG = logging.getLogger(__name__)
 
 UNKNOWN_FIRMWARE = "unknown"
 """The firmware label used when a station reports no (or an empty) firmware version."""
@@ -186,3 +192,104 @@ class FirmwareTarget:
         return sum(
             count for label, count in snapshot.by_firmware.items() if self.matches_label(label)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class MandantState:
+    """All that the metrics and pages show about one mandant, as of its last refresh."""
+
+    name: str
+    snapshot: Snapshot | None = None
+    up: bool = False
+    last_success: float | None = None
+    last_duration: float | None = None
+    last_error: str | None = None
+    added_total: int = 0
+    removed_total: int = 0
+    firmware_changes_total: int = 0
+    # Failed refreshes by reason (errors.FAILURE_REASONS); a reason not in it has none.
+    failures: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    api_requests: Mapping[tuple[str, str], int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    token_expiry: float | None = None
+    firmware_target: FirmwareTarget | None = None
+    overruns: int = 0  # refreshes that took longer than the interval
+
+    @property
+    def ready(self) -> bool:
+        """True once a refresh has succeeded: from then on there is data to serve."""
+        return self.snapshot is not None
+
+
+class Secret:
+    """A secret string that never shows itself: str()/repr()/format give '***'. ``path`` is the
+    file it was read from, if any, so a secret rotated in place can be read again."""
+
+    __slots__ = ("_value", "path")
+
+    def __init__(self, value: str, path: Path | None = None) -> None:
+        self._value = value
+        self.path = path
+
+    @classmethod
+    def read(cls, path: Path) -> Secret:
+        """The secret in the file ``path``. Raises OSError when the file cannot be read and
+        ValueError when it holds no usable secret; messages name the file, never its content."""
+        try:
+            value = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{str(path)!r} is not UTF-8 text") from None
+        return cls(clean_secret(value, f"{str(path)!r} is empty"), path)
+
+    def reread(self) -> Secret | None:
+        """The secret now in ``path``; None without a file or when the file is unusable now
+        (logged, without the value)."""
+        if self.path is None:
+            return None
+        try:
+            return Secret.read(self.path)
+        except OSError as exc:
+            problem = f"cannot read {str(self.path)!r}: {exc.strerror or type(exc).__name__}"
+        except ValueError as exc:
+            problem = str(exc)
+        LOG.warning("cannot read the client secret again: client secret file: %s", problem)
+        return None
+
+    def reveal(self) -> str:
+        """Return the value; call only where it leaves the process (the token request)."""
+        return self._value
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __repr__(self) -> str:
+        return "***"
+
+    def __format__(self, format_spec: str) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def clean_secret(value: str, empty: str) -> str:
+    """The secret without a leading byte order mark (Windows editors write one) and trailing
+    whitespace (line ends, also CRLF). Raises ValueError (``empty`` when nothing is left, or
+    never showing the value) when it holds a character that cannot travel in an HTTP Basic
+    header (control characters, beyond Latin-1)."""
+    value = value.removeprefix("\ufeff").rstrip()
+    if not value:
+        raise ValueError(empty)
+    if any(not c.isprintable() for c in value):
+        raise ValueError("the client secret holds a control or invisible character")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("the client secret holds a character beyond Latin-1") from None
+    return value

@@ -10,24 +10,22 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-import requests
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter import __version__
-from exporter.api import CpoClient
+from exporter.api import CpoClient, RequestCounter, connect
 from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
 from exporter.config import Mandant
 from exporter.errors import PaginationError, RefreshError
-from exporter.http import DEFAULT_LIMITS, BoundedAdapter, Deadline, Limits
-from exporter.model import FirmwareTarget, Snapshot, diff
+from exporter.http import DEFAULT_LIMITS, Deadline, Limits
+from exporter.model import MandantState, Snapshot, diff
 
 LOG = logging.getLogger(__name__)
 
@@ -36,115 +34,6 @@ MAX_READS = 3
 
 MAX_REFRESH_THREADS = 32
 """Mandants refreshed at the same time, at most."""
-
-FAILURE_REASONS = (
-    "auth",
-    "http",
-    "timeout",
-    "connection",
-    "parse",
-    "pagination",
-    "tls",
-    "too_large",
-)
-"""The fixed set of values of the ``reason`` label of the failure counter."""
-
-
-class RequestCounter:
-    """Thread-safe counts of API requests by (endpoint, status code)."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, endpoint: str, code: str) -> None:
-        with self._lock:
-            key = (endpoint, code)
-            self._counts[key] = self._counts.get(key, 0) + 1
-
-    def counts(self) -> Mapping[tuple[str, str], int]:
-        """A copy of the counts, safe to read while requests go on."""
-        with self._lock:
-            return MappingProxyType(dict(self._counts))
-
-
-@dataclass(frozen=True, slots=True)
-class MandantState:
-    """All that the metrics and pages show about one mandant, as of its last refresh."""
-
-    name: str
-    snapshot: Snapshot | None = None
-    up: bool = False
-    last_success: float | None = None
-    last_duration: float | None = None
-    last_error: str | None = None
-    added_total: int = 0
-    removed_total: int = 0
-    firmware_changes_total: int = 0
-    failures: Mapping[str, int] = field(
-        default_factory=lambda: MappingProxyType(dict.fromkeys(FAILURE_REASONS, 0))
-    )
-    api_requests: Mapping[tuple[str, str], int] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
-    token_expiry: float | None = None
-    firmware_target: FirmwareTarget | None = None
-    overruns: int = 0  # refreshes that took longer than the interval
-
-    @property
-    def ready(self) -> bool:
-        """True once a refresh has succeeded: from then on there is data to serve."""
-        return self.snapshot is not None
-
-
-def new_session(concurrency: int = 1, ca_file: str | None = None) -> requests.Session:
-    """An HTTP session with our User-Agent and a connection pool as large as the concurrency;
-    one per mandant, so connections are reused from refresh to refresh.
-
-    Servers are verified against ``ca_file`` (the mandant's, or REQUESTS_CA_BUNDLE, resolved
-    and checked by the config), else certifi's bundle. The environment is not read on every
-    request (that costs requests a scan of os.environ per page); netrc is never consulted.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = ca_file or True
-    session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
-    adapter = BoundedAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
-def connect(
-    mandant: Mandant,
-    page_limit: int,
-    concurrency: int,
-    on_response: RequestCounter,
-    clock: Callable[[], float] = time.time,
-    limits: Limits = DEFAULT_LIMITS,
-) -> tuple[TokenSource, CpoClient]:
-    """The token source and API client of one mandant, sharing one new HTTP session."""
-    session = new_session(concurrency, mandant.ca_file)
-    tokens = TokenSource(
-        token_url=mandant.token_url,
-        client_id=mandant.client_id,
-        client_secret=mandant.client_secret,
-        auth_method=mandant.token_auth_method,
-        session=session,
-        on_response=on_response,
-        limits=limits,
-        clock=clock,
-    )
-    client = CpoClient(
-        api_url=mandant.api_url,
-        tokens=tokens,
-        session=session,
-        page_limit=page_limit,
-        concurrency=concurrency,
-        on_response=on_response,
-        limits=limits,
-    )
-    return tokens, client
 
 
 class MandantRefresher:

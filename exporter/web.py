@@ -27,9 +27,8 @@ from prometheus_client.exposition import choose_encoder
 from exporter import __version__
 from exporter.changelog import ChangeEntry, ChangeLog
 from exporter.metrics import Exposition
-from exporter.model import CHANGE_KINDS
-from exporter.refresh import MandantState
-from exporter.webconfig import BasicAuth, TooManyLogins, WebConfig
+from exporter.model import CHANGE_KINDS, MandantState
+from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -318,7 +317,7 @@ class _QuietHandler(WSGIRequestHandler):
         LOG.debug("%s %s", self.address_string(), format % args)
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
+class ThreadingServer(ThreadingMixIn, WSGIServer):
     """One thread per connection; with ``ssl_context`` set, the TLS handshake runs there too,
     so a client that connects and says nothing holds up only its own thread."""
 
@@ -369,7 +368,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
             LOG.error("error serving %s", client_address[0], exc_info=error)
 
 
-class _ThreadingServerV6(_ThreadingServer):
+class _ThreadingServerV6(ThreadingServer):
     address_family = socket.AF_INET6
 
 
@@ -386,7 +385,7 @@ _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 def serve(
     app: ExporterApp, host: str, port: int, web_config: WebConfig | None = None
-) -> tuple[WSGIServer, threading.Thread]:
+) -> tuple[ThreadingServer, threading.Thread]:
     """Start serving ``app`` on host:port in a daemon thread.
 
     An empty host listens on every interface, IPv6 and IPv4 on one socket as node_exporter
@@ -394,7 +393,7 @@ def serve(
     connection must speak TLS; basic auth is the app's (``ExporterApp(auth=...)``), as it
     leaves /healthz open.
     """
-    server: WSGIServer | None = None
+    server: ThreadingServer | None = None
     if not host:
         try:
             server = make_server("::", port, app, _DualStackServer, handler_class=_QuietHandler)
@@ -403,7 +402,7 @@ def serve(
                 raise
             LOG.info("no IPv6 on this machine (%s): listening on IPv4 only", e.strerror)
     if server is None:
-        server_class = _ThreadingServerV6 if ":" in host else _ThreadingServer
+        server_class = _ThreadingServerV6 if ":" in host else ThreadingServer
         server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
     if web_config is not None:
         server.ssl_context = web_config.ssl_context
@@ -416,4 +415,5 @@ def listen_address(server: WSGIServer) -> str:
     """Where ``server`` listens, as HOST:PORT with IPv6 hosts in brackets: ``[::]:10140``
     (every address, IPv6 and IPv4), ``0.0.0.0:10140``, ``127.0.0.1:10140``."""
     host, port = server.server_address[:2]
+    assert isinstance(host, str)  # an IP socket's address, never a Unix socket's path
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -8,9 +8,9 @@ import responses
 
 from exporter.api import STATIONS_PATH, CpoClient, _Gate, parse_page, parse_station
 from exporter.auth import TokenSource
-from exporter.config import Secret
 from exporter.errors import ApiHttpError, ApiTimeoutError, AuthError, PaginationError, ParseError
 from exporter.http import Deadline, RetryPolicy
+from exporter.model import Secret
 from tests.helpers import wait_until
 
 API = "https://mandant.example.test"

@@ -6,9 +6,9 @@ import requests
 import responses
 
 from exporter.auth import TokenSource
-from exporter.config import Secret
 from exporter.errors import ApiConnectionError, ApiHttpError, AuthError, ParseError
 from exporter.http import Deadline, RetryPolicy
+from exporter.model import Secret
 
 TOKEN_URL = "https://auth.example.test/token"
 SECRET = "s3cr3t-client-secret"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter import check
+from exporter import cli
 from exporter.api import CpoClient
 from exporter.model import DATA_ISSUES
 from exporter.simulator import Fault, Inventory, Simulator
@@ -68,7 +68,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _logging_restored(restore_logging: None) -> None:
-    """check.main sets up logging to the captured stderr, which closes after the test."""
+    """cli.main sets up logging to the captured stderr, which closes after the test."""
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def run_check(
 ) -> tuple[int, str, str]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    code = check.main(list(argv))
+    code = cli.main(["check", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 

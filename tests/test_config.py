@@ -14,13 +14,13 @@ from exporter.config import (
     DEFAULT_TOKEN_URL,
     TOKEN_AUTH_METHODS,
     Mandant,
-    Secret,
     Settings,
     build_parser,
     load_settings,
     parse_duration,
 )
 from exporter.errors import ConfigError
+from exporter.model import Secret
 
 SECRET = "s3cr3t-XYZ"
 API_URL = "https://yourmandant.beenergised.cloud"

@@ -18,17 +18,30 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.api import STATIONS_PATH, CpoClient, decode_json, parse_page, parse_station
+from exporter.api import (
+    STATIONS_PATH,
+    CpoClient,
+    decode_json,
+    new_session,
+    parse_page,
+    parse_station,
+)
 from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
 from exporter.check import ISSUE_MEANINGS
-from exporter.config import Secret
 from exporter.errors import PaginationError
 from exporter.http import Deadline, RetryPolicy
 from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Change, Snapshot, Station
-from exporter.refresh import MandantState, new_session
+from exporter.model import (
+    DATA_ISSUES,
+    MAX_TEXT_LENGTH,
+    Change,
+    MandantState,
+    Secret,
+    Snapshot,
+    Station,
+)
 from exporter.simulator import (
     CONTROL_LABEL_SUFFIX,
     LONG_LABEL_LENGTH,

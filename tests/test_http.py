@@ -138,8 +138,8 @@ def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():
 
 
 def test_an_untrusted_certificate_is_a_tls_error_saying_what_to_set(tmp_path):
+    from exporter.api import new_session
     from exporter.errors import TlsError
-    from exporter.refresh import new_session
     from exporter.simulator import Inventory, Simulator
     from tests.helpers import private_ca
 

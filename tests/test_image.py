@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.cli import DEMO_STATIONS
 from exporter.config import DEFAULT_PORT
+from exporter.demo import DEMO_STATIONS
 from tests.helpers import IN_CI, ROOT, Process, require_tool, wait_until
 from tests.test_compose import DOCKERFILE, final_stage, instructions
 

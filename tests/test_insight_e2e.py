@@ -12,7 +12,7 @@ import re
 import pytest
 import requests
 
-from exporter.cli import DEMO_LAN_STATIONS, DEMO_TARGET_FIRMWARE
+from exporter.demo import DEMO_LAN_STATIONS, DEMO_TARGET_FIRMWARE
 from tests.helpers import ExporterProcess, SimulatorProcess, wait_until
 from tests.test_e2e import env_for, matching, scrape, value
 

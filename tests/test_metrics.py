@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import FirmwareTarget, Snapshot, Station
-from exporter.refresh import MandantState
+from exporter.model import FirmwareTarget, MandantState, Snapshot, Station
 from tests.helpers import require_tool
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"

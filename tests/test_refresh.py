@@ -2,10 +2,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from exporter.api import RequestCounter
 from exporter.changelog import ChangeLog
-from exporter.config import Mandant, Secret
-from exporter.model import Station
-from exporter.refresh import MandantRefresher, RequestCounter, start_scheduler
+from exporter.config import Mandant
+from exporter.model import Secret, Station
+from exporter.refresh import MandantRefresher, start_scheduler
 from exporter.simulator import Inventory, Simulator
 from tests.helpers import wait_until
 

@@ -19,12 +19,19 @@ import responses
 import trustme
 import urllib3
 
+from exporter.api import new_session
 from exporter.auth import TokenSource
 from exporter.check import hint
-from exporter.config import Mandant, Secret
-from exporter.errors import ApiConnectionError, ApiTimeoutError, ResponseTooLargeError
+from exporter.config import Mandant
+from exporter.errors import (
+    FAILURE_REASONS,
+    ApiConnectionError,
+    ApiTimeoutError,
+    ResponseTooLargeError,
+)
 from exporter.http import Deadline, Limits, RetryPolicy, send
-from exporter.refresh import FAILURE_REASONS, MandantRefresher, new_session
+from exporter.model import Secret
+from exporter.refresh import MandantRefresher
 from exporter.simulator import DRIP_BYTES, OVERSIZED_BYTES, Fault, Inventory, Simulator
 
 STATIONS = "/api/cpoapi/v1/charging_stations/"

@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from exporter.changelog import ChangeLog
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import Change, Snapshot, Station
-from exporter.refresh import MandantState
+from exporter.model import Change, MandantState, Snapshot, Station
 from exporter.web import ExporterApp, serve
-from exporter.webconfig import BasicAuth, WebConfig, load_web_config
+from exporter.webauth import BasicAuth, WebConfig
+from exporter.webconfig import load_web_config
 from tests.helpers import wait_until
 
 

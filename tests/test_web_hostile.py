@@ -22,16 +22,10 @@ from prometheus_client import CollectorRegistry, Gauge
 from exporter.changelog import ChangeLog
 from exporter.errors import ConfigError
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import Change, Snapshot, Station
-from exporter.refresh import MandantState
+from exporter.model import Change, MandantState, Snapshot, Station
 from exporter.web import ExporterApp, _DualStackServer, accepts_gzip, listen_address, serve
-from exporter.webconfig import (
-    MAX_BCRYPT_COST,
-    BasicAuth,
-    TooManyLogins,
-    _client_key,
-    load_web_config,
-)
+from exporter.webauth import BasicAuth, TooManyLogins, _client_key
+from exporter.webconfig import MAX_BCRYPT_COST, load_web_config
 from tests.helpers import wait_until
 
 PASSWORD = b"right-Password-1"

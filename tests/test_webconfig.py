@@ -13,7 +13,8 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from exporter.errors import ConfigError
-from exporter.webconfig import BasicAuth, WebConfig, load_web_config
+from exporter.webauth import BasicAuth, WebConfig
+from exporter.webconfig import load_web_config
 
 PASSWORD = b"correct horse"
 HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4))
