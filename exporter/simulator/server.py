@@ -202,8 +202,8 @@ class Simulator:
         """The mandant base URL, e.g. ``http://127.0.0.1:PORT``."""
         if self._server is None:
             raise RuntimeError("the simulator has no address before start()")
-        host, port = self._server.server_address[:2]
-        return f"{'https' if self._tls else 'http'}://{host}:{port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self._server.server_name}:{self._server.server_port}"
 
     @property
     def token_url(self) -> str:
@@ -499,6 +499,10 @@ class Simulator:
         with self.inventory.lock:  # clients see all of the change or none of it
             added = self.inventory.add(add)
             removed = self.inventory.remove(remove)
-            rolled_out = self.inventory.rollout(to_version, count, from_version) if rollout else []
+            rolled_out = (
+                self.inventory.rollout(to_version, count, from_version)
+                if isinstance(to_version, str)
+                else []
+            )
             added += self.inventory.add_custom(stations)
         return {"added": added, "removed": removed, "rolled_out": rolled_out}
