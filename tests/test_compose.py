@@ -467,7 +467,9 @@ def test_build_stage_sources_make_a_wheel_with_the_console_script(tmp_path):
         names = archive.namelist()
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert "beenergised-exporter = exporter.cli:main" in archive.read(entry_points).decode()
-    assert "exporter/cli.py" in names and "exporter/simulator.py" in names
+    sources = {path.relative_to(ROOT).as_posix() for path in (ROOT / "exporter").rglob("*.py")}
+    assert "exporter/simulator/server.py" in sources
+    assert sources <= set(names), "every module, subpackages too, is in the wheel"
 
 
 @pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""Tests of exporter/simulator.py over real HTTP on 127.0.0.1."""
+"""Tests of exporter/simulator/ over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
