@@ -49,7 +49,15 @@ from exporter.options import (
     build_parser,
     reject_secret_flag,
 )
-from exporter.values import DEFAULT_PORT, boolean, is_loopback, parse_duration, secret_path, text
+from exporter.values import (
+    DEFAULT_PORT,
+    boolean,
+    is_loopback,
+    parse_duration,
+    secret_path,
+    text,
+    url,
+)
 from exporter.values import Given as _Given
 from exporter.values import ca_file as _ca_file
 from exporter.yamlfile import load_yaml, yaml_problem
@@ -231,14 +239,14 @@ def _mandant_warnings(mandant: Mandant) -> list[str]:
             "URL of the token request, where proxies and servers may log it; prefer basic "
             "(the default) or post"
         )
-    for key, url, what in (
+    for key, address, what in (
         ("api_url", mandant.api_url, "the access token"),
         ("token_url", mandant.token_url, "the client secret"),
     ):
-        parts = urlsplit(url)
+        parts = urlsplit(address)
         if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
             warnings.append(
-                f"mandant {mandant.name}: {key} {url} is plain http, so {what} travels "
+                f"mandant {mandant.name}: {key} {address} is plain http, so {what} travels "
                 "unencrypted; use https"
             )
     return warnings
@@ -401,9 +409,7 @@ def _mandant(item: Mapping[str, _Given], auth_method: str, where: str | None = N
     if item.get("api_url") is None or item["api_url"].value is None:
         hint = _NO_MANDANT_HINT if where is None else ""
         raise ConfigError(f"{_missing('api_url', where)}: missing: {_MISSING['api_url']}{hint}")
-    api_url = OPTION["api-url"].parse(item["api_url"])
-    assert isinstance(api_url, str)
-    api_url = api_url.rstrip("/")
+    api_url = url(item["api_url"]).rstrip("/")
     client_id = item.get("client_id")
     if client_id is None or client_id.value is None or not text(client_id):
         raise ConfigError(f"{_missing('client_id', where)}: missing: {_MISSING['client_id']}")
