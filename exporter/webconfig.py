@@ -28,9 +28,9 @@ from types import MappingProxyType
 
 import yaml
 
-from exporter.config import load_yaml, yaml_problem
 from exporter.errors import ConfigError
 from exporter.webauth import BCRYPT_RE, WebConfig
+from exporter.yamlfile import load_yaml, yaml_problem
 
 _TOP_KEYS = ("tls_server_config", "basic_auth_users")
 _TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version")

@@ -1,0 +1,456 @@
+"""The table of settings, and the command line built from it.
+
+Each setting is one :class:`Option` row: its flag (from which the environment variable and the
+argparse dest derive), its config-file key, its parser, its default and its help. The command
+line, the precedence lookup in :mod:`exporter.config`, the config file's allowed keys and the
+check of README.md's configuration table all read this one table, so adding a setting adds
+one row (and, if the rest of the exporter needs it, a field of ``Settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import NoReturn
+
+from exporter.errors import ConfigError
+from exporter.values import (
+    DEFAULT_PORT,
+    Given,
+    boolean,
+    ca_file,
+    duration,
+    firmware_target,
+    listen_address,
+    one_of,
+    positive_int,
+    secret_path,
+    size,
+    telemetry_path,
+    text,
+    url,
+)
+
+DEFAULT_TOKEN_URL = "https://beenergised-jwtapis.auth.eu-central-1.amazoncognito.com/token"
+TOKEN_AUTH_METHODS = ("basic", "post", "query")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("logfmt", "json")
+DEFAULT_REFRESH_INTERVAL = 300.0
+DEFAULT_PAGE_LIMIT = 100
+DEFAULT_CONCURRENCY = 4
+DEFAULT_TELEMETRY_PATH = "/metrics"
+DEFAULT_CHANGES_MAX_ENTRIES = 1000
+DEFAULT_REFRESH_TIMEOUT = 600.0
+"""A refresh may take 10 minutes: 100,000 stations at 300 ms a page take about 75 s at
+concurrency 4 and 300 s page by page; a hung request is cut after --api.request-timeout."""
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_MAX_RESPONSE_SIZE = 8 * 1024 * 1024
+ENV_PREFIX = "BEENERGISED_"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: where it can be given, how its value is parsed, what it defaults to."""
+
+    name: str  # the flag without "--", e.g. "refresh.timeout"; dest and variable derive from it
+    parse: Callable[[Given], object]  # raw value -> value, or ConfigError naming the place
+    help: str  # what it means; the variable and the default are appended
+    metavar: str | None = None  # None: a switch that takes no value on the command line
+    default: object = None  # the parsed value when it is not given anywhere
+    shown: str | None = None  # the default as help and README write it, if not str(default)
+    required: str | None = None  # when it is required instead of defaulted ("like --api-url")
+    env_note: str = ""  # another way to give it, said right after the variable
+    file_key: str | None = None  # its key in the config file, if it can be there
+    mandant: bool = False  # describes one mandant: a key of a mandants: entry, not top level
+    per_mandant: bool = False  # a global key that a mandants: entry may also set
+    setting: str | tuple[str, ...] | None = None  # Settings field(s) of the value, if global
+    negate: bool = False  # the flag says "no", the setting and the file key say "yes"
+    has_flag: bool = True  # False: no flag (a command line is visible in ps)
+    has_env: bool = True
+
+    @property
+    def flag(self) -> str | None:
+        return f"--{self.name}" if self.has_flag else None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace(".", "_").replace("-", "_")
+
+    @property
+    def env(self) -> str | None:
+        return ENV_PREFIX + self.dest.upper() if self.has_env else None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The variable and the flag, as a "missing" message lists them."""
+        return tuple(name for name in (self.env, self.flag) if name)
+
+    @property
+    def default_text(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        return "none" if self.default is None else str(self.default).lower()
+
+    @property
+    def help_text(self) -> str:
+        note = f"required {self.required}" if self.required else f"default {self.default_text}"
+        return f"{self.help} (env {self.env}{self.env_note}{';' if self.env_note else ','} {note})"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "api-url",
+        url,
+        "base URL of your mandant, e.g. https://yourmandant.beenergised.cloud",
+        metavar="URL",
+        required="unless --config.file lists mandants or --demo",
+        file_key="api_url",
+        mandant=True,
+    ),
+    Option(
+        "token-url",
+        url,
+        "OAuth2 token endpoint",
+        metavar="URL",
+        default=DEFAULT_TOKEN_URL,
+        file_key="token_url",
+        mandant=True,
+    ),
+    Option(
+        "client-id",
+        text,
+        "client id of your CPO API token",
+        metavar="ID",
+        required="like --api-url",
+        file_key="client_id",
+        mandant=True,
+    ),
+    Option(
+        "client-secret-file",
+        secret_path,
+        "file holding the client secret, e.g. a Docker or Kubernetes secret; trailing "
+        "whitespace is ignored",
+        metavar="PATH",
+        required="like --api-url",
+        env_note="; or the secret itself in env BEENERGISED_CLIENT_SECRET",
+        file_key="client_secret_file",
+        mandant=True,
+    ),
+    Option(
+        "client-secret",
+        text,
+        "the client secret itself",
+        required="like --api-url, unless --client-secret-file is given",
+        file_key="client_secret",
+        mandant=True,
+        has_flag=False,
+    ),
+    Option(
+        "token-auth-method",
+        one_of(TOKEN_AUTH_METHODS),
+        "how the client secret is sent to the token endpoint: basic, post or query",
+        metavar="METHOD",
+        default="basic",
+        file_key="token_auth_method",
+        per_mandant=True,
+    ),
+    Option(
+        "api.ca-file",
+        ca_file,
+        "PEM file of the CA certificates to trust for the API and the token endpoint, e.g. a "
+        "private CA or a TLS-inspecting proxy",
+        metavar="PATH",
+        shown="REQUESTS_CA_BUNDLE, else the certificates of the certifi package",
+        file_key="ca_file",
+        mandant=True,
+    ),
+    Option(
+        "target-firmware",
+        firmware_target,
+        "the firmware version a rollout aims at, exact (5.2.1) or a regular expression between "
+        "slashes that must match the whole version (/5\\.2\\..*/); gives the "
+        "beenergised_charging_stations_firmware_target metric",
+        metavar="VERSION",
+        file_key="target_firmware",
+        mandant=True,
+    ),
+    Option(
+        "name",
+        text,
+        "the mandant label; default the first label of the api_url host",
+        file_key="name",
+        mandant=True,
+        has_flag=False,
+        has_env=False,
+    ),
+    Option(
+        "refresh-interval",
+        duration,
+        "time between refreshes, in seconds or as a Prometheus duration like 5m",
+        metavar="DURATION",
+        default=DEFAULT_REFRESH_INTERVAL,
+        shown="5m",
+        file_key="refresh_interval",
+        setting="refresh_interval",
+    ),
+    Option(
+        "refresh.timeout",
+        duration,
+        "time one refresh of a mandant may take, every page included; independent of "
+        "--refresh-interval: a refresh that takes longer than the interval delays the next one "
+        "(beenergised_refresh_overruns_total)",
+        metavar="DURATION",
+        default=DEFAULT_REFRESH_TIMEOUT,
+        shown="10m",
+        file_key="refresh_timeout",
+        setting="refresh_timeout",
+    ),
+    Option(
+        "api.request-timeout",
+        duration,
+        "wall time one request to the token endpoint or the API may take, headers and body, "
+        "however slowly the bytes come",
+        metavar="DURATION",
+        default=DEFAULT_REQUEST_TIMEOUT,
+        shown="30s",
+        file_key="api_request_timeout",
+        setting="request_timeout",
+    ),
+    Option(
+        "api.max-response-size",
+        size,
+        "largest answer of the API accepted, in bytes or with a unit (512KiB, 8MiB, 1GB); a "
+        "larger one fails the refresh with reason too_large",
+        metavar="SIZE",
+        default=DEFAULT_MAX_RESPONSE_SIZE,
+        shown="8MiB",
+        file_key="api_max_response_size",
+        setting="max_response_size",
+    ),
+    Option(
+        "page-limit",
+        positive_int,
+        "stations requested per API page",
+        metavar="N",
+        default=DEFAULT_PAGE_LIMIT,
+        file_key="page_limit",
+        setting="page_limit",
+    ),
+    Option(
+        "concurrency",
+        positive_int,
+        "pages fetched at once per mandant once the first page told the total; halved for the "
+        "rest of a refresh on HTTP 429",
+        metavar="N",
+        default=DEFAULT_CONCURRENCY,
+        file_key="concurrency",
+        setting="concurrency",
+    ),
+    Option(
+        "changes.max-entries",
+        positive_int,
+        "changes (station added, removed, firmware changed) kept in memory for /changes",
+        metavar="N",
+        default=DEFAULT_CHANGES_MAX_ENTRIES,
+        file_key="changes_max_entries",
+        setting="changes_max_entries",
+    ),
+    Option(
+        "config.file",
+        text,
+        "YAML file with global settings and a list of mandants",
+        metavar="PATH",
+    ),
+    Option(
+        "web.listen-address",
+        listen_address,
+        "address to serve metrics on: :PORT, HOST:PORT or [IPv6]:PORT",
+        metavar="ADDRESS",
+        default=("", DEFAULT_PORT),
+        shown=f":{DEFAULT_PORT}",
+        setting=("listen_host", "listen_port"),
+    ),
+    Option(
+        "web.telemetry-path",
+        telemetry_path,
+        "path of the metrics endpoint",
+        metavar="PATH",
+        default=DEFAULT_TELEMETRY_PATH,
+        setting="telemetry_path",
+    ),
+    Option(
+        "web.config.file",
+        text,
+        "exporter-toolkit web config (YAML) for TLS and basic auth on every endpoint but /healthz",
+        metavar="PATH",
+        shown="none: plain HTTP, no auth",
+        setting="web_config_file",
+    ),
+    Option(
+        "log.level",
+        one_of(LOG_LEVELS),
+        "debug, info, warn or error",
+        metavar="LEVEL",
+        default="info",
+        setting="log_level",
+    ),
+    Option(
+        "log.format",
+        one_of(LOG_FORMATS),
+        "logfmt or json",
+        metavar="FORMAT",
+        default="logfmt",
+        setting="log_format",
+    ),
+    Option(
+        "demo",
+        boolean,
+        "run against the built-in simulated API; no mandant settings needed",
+        default=False,
+        setting="demo",
+    ),
+    Option(
+        "no-station-info",
+        boolean,
+        "turn off the per-station info metric",
+        default=False,
+        file_key="station_info",
+        setting="station_info",
+        negate=True,
+    ),
+)
+OPTION = {option.name: option for option in OPTIONS}
+"""The options by name, for the few that load_settings treats apart."""
+MANDANT_OPTIONS = tuple(option for option in OPTIONS if option.mandant)
+GLOBAL_OPTIONS = tuple(option for option in OPTIONS if not option.mandant)
+FILE_GLOBAL_KEYS = (
+    "mandants",
+    *sorted(option.file_key for option in GLOBAL_OPTIONS if option.file_key),
+)
+FILE_MANDANT_KEYS = tuple(
+    sorted(o.file_key for o in OPTIONS if o.file_key and (o.mandant or o.per_mandant))
+)
+
+
+def _wrap(paragraph: str, width: int) -> list[str]:
+    return textwrap.wrap(
+        " ".join(paragraph.split()), max(width, 20), break_long_words=False, break_on_hyphens=False
+    )
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text without splitting URLs, flags and variable names; keeps paragraphs."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return _wrap(text, width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = (
+            "\n".join(indent + line for line in _wrap(p, width)) for p in text.split("\n\n")
+        )
+        return "\n\n".join(paragraphs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reports bad usage as ConfigError instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse quotes what it could not use, and that may be a secret typed on the command
+        # line (--client_secret=VALUE, --demo=VALUE): name flags only, never a value.
+        unrecognized = "unrecognized arguments: "
+        if message.startswith(unrecognized):
+            words = message[len(unrecognized) :].split()
+            flags = [word.partition("=")[0] for word in words if word.startswith("--")]
+            message = unrecognized + (" ".join(flags) or "values that belong to no flag")
+            message += self._suggestion(flags)
+        else:
+            message = _ARGPARSE_VALUE_RE.sub(r": \1 (the value is not shown)", message)
+        raise ConfigError(f"{message.removeprefix('argument ')} (see --help)")
+
+    def _suggestion(self, flags: list[str]) -> str:
+        """A hint for a flag written with underscores (--client_id for --client-id)."""
+        for flag in flags:
+            spelled = flag.replace("_", "-").lower()
+            if spelled != flag and spelled in self._option_string_actions:
+                return f"; did you mean {spelled}?"
+        return ""
+
+
+_ARGPARSE_VALUE_RE = re.compile(
+    r": (ignored explicit argument|invalid \w+ value|invalid choice):? .*?(?= \(choose from |$)"
+)
+"""The quoted value at the end of the argparse messages that show one."""
+_NO_SECRET_FLAG = (
+    "the client secret has no flag, a command line is visible in ps; use "
+    "--client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET"
+)
+
+_EPILOG = f"""\
+Each setting is taken from the flag, else the environment variable, else the config file,
+else the default. Environment variables that are set but empty count as unset.
+Booleans from the environment: true/false, 1/0, yes/no.
+
+The client secret has no flag (a command line is visible in ps): use --client-secret-file,
+BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET.
+
+Without --config.file the flags and variables describe one mandant, named after the first
+label of its host name. Default token endpoint: {DEFAULT_TOKEN_URL}
+
+SIGHUP reloads the config file, the secret files and the web config file; a configuration
+with an error is logged and not applied.
+"""
+_CHECK_EPILOG = """
+To try a configuration once, run "beenergised-exporter check" with the same settings: it reads
+every mandant once, prints what it found or what is wrong, and exits.
+"""
+
+
+def build_parser(
+    prog: str = "beenergised-exporter",
+    description: str = "Prometheus exporter for the be.ENERGISED CPO API: "
+    "charging station fleet, firmware and changes.",
+    log_level: str = "info",
+) -> argparse.ArgumentParser:
+    """The command line, one flag per option with a flag; every flag's help names its
+    environment variable and default (``log_level`` is the default the caller puts in place of
+    an unset one). Values stay raw strings: load_settings parses them."""
+    parser = _Parser(
+        prog=prog,
+        description=description,
+        epilog=_EPILOG + (_CHECK_EPILOG if prog == "beenergised-exporter" else ""),
+        formatter_class=_HelpFormatter,
+        # Abbreviations would let "--client-secret VALUE" pass as --client-secret-file.
+        allow_abbrev=False,
+    )
+    for option in OPTIONS:
+        flag = option.flag
+        if flag is None:
+            continue
+        if option.name == "log.level":
+            option = replace(option, default=log_level)
+        if option.metavar is None:
+            parser.add_argument(
+                flag,
+                dest=option.dest,
+                action="store_true",
+                default=None,
+                help=option.help_text,
+            )
+        else:
+            parser.add_argument(
+                flag, dest=option.dest, metavar=option.metavar, help=option.help_text
+            )
+    return parser
+
+
+def reject_secret_flag(argv: Sequence[str]) -> None:
+    """Refuse --client-secret in any spelling before argparse could echo its value."""
+    for arg in argv:
+        if arg == "--":
+            return
+        flag = arg.partition("=")[0]
+        if flag.replace("_", "-").lower() == "--client-secret":
+            raise ConfigError(f"{flag}: not supported: {_NO_SECRET_FLAG}")
