@@ -31,8 +31,10 @@ import requests
 
 from exporter.cli import DEMO_STATIONS
 from exporter.config import DEFAULT_PORT
+from tests.dockerfile import DOCKERFILE, final_stage, instructions
 from tests.helpers import IN_CI, ROOT, Process, require_tool, wait_until
-from tests.test_compose import DOCKERFILE, final_stage, instructions
+
+pytestmark = pytest.mark.e2e
 
 CACHE_DIR = Path("/var/cache/beenergised-exporter-ci")  # the stand-in and buildah's storage
 RUN_ROOT = Path("/run/beenergised-exporter-ci")  # buildah's locks and mounts
