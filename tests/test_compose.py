@@ -298,6 +298,15 @@ def test_dockerfile_has_a_build_stage_and_a_runtime_stage_on_python_slim():
     )
 
 
+def test_dockerfile_uses_only_commands_every_python_image_has():
+    """python3 and `python3 -m pip`/`-m venv`: the Debian stand-in that tests/test_image.py
+    builds on has no `python`."""
+    for keyword, arguments in instructions():
+        if keyword == "RUN":
+            commands = re.split(r"&&|\|\||;|\|", arguments)
+            assert not [c for c in commands if re.match(r"\s*(python|pip3?)\b", c)], arguments
+
+
 def test_dockerfile_runs_as_a_non_root_user_before_the_entrypoint():
     steps = final_stage()
     keywords = [keyword for keyword, _ in steps]
