@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format golden bench clean
+.PHONY: run test test-fast test-e2e lint format golden rules bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,15 +26,24 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 4 --dist loadfile
 
+## test-fast: the unit tier for the edit loop (no real process; a test that starts one must be
+## marked e2e, tests/conftest.py enforces it), in well under a minute
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not e2e" -n 2
+
+## test-e2e: the end-to-end tier only: real exporter, simulator, promtool, buildah, ...
+test-e2e: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m e2e -n 4 --dist loadfile
+
 ## lint: ruff lint and format check, mypy (configured in pyproject.toml)
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check exporter tests bench
-	$(BIN)/ruff format --check exporter tests bench
+	$(BIN)/ruff check exporter tests bench deploy
+	$(BIN)/ruff format --check exporter tests bench deploy
 	$(BIN)/mypy exporter
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff check --fix exporter tests bench
-	$(BIN)/ruff format exporter tests bench
+	$(BIN)/ruff check --fix exporter tests bench deploy
+	$(BIN)/ruff format exporter tests bench deploy
 
 ## bench: refresh and /metrics at 1,000 / 10,000 / 100,000 stations -> bench/results.md
 bench: $(VENV)/.installed-test
@@ -43,6 +52,10 @@ bench: $(VENV)/.installed-test
 ## golden: regenerate tests/golden/ after an intended change of the exposition
 golden: $(VENV)/.installed-test
 	BEENERGISED_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_metrics.py
+
+## rules: regenerate deploy/kubernetes/prometheusrule.yaml after editing prometheus/alerts.yml
+rules:
+	$(PYTHON) deploy/prometheusrule.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

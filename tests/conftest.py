@@ -1,9 +1,13 @@
-"""Fixtures that start real simulator and exporter processes and stop them afterwards."""
+"""Fixtures that start real simulator and exporter processes and stop them afterwards, and
+the guard that keeps every test that starts a process in the ``e2e`` tier."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -49,3 +53,40 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
     for name in ("urllib3", "apscheduler"):
         logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+STARTS_A_PROCESS = ((subprocess, "Popen"), (os, "fork"), (os, "posix_spawn"), (os, "system"))
+"""What starting a child process goes through (subprocess.run, .check_output and the process
+helpers of tests.helpers all use Popen)."""
+
+
+@contextmanager
+def processes_refused(item: pytest.Item) -> Iterator[None]:
+    """Around a test not marked e2e: starting a process fails the test, naming the fix."""
+    if item.get_closest_marker("e2e"):
+        yield
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(
+            f"{item.nodeid} starts a process: mark it (or its module) pytest.mark.e2e, "
+            "so that `make test-fast` stays the quick unit tier"
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name in STARTS_A_PROCESS:
+            patch.setattr(module, name, refuse)
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Fixture set-up counts too: a module-scoped fixture may start the process."""
+    with processes_refused(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with processes_refused(item):
+        return (yield)

@@ -156,3 +156,34 @@ def private_ca(directory: Path) -> tuple[Path, Path]:
     ca.cert_pem.write_to_path(str(ca_file))
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_file))
     return ca_file, server_file
+
+
+E2E_CLIENT = ("e2e-client", "e2e-Secret-7f3a9c")
+"""The client id and secret the end-to-end tests give the simulator and the exporter."""
+
+
+def value(metrics: dict, name: str, **labels: str) -> float | None:
+    """The sample of ``name`` with exactly ``labels`` in the result of ``samples``, or None."""
+    return metrics.get((name, frozenset(labels.items())))
+
+
+def matching(metrics: dict, name: str) -> dict[frozenset, float]:
+    """Every sample of ``name`` in the result of ``samples``, keyed by its label set."""
+    return {labels: v for (n, labels), v in metrics.items() if n == name}
+
+
+def scrape(exporter: ExporterProcess) -> dict[tuple[str, frozenset], float]:
+    """The samples of one successful scrape of the exporter's /metrics."""
+    response = exporter.get("/metrics")
+    assert response.status_code == 200
+    return samples(response.text)
+
+
+def env_for(simulator: SimulatorProcess) -> dict[str, str]:
+    """The environment that points the exporter at ``simulator`` with the E2E_CLIENT."""
+    return {
+        "BEENERGISED_API_URL": simulator.url,
+        "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
+        "BEENERGISED_CLIENT_ID": E2E_CLIENT[0],
+        "BEENERGISED_CLIENT_SECRET": E2E_CLIENT[1],
+    }

@@ -422,6 +422,7 @@ def test_demo_checks_the_built_in_simulator_and_stops_it(capsys, monkeypatch):
     assert not [t for t in threading.enumerate() if t.name.startswith("simulator-")]
 
 
+@pytest.mark.e2e
 def test_the_console_script_runs_check(sim):
     env = {"PATH": os.environ.get("PATH", "")} | mandant_env(sim)
     result = subprocess.run(
@@ -452,6 +453,7 @@ def test_the_console_script_runs_check(sim):
     assert WRONG_SECRET not in wrong.stdout + wrong.stderr
 
 
+@pytest.mark.e2e
 def test_check_help_shows_the_check_usage_with_every_flag():
     result = subprocess.run([SCRIPT, "check", "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0

@@ -22,6 +22,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -69,6 +70,7 @@ def stop_with(exporter: ExporterProcess, signum: int) -> tuple[int, float]:
         exporter.stop()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signals_stop_the_exporter_within_5_seconds_with_status_0(signum, exporter_process):
     exporter = exporter_process(["--demo", "--refresh-interval=1s"], {})
@@ -80,6 +82,7 @@ def test_signals_stop_the_exporter_within_5_seconds_with_status_0(signum, export
     assert "Traceback" not in exporter.output
 
 
+@pytest.mark.e2e
 def test_web_config_file_puts_tls_and_basic_auth_on_the_real_exporter(tmp_path, exporter_process):
     bcrypt = pytest.importorskip("bcrypt")
     trustme = pytest.importorskip("trustme")
@@ -118,6 +121,7 @@ def test_web_config_file_puts_tls_and_basic_auth_on_the_real_exporter(tmp_path, 
     assert password not in exporter.output and hashed not in exporter.output
 
 
+@pytest.mark.e2e
 def test_a_bad_web_config_file_exits_2_naming_it(tmp_path):
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users:\n  prometheus: not-a-bcrypt-hash\n")
@@ -128,6 +132,7 @@ def test_a_bad_web_config_file_exits_2_naming_it(tmp_path):
     assert "not-a-bcrypt-hash" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(
     simulator_process, exporter_process
 ):

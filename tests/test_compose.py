@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from exporter.config import DEFAULT_PORT, load_settings
+from tests.dockerfile import DOCKERFILE, final_stage, instructions
 from tests.helpers import ROOT, require_tool
 
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -23,7 +24,6 @@ OVERRIDE_EXAMPLE = COMPOSE_DIR / "docker-compose.override.example.yml"
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 PROMETHEUS_CONFIG = COMPOSE_DIR / "prometheus.yml"
 ALERTMANAGER_CONFIG = COMPOSE_DIR / "alertmanager.yml"
-DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SECRET_PATH = "/run/secrets/beenergised_client_secret"
 
@@ -186,6 +186,7 @@ def test_env_example_holds_no_secret():
     assert set(env_example()) == {"BEENERGISED_API_URL", "BEENERGISED_CLIENT_ID"}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "path", [".env", "docker-compose.override.yml", "secrets/beenergised_client_secret"]
 )
@@ -237,12 +238,14 @@ def promtool_check_config(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_prometheus_config_passes_promtool_syntax_check():
     """--syntax-only leaves out the rule files, which exist only inside the container."""
     result = promtool_check_config("--syntax-only", str(PROMETHEUS_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.e2e
 def test_prometheus_config_passes_promtool_with_the_real_rule_files(tmp_path):
     """promtool reads rule_files, so they point at the files compose mounts there."""
     config = load(PROMETHEUS_CONFIG)
@@ -272,6 +275,7 @@ def test_alertmanager_config_routes_to_a_receiver_it_defines():
     )
 
 
+@pytest.mark.e2e
 def test_alertmanager_config_passes_amtool():
     result = subprocess.run(
         [require_tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG)],
@@ -285,30 +289,6 @@ def test_alertmanager_config_passes_amtool():
 # -- Dockerfile -------------------------------------------------------------------------------
 
 
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
-    result: list[tuple[str, str]] = []
-    pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        keyword, _, arguments = (pending + stripped).partition(" ")
-        result.append((keyword.upper(), arguments.strip()))
-        pending = ""
-    assert not pending, "the Dockerfile ends inside a continued line"
-    return result
-
-
-def final_stage() -> list[tuple[str, str]]:
-    steps = instructions()
-    start = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    return steps[start:]
-
-
 def test_dockerfile_has_a_build_stage_and_a_runtime_stage_on_python_slim():
     bases = [arguments.split()[0] for keyword, arguments in instructions() if keyword == "FROM"]
     assert bases == ["python:3.11-slim", "python:3.11-slim"]
@@ -316,6 +296,15 @@ def test_dockerfile_has_a_build_stage_and_a_runtime_stage_on_python_slim():
     assert copies and all(arguments.startswith("--from=") for arguments in copies), (
         "the runtime stage copies only the wheel from the build stage"
     )
+
+
+def test_dockerfile_uses_only_commands_every_python_image_has():
+    """python3 and `python3 -m pip`/`-m venv`: the Debian stand-in that tests/test_image.py
+    builds on has no `python`."""
+    for keyword, arguments in instructions():
+        if keyword == "RUN":
+            commands = re.split(r"&&|\|\||;|\|", arguments)
+            assert not [c for c in commands if re.match(r"\s*(python|pip3?)\b", c)], arguments
 
 
 def test_dockerfile_runs_as_a_non_root_user_before_the_entrypoint():

@@ -33,7 +33,7 @@ from tests.dashboards import (
     panel_queries,
     substitute,
 )
-from tests.test_metrics import fixture_states
+from tests.states import fixture_states
 
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

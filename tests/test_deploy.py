@@ -1,25 +1,24 @@
 """Deployment files: the Kubernetes manifests (deploy/kubernetes/) and the systemd unit
-(deploy/systemd/), checked against the exporter they deploy.
-
-Regenerate deploy/kubernetes/prometheusrule.yaml after editing prometheus/alerts.yml:
-
-    .venv/bin/python -m tests.test_deploy
+(deploy/systemd/), checked against the exporter they deploy; and the PrometheusRule that
+`make rules` (deploy/prometheusrule.py) writes from prometheus/alerts.yml.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import requests
 import yaml
 
 from exporter.config import DEFAULT_PORT, load_settings, parse_duration
+from tests.dockerfile import final_stage
 from tests.helpers import IN_CI, ROOT, require_tool
-from tests.test_compose import final_stage
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
 SYSTEMD_DIR = ROOT / "deploy" / "systemd"
@@ -29,28 +28,17 @@ SECRET_EXAMPLE = KUBERNETES_DIR / "secret.example.yaml"
 UNIT = SYSTEMD_DIR / "beenergised-exporter.service"
 ENV_EXAMPLE = SYSTEMD_DIR / "beenergised-exporter.env.example"
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # CRDs of the Prometheus Operator
-PROMETHEUS_RULE_HEADER = """\
-# Generated from prometheus/alerts.yml: the rule groups are identical (tests/test_deploy.py
-# checks it). Edit prometheus/alerts.yml, then regenerate this file:
-#   .venv/bin/python -m tests.test_deploy
-# Give it the labels your Prometheus' ruleSelector asks for (kube-prometheus-stack:
-# `release: <helm release name>`).
-apiVersion: monitoring.coreos.com/v1
-kind: PrometheusRule
-metadata:
-  name: beenergised-exporter
-  labels:
-    app.kubernetes.io/name: beenergised-exporter
-    app.kubernetes.io/component: exporter
-spec:
-"""
 
 
-def prometheus_rule_text() -> str:
-    """The PrometheusRule: alerts.yml from `groups:` on, indented under `spec:`."""
-    body = ALERTS.read_text()
-    body = body[body.index("\ngroups:") + 1 :]
-    return PROMETHEUS_RULE_HEADER + re.sub(r"(?m)^(?=.)", "  ", body)
+def rule_generator() -> ModuleType:
+    """deploy/prometheusrule.py, a script rather than a package, loaded from its path."""
+    spec = importlib.util.spec_from_file_location(
+        "prometheusrule", ROOT / "deploy" / "prometheusrule.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load(path: Path) -> dict:
@@ -160,6 +148,7 @@ def test_manifest_passes_kubernetes_validate_strictly(path: Path):
         validator.validate(resource, version, strict=True)
 
 
+@pytest.mark.e2e
 def test_kustomize_builds_the_directory():
     kubectl = require_tool("kubectl")
     result = subprocess.run(
@@ -268,6 +257,7 @@ def test_secret_example_holds_only_a_placeholder():
     assert "demo-secret" not in SECRET_EXAMPLE.read_text()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", ["client-secret", "secret.yaml"])
 def test_local_secret_files_are_ignored_by_git(path):
     result = subprocess.run(
@@ -331,7 +321,16 @@ def test_prometheusrule_groups_are_identical_to_alerts_yml():
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"]["groups"] == load(ALERTS)["groups"], (
-        "prometheus/alerts.yml changed: run `.venv/bin/python -m tests.test_deploy`"
+        "prometheus/alerts.yml changed: run `make rules`"
+    )
+
+
+def test_prometheusrule_is_what_make_rules_writes():
+    generator = rule_generator()
+    assert generator.PROMETHEUS_RULE == PROMETHEUS_RULE
+    assert generator.ALERTS == ALERTS
+    assert PROMETHEUS_RULE.read_text() == generator.render(ALERTS.read_text()), (
+        "deploy/kubernetes/prometheusrule.yaml is stale: run `make rules`"
     )
 
 
@@ -433,6 +432,7 @@ def copy_of_the_unit(tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.e2e
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     analyze = require_tool("systemd-analyze")
     result = subprocess.run(
@@ -447,6 +447,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_unit_exposure_is_low_in_systemd_analyze_security(tmp_path):
     analyze = require_tool("systemd-analyze")
     result = subprocess.run(
@@ -458,8 +459,3 @@ def test_unit_exposure_is_low_in_systemd_analyze_security(tmp_path):
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout  # 0 is best, 10 worst; 2.0 is still OK
-
-
-if __name__ == "__main__":
-    PROMETHEUS_RULE.write_text(prometheus_rule_text())
-    print(f"wrote {PROMETHEUS_RULE.relative_to(ROOT)}")

@@ -11,34 +11,21 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 
-from tests.helpers import ExporterProcess, SimulatorProcess, require_tool, samples, wait_until
+from tests.helpers import (
+    E2E_CLIENT,
+    ExporterProcess,
+    env_for,
+    matching,
+    require_tool,
+    samples,
+    scrape,
+    value,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
-SECRET = "e2e-Secret-7f3a9c"
-
-
-def value(metrics: dict, name: str, **labels: str) -> float | None:
-    return metrics.get((name, frozenset(labels.items())))
-
-
-def matching(metrics: dict, name: str) -> dict[frozenset, float]:
-    return {labels: v for (n, labels), v in metrics.items() if n == name}
-
-
-def scrape(exporter: ExporterProcess) -> dict:
-    response = exporter.get("/metrics")
-    assert response.status_code == 200
-    return samples(response.text)
-
-
-def env_for(simulator: SimulatorProcess) -> dict[str, str]:
-    return {
-        "BEENERGISED_API_URL": simulator.url,
-        "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-        "BEENERGISED_CLIENT_ID": "e2e-client",
-        "BEENERGISED_CLIENT_SECRET": SECRET,
-    }
+SECRET = E2E_CLIENT[1]
 
 
 def refreshes_seen(exporter: ExporterProcess, mandant: str) -> float:

@@ -13,19 +13,26 @@ import pytest
 import requests
 
 from exporter.demo import DEMO_LAN_STATIONS, DEMO_TARGET_FIRMWARE
-from tests.helpers import ExporterProcess, SimulatorProcess, wait_until
-from tests.test_e2e import env_for, matching, scrape, value
+from tests.helpers import (
+    E2E_CLIENT,
+    ExporterProcess,
+    SimulatorProcess,
+    env_for,
+    matching,
+    scrape,
+    value,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
-CLIENT = ("e2e-client", "e2e-Secret-7f3a9c")
 MANDANT = "127.0.0.1"
 
 
 def start_simulator(simulator_process, stations: int) -> SimulatorProcess:
     return simulator_process(
         "--stations", str(stations), "--seed", "11", "--max-page-limit", "1000",
-        "--client-id", CLIENT[0], "--client-secret", CLIENT[1],
+        "--client-id", E2E_CLIENT[0], "--client-secret", E2E_CLIENT[1],
     )  # fmt: skip
 
 
@@ -34,7 +41,7 @@ def api_fleet(simulator: SimulatorProcess) -> dict[str, dict]:
     token = requests.post(
         simulator.url + "/oauth2/token",
         data={"grant_type": "client_credentials"},
-        auth=CLIENT,
+        auth=E2E_CLIENT,
         timeout=5,
     ).json()["access_token"]
     answer = requests.get(

@@ -9,8 +9,8 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from types import MappingProxyType
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import (
@@ -20,45 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import FirmwareTarget, MandantState, Snapshot, Station
+from exporter.model import MandantState, Snapshot
 from tests.helpers import require_tool
+from tests.states import fixture_states
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
-
-
-def fixture_states() -> list[MandantState]:
-    stations = [
-        Station("id-1", "Station 1", "cp_1", "2.4.1", "SN1"),
-        Station("id-2", 'Hof "Süd" \\ Tor\nrechts', "cp_2", "2.4.1", "", has_sim_data=False),
-        Station("id-3", "Station 3", "cp_2", "", "SN3"),
-    ]
-    north = MandantState(
-        name="north",
-        snapshot=Snapshot.build(stations, taken_at=1_700_000_000.0),
-        up=True,
-        last_success=1_700_000_000.0,
-        last_duration=0.25,
-        added_total=4,
-        removed_total=1,
-        firmware_changes_total=2,
-        failures=MappingProxyType(
-            {"auth": 0, "http": 1, "timeout": 0, "connection": 2, "parse": 0}
-        ),
-        api_requests=MappingProxyType(
-            {("token", "200"): 1, ("charging_stations", "200"): 9, ("charging_stations", "502"): 1}
-        ),
-        token_expiry=1_700_086_400.0,
-        firmware_target=FirmwareTarget.parse(r"/2\.4\..*/"),
-    )
-    south = MandantState(
-        name="south",
-        last_duration=0.5,
-        last_error="connection refused",
-        failures=MappingProxyType(
-            {"auth": 0, "http": 0, "timeout": 0, "connection": 1, "parse": 0}
-        ),
-    )
-    return [north, south]
 
 
 def render(states, station_info=True, openmetrics=False) -> str:
@@ -120,6 +86,7 @@ def test_openmetrics_output_has_counters_with_total_and_eof():
     assert text.endswith("# EOF\n")
 
 
+@pytest.mark.e2e
 def test_promtool_accepts_the_exposition():
     promtool = require_tool("promtool")
     result = subprocess.run(

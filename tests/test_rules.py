@@ -26,16 +26,19 @@ def promtool(*args: str, cwd: Path = RULES_DIR) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_rule_files_pass_promtool_check_rules():
     result = promtool("check", "rules", "alerts.yml", "rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.e2e
 def test_every_alert_fires_and_stays_quiet_as_the_unit_tests_say():
     result = promtool("test", "rules", "alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.e2e
 def test_example_prometheus_config_passes_promtool_check_config():
     result = promtool("check", "config", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -534,6 +534,7 @@ def read_line(process: subprocess.Popen[str], timeout: float) -> str:
     return process.stdout.readline()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_standalone_process(signum: signal.Signals) -> None:
     process = subprocess.Popen(
@@ -604,6 +605,7 @@ def test_the_client_secret_can_be_rotated(sim: Simulator) -> None:
     assert bad.status_code == 400
 
 
+@pytest.mark.e2e
 def test_the_command_line_serves_https(tmp_path: Path) -> None:
     from tests.helpers import SimulatorProcess, private_ca
 

@@ -796,6 +796,7 @@ def test_bad_custom_stations_are_400_and_change_nothing(
 # The standalone process, as the end-to-end tests drive it
 
 
+@pytest.mark.e2e
 def test_standalone_process_switches_faults_over_http() -> None:
     process = SimulatorProcess("--stations", "12")
     try:
