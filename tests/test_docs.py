@@ -163,6 +163,7 @@ def help_flags(*args: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9.-]*[a-z0-9]", result.stdout)) - {"--help"}
 
 
+@pytest.mark.e2e  # starts a Python interpreter
 def test_every_flag_is_in_the_readme():
     flags = help_flags() | help_flags("check")
     assert {"--api-url", "--output"} <= flags, "the --help parsing found too little"

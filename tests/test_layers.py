@@ -25,14 +25,17 @@ def loaded(statement: str) -> set[str]:
     return {name.partition(".")[0] for name in result.stdout.split()} & set(HEAVY)
 
 
+@pytest.mark.e2e  # starts a Python interpreter
 def test_metrics_and_web_load_no_http_client_scheduler_or_yaml() -> None:
     assert loaded("import exporter.metrics, exporter.web") == set()
 
 
+@pytest.mark.e2e  # starts a Python interpreter
 def test_auth_loads_no_scheduler_or_yaml() -> None:
     assert loaded("import exporter.auth") == {"requests"}
 
 
+@pytest.mark.e2e  # starts a Python interpreter
 def test_the_probe_sees_what_a_module_loads() -> None:
     assert loaded("import exporter.refresh") == set(HEAVY)
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import exporter.simulator
 from exporter.simulator.faults import FAULT_ENDPOINTS, FAULT_KINDS
 from tests.helpers import ROOT
@@ -48,6 +50,7 @@ def run_python(code: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.e2e  # starts a Python interpreter
 def test_a_demo_needs_only_the_inventory_and_the_server() -> None:
     demo = run_python(DEMO)
     assert demo["stations"] == 3 and demo["state"] == 3
@@ -61,6 +64,7 @@ def test_a_demo_needs_only_the_inventory_and_the_server() -> None:
     ]
 
 
+@pytest.mark.e2e  # starts a Python interpreter
 def test_the_fault_names_load_the_fault_module_on_first_use() -> None:
     code = """
 import json, sys
