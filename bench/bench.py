@@ -32,8 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import naive_exporter  # noqa: E402
 
-from exporter.config import Mandant  # noqa: E402
-from exporter.model import Secret  # noqa: E402
+from exporter.model import Mandant, Secret  # noqa: E402
 from exporter.refresh import MandantRefresher  # noqa: E402
 
 SECRET = "demo-secret"

@@ -24,7 +24,6 @@ import requests
 
 from exporter import __version__
 from exporter.auth import TokenSource
-from exporter.config import Mandant
 from exporter.errors import ApiHttpError, AuthError, PaginationError, ParseError
 from exporter.http import (
     DEFAULT_LIMITS,
@@ -38,7 +37,7 @@ from exporter.http import (
     environment_proxies,
     send,
 )
-from exporter.model import MAX_TEXT_LENGTH, Station
+from exporter.model import MAX_TEXT_LENGTH, Mandant, Station
 
 LOG = logging.getLogger(__name__)
 

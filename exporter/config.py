@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter.errors import ConfigError
-from exporter.model import FirmwareTarget, Secret, clean_secret
+from exporter.model import TOKEN_AUTH_METHODS, Mandant, Secret, clean_secret
 from exporter.options import (
     DEFAULT_CHANGES_MAX_ENTRIES,
     DEFAULT_CONCURRENCY,
@@ -42,7 +42,6 @@ from exporter.options import (
     LOG_LEVELS,
     MANDANT_OPTIONS,
     OPTION,
-    TOKEN_AUTH_METHODS,
     Option,
     build_parser,
     reject_secret_flag,
@@ -95,27 +94,6 @@ _NO_MANDANT_HINT = (
     "; set it with BEENERGISED_CLIENT_ID and BEENERGISED_CLIENT_SECRET_FILE (or the flags), list "
     "mandants in --config.file, or pass --demo to try it out"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Mandant:
-    """One tenant of the CPO API and the credentials of its API token."""
-
-    name: str  # the `mandant` label
-    api_url: str  # http(s) URL, no trailing slash
-    token_url: str
-    client_id: str
-    client_secret: Secret
-    token_auth_method: str  # one of TOKEN_AUTH_METHODS
-    target_firmware: FirmwareTarget | None = None  # the rollout target, if any
-    ca_file: str | None = None  # CA bundle (file, or directory from the environment) to trust
-
-    def __post_init__(self) -> None:
-        # A plain str here would print itself in every repr of the settings.
-        if not isinstance(self.client_secret, Secret):
-            raise TypeError("Mandant.client_secret must be a Secret")
-        if self.token_auth_method not in TOKEN_AUTH_METHODS:
-            raise ValueError(f"Mandant.token_auth_method must be one of {TOKEN_AUTH_METHODS}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,3 +293,28 @@ def clean_secret(value: str, empty: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("the client secret holds a character beyond Latin-1") from None
     return value
+
+
+TOKEN_AUTH_METHODS = ("basic", "post", "query")
+"""How the client secret may go to the token endpoint: HTTP Basic, form body or query."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mandant:
+    """One tenant of the CPO API and the credentials of its API token."""
+
+    name: str  # the `mandant` label
+    api_url: str  # http(s) URL, no trailing slash
+    token_url: str
+    client_id: str
+    client_secret: Secret
+    token_auth_method: str  # one of TOKEN_AUTH_METHODS
+    target_firmware: FirmwareTarget | None = None  # the rollout target, if any
+    ca_file: str | None = None  # CA bundle (file, or directory from the environment) to trust
+
+    def __post_init__(self) -> None:
+        # A plain str here would print itself in every repr of the settings.
+        if not isinstance(self.client_secret, Secret):
+            raise TypeError("Mandant.client_secret must be a Secret")
+        if self.token_auth_method not in TOKEN_AUTH_METHODS:
+            raise ValueError(f"Mandant.token_auth_method must be one of {TOKEN_AUTH_METHODS}")

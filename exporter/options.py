@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from exporter.errors import ConfigError
+from exporter.model import TOKEN_AUTH_METHODS
 from exporter.values import (
     DEFAULT_PORT,
     Given,
@@ -35,7 +36,6 @@ from exporter.values import (
 )
 
 DEFAULT_TOKEN_URL = "https://beenergised-jwtapis.auth.eu-central-1.amazoncognito.com/token"
-TOKEN_AUTH_METHODS = ("basic", "post", "query")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
 DEFAULT_REFRESH_INTERVAL = 300.0

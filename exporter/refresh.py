@@ -22,10 +22,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from exporter.api import CpoClient, RequestCounter, connect
 from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
-from exporter.config import Mandant
 from exporter.errors import PaginationError, RefreshError
 from exporter.http import DEFAULT_LIMITS, Deadline, Limits
-from exporter.model import MandantState, Snapshot, diff
+from exporter.model import Mandant, MandantState, Snapshot, diff
 
 LOG = logging.getLogger(__name__)
 

@@ -36,8 +36,13 @@ def test_auth_loads_no_scheduler_or_yaml() -> None:
 
 
 @pytest.mark.e2e  # starts a Python interpreter
+def test_the_api_client_loads_no_scheduler_or_yaml() -> None:
+    assert loaded("import exporter.api") == {"requests"}
+
+
+@pytest.mark.e2e  # starts a Python interpreter
 def test_the_probe_sees_what_a_module_loads() -> None:
-    assert loaded("import exporter.refresh") == set(HEAVY)
+    assert loaded("import exporter.cli") == set(HEAVY)
 
 
 def module_name(path: Path) -> str:

@@ -4,8 +4,7 @@ import pytest
 
 from exporter.api import RequestCounter
 from exporter.changelog import ChangeLog
-from exporter.config import Mandant
-from exporter.model import Secret, Station
+from exporter.model import Mandant, Secret, Station
 from exporter.refresh import MandantRefresher, start_scheduler
 from exporter.simulator import Inventory, Simulator
 from tests.helpers import wait_until

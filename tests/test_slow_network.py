@@ -22,7 +22,6 @@ import urllib3
 from exporter.api import new_session
 from exporter.auth import TokenSource
 from exporter.check import hint
-from exporter.config import Mandant
 from exporter.errors import (
     FAILURE_REASONS,
     ApiConnectionError,
@@ -30,7 +29,7 @@ from exporter.errors import (
     ResponseTooLargeError,
 )
 from exporter.http import Deadline, Limits, RetryPolicy, send
-from exporter.model import Secret
+from exporter.model import Mandant, Secret
 from exporter.refresh import MandantRefresher
 from exporter.simulator import DRIP_BYTES, OVERSIZED_BYTES, Fault, Inventory, Simulator
 
