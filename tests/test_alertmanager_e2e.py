@@ -271,7 +271,7 @@ def test_three_removed_stations_deliver_one_notification_naming_them(stack, tmp_
     assert text.startswith(f"[FIRING:1] BeenergisedStationsDisappeared · mandant {MANDANT}\n")
     for station_id in removed:
         assert names[station_id] in text
-    assert f"Dashboard: http://localhost:3000/d/beenergised-fleet/?var-mandant={MANDANT}\n" in text
+    assert f"Dashboard: http://localhost:3000/d/beenergised-fleet?var-mandant={MANDANT}\n" in text
 
 
 def render(notification: dict, tmp: Path) -> str:
