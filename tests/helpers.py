@@ -44,6 +44,7 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 TOOL_PACKAGES = {
     "amtool": "prometheus-alertmanager",
+    "prometheus-alertmanager": "prometheus-alertmanager",
     "buildah": "buildah",
     "debootstrap": "debootstrap",
     "systemd-analyze": "systemd",

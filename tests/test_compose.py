@@ -23,7 +23,7 @@ COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 OVERRIDE_EXAMPLE = COMPOSE_DIR / "docker-compose.override.example.yml"
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 PROMETHEUS_CONFIG = COMPOSE_DIR / "prometheus.yml"
-ALERTMANAGER_CONFIG = COMPOSE_DIR / "alertmanager.yml"
+ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SECRET_PATH = "/run/secrets/beenergised_client_secret"
 
