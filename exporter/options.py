@@ -14,8 +14,9 @@ import re
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from exporter import version_text
 from exporter.errors import ConfigError
 from exporter.model import TOKEN_AUTH_METHODS
 from exporter.values import (
@@ -443,7 +444,25 @@ def build_parser(
             parser.add_argument(
                 flag, dest=option.dest, metavar=option.metavar, help=option.help_text
             )
+    # Not a setting, like --help: it prints and exits before any setting is read.
+    parser.add_argument(
+        "--version",
+        action=_PrintVersion,
+        help="print the version, the Python version and the platform, then exit",
+    )
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: the lines of version_text as they are (argparse's own version action
+    would rewrap them into one paragraph), then exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text(parser.prog))
+        parser.exit()
 
 
 def reject_secret_flag(argv: Sequence[str]) -> None:

@@ -159,3 +159,27 @@ def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(
     assert code == 0
     assert elapsed < 5
     assert "still waiting for the API" in exporter.output
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["check", "--version"]])
+def test_version_prints_the_project_version_python_and_platform(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import platform
+    import tomllib
+
+    from exporter import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code in (0, None)
+    lines = capsys.readouterr().out.splitlines()
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert lines[0].endswith(f", version {project['project']['version']}")
+    assert lines[1].split() == [
+        "python",
+        "version:",
+        platform.python_version(),
+        f"({platform.python_implementation()})",
+    ]
+    assert lines[2].split() == ["platform:", f"{platform.system().lower()}/{platform.machine()}"]

@@ -1040,7 +1040,7 @@ def test_help_lists_every_flag_with_its_variable_and_default() -> None:
     assert f"default :{DEFAULT_PORT}" in blocks["--web.listen-address"]
     assert f"default {DEFAULT_TOKEN_URL}" in blocks["--token-url"]
     assert "env BEENERGISED_CLIENT_SECRET;" in blocks["--client-secret-file"]
-    assert set(blocks) == {"-h", *(flag for flag, _ in FLAGS_AND_ENV)}
+    assert set(blocks) == {"-h", "--version", *(flag for flag, _ in FLAGS_AND_ENV)}
 
 
 def test_help_flag_prints_help_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

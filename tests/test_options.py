@@ -71,8 +71,8 @@ def test_the_variable_derives_from_the_flag() -> None:
 
 def test_every_flag_of_the_table_is_on_the_command_line_and_no_other() -> None:
     parser = build_parser()
-    flags = {s for action in parser._actions for s in action.option_strings} - {"-h", "--help"}
-    assert flags == {o.flag for o in OPTIONS if o.flag}
+    flags = {s for action in parser._actions for s in action.option_strings}
+    assert flags - {"-h", "--help", "--version"} == {o.flag for o in OPTIONS if o.flag}
 
 
 def test_file_keys_come_from_the_table() -> None:
