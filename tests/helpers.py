@@ -68,14 +68,16 @@ def require_tool(name: str) -> str:
 class Process:
     """A child process whose output is collected by a reader thread, so it never blocks."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> None:
         self.popen = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
