@@ -163,10 +163,6 @@ def test_installed_wheel_checks_the_demo(venv: Path):
     assert str(DEMO_STATIONS) in out, out
 
 
-@pytest.mark.skipif(
-    not any('"--version"' in p.read_text() for p in (ROOT / "exporter").rglob("*.py")),
-    reason="the --version flag is not in exporter/ yet (being added on main for issue 14)",
-)
 def test_installed_wheel_answers_version_with_the_project_version(venv: Path):
     script = str(venv / "bin" / "beenergised-exporter")
     done = subprocess.run(
