@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-fast test-e2e lint format golden rules bench clean
+.PHONY: run test test-fast test-e2e lint format golden rules bench bench-large clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ format: $(VENV)/.installed-test
 ## bench: refresh and /metrics at 1,000 / 10,000 / 100,000 stations -> bench/results.md
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench.py
+
+## bench-large: 1,000,000 stations and 100 mandants x 10,000 (several minutes) -> bench/results.md
+bench-large: $(VENV)/.installed-test
+	$(BIN)/python bench/bench.py --sizes= --million --many-mandants
 
 ## golden: regenerate tests/golden/ after an intended change of the exposition
 golden: $(VENV)/.installed-test

@@ -1,13 +1,19 @@
 """Benchmark: refresh and /metrics of beenergised-exporter beside a naive baseline exporter.
 
     make bench                                  # 1,000 / 10,000 / 100,000 stations
+    make bench-large                            # 1,000,000 stations; 100 mandants x 10,000
     .venv/bin/python bench/bench.py --sizes 1000 --scrapes 20 --output -
 
 Runs the standalone simulator with a fixed latency per request. The refresh is measured
 in-process (wall time, CPU seconds of this process, pages), after a first refresh that sets
 the baseline, so it is the steady-state refresh of an unchanged fleet. /metrics is measured
 against the real exporter process and the naive one (200 scrapes each, plain and gzip), and
-their peak RSS is read from /proc. Writes a markdown report (default bench/results.md).
+their peak RSS is read from /proc. Writes a markdown report (default bench/results.md): the
+sections it measured replace those of the same heading, the others stay.
+
+``--million`` measures one exporter at 1,000,000 stations (no naive baseline: it would take
+minutes per scrape), ``--many-mandants`` one exporter with 100 mandants of 10,000 stations;
+both read pages of ``--large-page-limit`` with concurrency ``--large-concurrency``.
 """
 
 from __future__ import annotations
@@ -195,6 +201,188 @@ def measure_naive(url: str, count: int, page_limit: int, work: Path) -> Scrapes:
         naive.stop()
 
 
+FLEET_LINE = re.compile(rb"^beenergised_charging_stations\{mandant=\"([^\"]*)\"\} (\S+)$", re.M)
+
+
+def proc_status(pid: int, field: str) -> int:
+    """One number of /proc/<pid>/status (VmHWM in kB, Threads, ...)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+)", status, re.M).group(1))
+
+
+def start_exporter(
+    args: list[str], work: Path, name: str, env: dict[str, str]
+) -> tuple[Child, str]:
+    """An exporter process with ``args`` and ``env``, and the URL of its /metrics."""
+    exporter = Child(
+        [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0",
+         "--refresh-interval=1h", *args],
+        work / f"{name}.log",
+        env,
+    )  # fmt: skip
+    port = exporter.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1)
+    return exporter, f"http://127.0.0.1:{port}/metrics"
+
+
+def wait_for_fleet(
+    url: str, fleet: dict[str, int], started: float, child: Child, timeout: float = 1200
+) -> tuple[float, int]:
+    """Seconds from ``started`` until /metrics shows every mandant of ``fleet`` with its
+    station count, and the most threads the exporter had meanwhile."""
+    threads = 0
+    deadline = time.monotonic() + timeout
+    with requests.Session() as session:
+        while time.monotonic() < deadline:
+            threads = max(threads, proc_status(child.popen.pid, "Threads"))
+            body = session.get(url, headers={"Accept-Encoding": "identity"}, timeout=120).content
+            shown = {m.decode(): float(v) for m, v in FLEET_LINE.findall(body)}
+            if all(shown.get(name) == count for name, count in fleet.items()):
+                return time.monotonic() - started, threads
+            time.sleep(0.2)
+    raise TimeoutError(f"/metrics of {child.log} never showed the whole fleet")
+
+
+@dataclass
+class Large:
+    scenario: str
+    station_info: bool
+    first_data: float
+    peak_rss_mib: float
+    threads_start: int  # the most seen until first data
+    threads_steady: int
+    scrapes: Scrapes | None = None
+
+
+def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list[Large]]:
+    """One mandant of ``args.million_stations``: the steady-state refresh in this process, then
+    the exporter process with the info metric on and off."""
+    size, limit, concurrency = args.million_stations, args.large_page_limit, args.large_concurrency
+    simulator = start_simulator(size, args.latency, limit, work)
+    results = []
+    try:
+        refresh = measure_refresh(simulator.url, size, concurrency, limit)
+        for info in (True, False):
+            started = time.monotonic()
+            exporter, url = start_exporter(
+                ["--api-url", simulator.url, "--token-url", simulator.url + "/oauth2/token",
+                 "--client-id", "demo-client", f"--page-limit={limit}",
+                 f"--concurrency={concurrency}", *([] if info else ["--no-station-info"])],
+                work, f"exporter-million-{'on' if info else 'off'}",
+                {**os.environ, "BEENERGISED_CLIENT_SECRET": SECRET},
+            )  # fmt: skip
+            try:
+                first, threads = wait_for_fleet(url, {"127.0.0.1": size}, started, exporter)
+                steady = proc_status(exporter.popen.pid, "Threads")
+                scrapes = scrape(url, args.large_scrapes, "beenergised-exporter", info, exporter)
+                results.append(Large("million", info, first, scrapes.peak_rss_mib, threads,
+                                     steady, scrapes))  # fmt: skip
+            finally:
+                exporter.stop()
+            print(f"{size:,} stations, info {info}: done", file=sys.stderr, flush=True)
+    finally:
+        simulator.stop()
+    return refresh, results
+
+
+def measure_many_mandants(args: argparse.Namespace, work: Path) -> Large:
+    """One exporter with ``args.mandants`` mandants of ``args.mandant_stations`` each, spread
+    over ``args.simulators`` simulator processes (mandants of one simulator share its URL)."""
+    limit, concurrency = args.large_page_limit, args.large_concurrency
+    simulators = [
+        start_simulator(args.mandant_stations, args.latency, limit, work)
+        for _ in range(args.simulators)
+    ]
+    try:
+        names = [f"m{index:03d}" for index in range(args.mandants)]
+        lines = [f"page_limit: {limit}", f"concurrency: {concurrency}", "mandants:"]
+        for index, name in enumerate(names):
+            url = simulators[index % len(simulators)].url
+            lines += [f"  - name: {name}", f"    api_url: {url}",
+                      f"    token_url: {url}/oauth2/token", "    client_id: demo-client",
+                      f"    client_secret: {SECRET}"]  # fmt: skip
+        config = work / "many-mandants.yml"
+        config.write_text("\n".join(lines) + "\n")
+        started = time.monotonic()
+        exporter, url = start_exporter(
+            [f"--config.file={config}"], work, "exporter-mandants", dict(os.environ)
+        )
+        try:
+            fleet = dict.fromkeys(names, args.mandant_stations)
+            first, threads = wait_for_fleet(url, fleet, started, exporter)
+            time.sleep(2)  # let the pools of the first refreshes wind down
+            steady = proc_status(exporter.popen.pid, "Threads")
+            return Large("many-mandants", True, first, exporter.peak_rss_mib(), threads, steady)
+        finally:
+            exporter.stop()
+    finally:
+        for simulator in simulators:
+            simulator.stop()
+
+
+def report_large(
+    args: argparse.Namespace, million: tuple[Refresh, list[Large]] | None, many: Large | None
+) -> dict[str, str]:
+    """The sections of the large scenarios, by heading."""
+    sections = {}
+    setup = (
+        f"page limit {args.large_page_limit}, concurrency {args.large_concurrency}, simulated "
+        f"latency {args.latency * 1000:.0f} ms per request, local simulator; {os.cpu_count()} "
+        "cores shared with whatever else runs on the machine. First data: from the start of "
+        "the exporter process until /metrics shows every station (the first refresh reads the "
+        "fleet twice to confirm it)."
+    )
+    if million is not None:
+        refresh, rows = million
+        size = args.million_stations
+        lines = [
+            f"{size:,} stations in one mandant; {setup} No naive baseline at this size. "
+            f"/metrics: {args.large_scrapes} scrapes each, plain then gzip.",
+            "",
+            f"Refresh (steady state, unchanged fleet, in-process): {refresh.pages:,} pages, wall "
+            f"{refresh.wall:.2f} s, CPU {refresh.cpu:.2f} s, "
+            f"{size / refresh.cpu:,.0f} stations per CPU s.",
+            "",
+            "| station info | peak RSS MiB | first data s | threads | body KiB | gzip KiB"
+            " | p50 ms | p99 ms | gzip p50 ms | gzip p99 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            s = r.scrapes
+            lines.append(
+                f"| {'on' if r.station_info else 'off'} | {r.peak_rss_mib:.0f} | "
+                f"{r.first_data:.1f} | {r.threads_steady} | {s.size / 1024:,.0f} | "
+                f"{s.gzip_size / 1024:,.0f} | {percentile(s.plain, 50) * 1000:.1f} | "
+                f"{percentile(s.plain, 99) * 1000:.1f} | "
+                f"{percentile(s.gzipped, 50) * 1000:.1f} | "
+                f"{percentile(s.gzipped, 99) * 1000:.1f} |"
+            )
+        sections["## 1,000,000 stations"] = "\n".join(lines)
+    if many is not None:
+        total = args.mandants * args.mandant_stations
+        sections["## Many mandants"] = "\n".join([
+            f"{args.mandants} mandants x {args.mandant_stations:,} stations ({total:,}) in one "
+            f"exporter (station info on), against {args.simulators} simulator processes: "
+            f"mandant i reads simulator i mod {args.simulators}, so mandants of one simulator "
+            f"share its URL under distinct names. {setup}",
+            "",
+            "| mandants | stations each | peak RSS MiB | first data s (all mandants)"
+            " | threads until first data (max) | threads at steady state |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {args.mandants} | {args.mandant_stations:,} | {many.peak_rss_mib:.0f} | "
+            f"{many.first_data:.1f} | {many.threads_start} | {many.threads_steady} |",
+        ])  # fmt: skip
+    return {heading: f"{heading}\n\n{text}\n" for heading, text in sections.items()}
+
+
+def merge(old: str, sections: dict[str, str]) -> str:
+    """``old`` (a report) with ``sections`` (by heading) replacing those of the same heading;
+    new ones are appended."""
+    parts = re.split(r"^(?=## )", old, flags=re.M)
+    head, blocks = parts[0], {part.split("\n", 1)[0]: part for part in parts[1:]}
+    blocks.update(sections)
+    return head + "\n".join(block.rstrip("\n") + "\n" for block in blocks.values())
+
+
 def report(args: argparse.Namespace, refreshes: dict, scrapes: dict) -> str:
     lines = [
         "## Refresh (steady state, unchanged fleet)",
@@ -245,17 +433,26 @@ def report(args: argparse.Namespace, refreshes: dict, scrapes: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="'' for none")
     parser.add_argument("--concurrency", default="1,4,8")
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--page-limit", type=int, default=100)
     parser.add_argument("--scrapes", type=int, default=200)
+    parser.add_argument("--million", action="store_true", help="measure 1,000,000 stations")
+    parser.add_argument("--million-stations", type=int, default=1_000_000)
+    parser.add_argument("--many-mandants", action="store_true", help="measure 100 x 10,000")
+    parser.add_argument("--mandants", type=int, default=100)
+    parser.add_argument("--mandant-stations", type=int, default=10_000)
+    parser.add_argument("--simulators", type=int, default=4)
+    parser.add_argument("--large-page-limit", type=int, default=1000)
+    parser.add_argument("--large-concurrency", type=int, default=8)
+    parser.add_argument("--large-scrapes", type=int, default=10)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.md"))
     parser.add_argument("--workdir", default="/tmp/beenergised-bench")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    sizes = [int(size) for size in args.sizes.split(",")]
+    sizes = [int(size) for size in args.sizes.split(",") if size]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     refreshes: dict[int, list[Refresh]] = {}
     scrapes: dict[int, list[Scrapes]] = {}
@@ -274,11 +471,21 @@ def main() -> int:
         finally:
             simulator.stop()
         print(f"{size:,} stations done", file=sys.stderr, flush=True)
-    text = report(args, refreshes, scrapes)
+    sections = {}
+    if sizes:
+        text = report(args, refreshes, scrapes)
+        sections = {part.split("\n", 1)[0]: part.rstrip("\n") + "\n"
+                    for part in re.split(r"^(?=## )", text, flags=re.M) if part}  # fmt: skip
+    million = measure_million(args, work) if args.million else None
+    many = measure_many_mandants(args, work) if args.many_mandants else None
+    sections.update(report_large(args, million, many))
+    text = "".join(section + "\n" for section in sections.values())
     if args.output == "-":
         print(text)
     else:
-        Path(args.output).write_text("# Benchmark results\n\n" + text)
+        output = Path(args.output)
+        old = output.read_text() if output.exists() else "# Benchmark results\n\n"
+        output.write_text(merge(old, sections))
         print(text)
     return 0
 
