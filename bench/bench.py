@@ -251,6 +251,28 @@ class Large:
     threads_start: int  # the most seen until first data
     threads_steady: int
     scrapes: Scrapes | None = None
+    peak_rss_refreshed_mib: float | None = None  # after one more refresh of the same fleet
+    rss_steady_mib: float | None = None  # VmRSS once every mandant is shown
+
+
+LAST_SUCCESS = re.compile(
+    rb"^beenergised_last_refresh_success_timestamp_seconds\{[^}]*\} (\S+)$", re.M
+)
+
+
+def wait_for_refresh(url: str, child: Child, timeout: float = 1200) -> None:
+    """Until /metrics (gzip, the cheap body) shows a later successful refresh than now."""
+    deadline = time.monotonic() + timeout
+    first = None
+    with requests.Session() as session:
+        while time.monotonic() < deadline:
+            body = session.get(url, headers={"Accept-Encoding": "gzip"}, timeout=120).content
+            shown = LAST_SUCCESS.search(body).group(1)
+            if first is not None and shown != first:
+                return
+            first = first or shown
+            time.sleep(2)
+    raise TimeoutError(f"/metrics of {child.log} never showed another refresh")
 
 
 def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list[Large]]:
@@ -266,7 +288,8 @@ def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list
             exporter, url = start_exporter(
                 ["--api-url", simulator.url, "--token-url", simulator.url + "/oauth2/token",
                  "--client-id", "demo-client", f"--page-limit={limit}",
-                 f"--concurrency={concurrency}", *([] if info else ["--no-station-info"])],
+                 f"--concurrency={concurrency}", f"--refresh-interval={args.large_interval}s",
+                 *([] if info else ["--no-station-info"])],
                 work, f"exporter-million-{'on' if info else 'off'}",
                 {**os.environ, "BEENERGISED_CLIENT_SECRET": SECRET},
             )  # fmt: skip
@@ -274,8 +297,9 @@ def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list
                 first, threads = wait_for_fleet(url, {"127.0.0.1": size}, started, exporter)
                 steady = proc_status(exporter.popen.pid, "Threads")
                 scrapes = scrape(url, args.large_scrapes, "beenergised-exporter", info, exporter)
+                wait_for_refresh(url, exporter)
                 results.append(Large("million", info, first, scrapes.peak_rss_mib, threads,
-                                     steady, scrapes))  # fmt: skip
+                                     steady, scrapes, exporter.peak_rss_mib()))  # fmt: skip
             finally:
                 exporter.stop()
             print(f"{size:,} stations, info {info}: done", file=sys.stderr, flush=True)
@@ -284,9 +308,11 @@ def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list
     return refresh, results
 
 
-def measure_many_mandants(args: argparse.Namespace, work: Path) -> Large:
+def measure_many_mandants(args: argparse.Namespace, work: Path) -> list[Large]:
     """One exporter with ``args.mandants`` mandants of ``args.mandant_stations`` each, spread
-    over ``args.simulators`` simulator processes (mandants of one simulator share its URL)."""
+    over ``args.simulators`` simulator processes (mandants of one simulator share its URL);
+    once as it is, once with glibc's malloc held to 2 arenas (MALLOC_ARENA_MAX=2), which shows
+    how much of the peak is memory freed by many threads but kept by their arenas."""
     limit, concurrency = args.large_page_limit, args.large_concurrency
     simulators = [
         start_simulator(args.mandant_stations, args.latency, limit, work)
@@ -302,25 +328,34 @@ def measure_many_mandants(args: argparse.Namespace, work: Path) -> Large:
                       f"    client_secret: {SECRET}"]  # fmt: skip
         config = work / "many-mandants.yml"
         config.write_text("\n".join(lines) + "\n")
-        started = time.monotonic()
-        exporter, url = start_exporter(
-            [f"--config.file={config}"], work, "exporter-mandants", dict(os.environ)
-        )
-        try:
-            fleet = dict.fromkeys(names, args.mandant_stations)
-            first, threads = wait_for_fleet(url, fleet, started, exporter)
-            time.sleep(2)  # let the pools of the first refreshes wind down
-            steady = proc_status(exporter.popen.pid, "Threads")
-            return Large("many-mandants", True, first, exporter.peak_rss_mib(), threads, steady)
-        finally:
-            exporter.stop()
+        results = []
+        for arenas in (None, "2"):
+            env = {**os.environ, **({"MALLOC_ARENA_MAX": arenas} if arenas else {})}
+            started = time.monotonic()
+            exporter, url = start_exporter(
+                [f"--config.file={config}"], work, f"exporter-mandants-{arenas}", env
+            )
+            try:
+                fleet = dict.fromkeys(names, args.mandant_stations)
+                first, threads = wait_for_fleet(url, fleet, started, exporter)
+                time.sleep(2)  # let the pools of the first refreshes wind down
+                steady = proc_status(exporter.popen.pid, "Threads")
+                rss = proc_status(exporter.popen.pid, "VmRSS") / 1024
+                results.append(Large(f"MALLOC_ARENA_MAX={arenas}" if arenas else "default",
+                                     True, first, exporter.peak_rss_mib(), threads, steady,
+                                     rss_steady_mib=rss))  # fmt: skip
+            finally:
+                exporter.stop()
+        return results
     finally:
         for simulator in simulators:
             simulator.stop()
 
 
 def report_large(
-    args: argparse.Namespace, million: tuple[Refresh, list[Large]] | None, many: Large | None
+    args: argparse.Namespace,
+    million: tuple[Refresh, list[Large]] | None,
+    many: list[Large] | None,
 ) -> dict[str, str]:
     """The sections of the large scenarios, by heading."""
     sections = {}
@@ -336,20 +371,24 @@ def report_large(
         size = args.million_stations
         lines = [
             f"{size:,} stations in one mandant; {setup} No naive baseline at this size. "
-            f"/metrics: {args.large_scrapes} scrapes each, plain then gzip.",
+            f"/metrics: {args.large_scrapes} scrapes each, plain then gzip. Peak RSS after "
+            "start-up and the scrapes, then after one more refresh (interval "
+            f"{args.large_interval} s) of the unchanged fleet, which publishes a new state and "
+            "renders /metrics again.",
             "",
             f"Refresh (steady state, unchanged fleet, in-process): {refresh.pages:,} pages, wall "
             f"{refresh.wall:.2f} s, CPU {refresh.cpu:.2f} s, "
             f"{size / refresh.cpu:,.0f} stations per CPU s.",
             "",
-            "| station info | peak RSS MiB | first data s | threads | body KiB | gzip KiB"
-            " | p50 ms | p99 ms | gzip p50 ms | gzip p99 ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| station info | peak RSS MiB | after a refresh | first data s | threads | body KiB"
+            " | gzip KiB | p50 ms | p99 ms | gzip p50 ms | gzip p99 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             s = r.scrapes
             lines.append(
                 f"| {'on' if r.station_info else 'off'} | {r.peak_rss_mib:.0f} | "
+                f"{r.peak_rss_refreshed_mib:.0f} | "
                 f"{r.first_data:.1f} | {r.threads_steady} | {s.size / 1024:,.0f} | "
                 f"{s.gzip_size / 1024:,.0f} | {percentile(s.plain, 50) * 1000:.1f} | "
                 f"{percentile(s.plain, 99) * 1000:.1f} | "
@@ -365,11 +404,13 @@ def report_large(
             f"mandant i reads simulator i mod {args.simulators}, so mandants of one simulator "
             f"share its URL under distinct names. {setup}",
             "",
-            "| mandants | stations each | peak RSS MiB | first data s (all mandants)"
-            " | threads until first data (max) | threads at steady state |",
-            "|---:|---:|---:|---:|---:|---:|",
-            f"| {args.mandants} | {args.mandant_stations:,} | {many.peak_rss_mib:.0f} | "
-            f"{many.first_data:.1f} | {many.threads_start} | {many.threads_steady} |",
+            "| mandants | stations each | malloc | peak RSS MiB | RSS at steady state MiB"
+            " | first data s (all mandants) | threads until first data (max)"
+            " | threads at steady state |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|",
+            *(f"| {args.mandants} | {args.mandant_stations:,} | {m.scenario} | "
+              f"{m.peak_rss_mib:.0f} | {m.rss_steady_mib:.0f} | {m.first_data:.1f} | "
+              f"{m.threads_start} | {m.threads_steady} |" for m in many),
         ])  # fmt: skip
     return {heading: f"{heading}\n\n{text}\n" for heading, text in sections.items()}
 
@@ -447,6 +488,7 @@ def main() -> int:
     parser.add_argument("--large-page-limit", type=int, default=1000)
     parser.add_argument("--large-concurrency", type=int, default=8)
     parser.add_argument("--large-scrapes", type=int, default=10)
+    parser.add_argument("--large-interval", type=int, default=120, help="refresh interval, s")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.md"))
     parser.add_argument("--workdir", default="/tmp/beenergised-bench")
     args = parser.parse_args()
