@@ -42,22 +42,10 @@ def page_bodies(inventory: Inventory, limit: int) -> list[bytes]:
     return bodies
 
 
-def rss(field: str = "VmRSS") -> int:
-    """Bytes of this process's resident memory (VmRSS) or its peak (VmHWM)."""
-    status = Path("/proc/self/status").read_text()
-    return (
-        int(next(line for line in status.splitlines() if line.startswith(field)).split()[1]) * 1024
-    )
-
-
 def allocated() -> int:
-    """Bytes allocated now: by Python (tracemalloc), or resident with ``--rss``."""
+    """Bytes that Python has allocated now, after a garbage collection."""
     gc.collect()
-    return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else rss()
-
-
-def peak() -> int:
-    return tracemalloc.get_traced_memory()[1] if tracemalloc.is_tracing() else rss("VmHWM")
+    return tracemalloc.get_traced_memory()[0]
 
 
 def read(bodies: list[bytes], known: Any) -> list[Station]:
@@ -101,15 +89,12 @@ def main() -> int:
     parser.add_argument("--stations", type=int, default=1_000_000)
     parser.add_argument("--page-limit", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rss", action="store_true", help="resident memory, not tracemalloc")
     args = parser.parse_args()
     n = args.stations
     bodies = page_bodies(Inventory(size=n, seed=1), args.page_limit)
     body_bytes = sum(map(len, bodies)) / len(bodies)
 
-    if not args.rss:
-        tracemalloc.start()
-    start_rss = rss()
+    tracemalloc.start()
     base = allocated()
     document = decode_json(bodies[0])
     page_document = allocated() - base
@@ -128,17 +113,16 @@ def main() -> int:
     snapshot_dict = allocated() - base
     del rows
 
-    if tracemalloc.is_tracing():
-        tracemalloc.reset_peak()
+    tracemalloc.reset_peak()
     base = allocated()
     again = Snapshot.build(read(bodies, snapshot.stations), 1.0)  # a confirming read
     second = allocated() - base
-    second_peak = peak() - base
+    second_peak = tracemalloc.get_traced_memory()[1] - base
     assert again.stations == snapshot.stations
     del again
 
     renderings = {info: render(snapshot, info) for info in (True, False)}
-    held = allocated() - (0 if tracemalloc.is_tracing() else start_rss)
+    held = allocated()
     tracemalloc.stop()
 
     in_flight = args.concurrency * (page_document + body_bytes)
@@ -159,9 +143,8 @@ def main() -> int:
          renderings[False][1] / n),
         ("held after all (snapshot, its stations)", held, held / n),
     ]  # fmt: skip
-    how = "RSS deltas (VmRSS, VmHWM)" if args.rss else "tracemalloc (bytes allocated by Python)"
     print(f"{n:,} stations, pages of {args.page_limit} ({body_bytes / 1024:,.0f} KiB of JSON "
-          f"each), {how}; peak RSS {rss('VmHWM') / 2**20:,.0f} MiB with the pages\n")  # fmt: skip
+          "each), tracemalloc (bytes allocated by Python)\n")  # fmt: skip
     print("| component | MiB | bytes per station |\n|---|---:|---:|")
     for name, size, per_station in rows_out:
         print(f"| {name} | {size / 2**20:,.1f} | {per_station:,.0f} |")
