@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,31 @@ def env_for(simulator: SimulatorProcess) -> dict[str, str]:
         "BEENERGISED_CLIENT_ID": E2E_CLIENT[0],
         "BEENERGISED_CLIENT_SECRET": E2E_CLIENT[1],
     }
+
+
+@dataclass
+class FaultStack:
+    """A simulator process and an exporter reading it as one mandant, driven through the
+    simulator's fault API; the end-to-end fault tests build on it."""
+
+    simulator: SimulatorProcess
+    exporter: ExporterProcess
+    mandant: str = "127.0.0.1"  # an exporter names the mandant after the API host
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        return samples(self.exporter.get("/metrics").text)
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """The mandant's sample ``name`` with ``labels``, or None when it is not exported."""
+        return self.metrics().get((name, frozenset({"mandant": self.mandant, **labels}.items())))
+
+    def fault(self, **spec: object) -> None:
+        response = requests.post(self.simulator.url + "/_sim/faults", json=spec, timeout=5)
+        assert response.status_code == 200, response.text
+
+    def clear(self) -> None:
+        response = requests.delete(self.simulator.url + "/_sim/faults", timeout=5)
+        assert response.status_code == 200, response.text
+
+    def revoke_tokens(self) -> None:
+        requests.post(self.simulator.url + "/_sim/revoke_tokens", timeout=5).raise_for_status()

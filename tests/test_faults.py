@@ -13,37 +13,17 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
+from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "faults-Secret-93b1e"
-MANDANT = "127.0.0.1"  # named after the API host
 STATIONS = 60
 
 
-@dataclass
-class Stack:
-    simulator: SimulatorProcess
-    exporter: ExporterProcess
-
-    def metrics(self) -> dict[tuple[str, frozenset], float]:
-        text = self.exporter.get("/metrics").text
-        return samples(text)
-
+class Stack(FaultStack):
     def value(self, name: str, **labels: str) -> float:
-        return self.metrics().get((name, frozenset({"mandant": MANDANT, **labels}.items())), 0.0)
-
-    def fault(self, **spec: object) -> None:
-        response = requests.post(self.simulator.url + "/_sim/faults", json=spec, timeout=5)
-        assert response.status_code == 200, response.text
-
-    def clear(self) -> None:
-        response = requests.delete(self.simulator.url + "/_sim/faults", timeout=5)
-        assert response.status_code == 200, response.text
-
-    def revoke_tokens(self) -> None:
-        requests.post(self.simulator.url + "/_sim/revoke_tokens", timeout=5).raise_for_status()
+        return self.sample(name, **labels) or 0.0
 
     def successes(self) -> float:
         return self.value("beenergised_last_refresh_success_timestamp_seconds")

@@ -19,21 +19,19 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
 import requests
 
-from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
+from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SCRIPT = str(Path(sys.executable).with_name("beenergised-exporter"))
 CLIENT = "demo-client"
 SECRET = "Hostile Secret/+&=%~e2e-7f3a"
-MANDANT = "127.0.0.1"
 STATIONS = 40
 OTHER_STATIONS = 3  # the redirect fault's other origin
 
@@ -49,17 +47,9 @@ def forms(secret: str = SECRET) -> list[str]:
     return found
 
 
-@dataclass
-class Stack:
-    simulator: SimulatorProcess
-    exporter: ExporterProcess
-
-    def metrics(self) -> dict[tuple[str, frozenset], float]:
-        text = self.exporter.get("/metrics").text
-        return samples(text)
-
+class Stack(FaultStack):
     def value(self, name: str, **labels: str) -> float:
-        return self.metrics().get((name, frozenset({"mandant": MANDANT, **labels}.items())), 0.0)
+        return self.sample(name, **labels) or 0.0
 
     def control(self, path: str, body: dict | None = None, url: str | None = None) -> object:
         base = url or self.simulator.url
@@ -69,15 +59,6 @@ class Stack:
             response = requests.post(base + "/_sim/" + path, json=body, timeout=5)
         assert response.status_code == 200, response.text
         return response.json()
-
-    def fault(self, **spec: object) -> None:
-        self.control("faults", spec)
-
-    def clear(self) -> None:
-        requests.delete(self.simulator.url + "/_sim/faults", timeout=5).raise_for_status()
-
-    def revoke_tokens(self) -> None:
-        self.control("revoke_tokens", {})
 
     def successes(self) -> float:
         return self.value("beenergised_last_refresh_success_timestamp_seconds")

@@ -11,44 +11,27 @@ them (and fail there for the reason they test).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
+from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "slow-Secret-4d2a9"
-MANDANT = "127.0.0.1"
 STATIONS = 60
 REQUEST_TIMEOUT = 2.0  # seconds: --api.request-timeout of these exporters
 SLACK = 1.5  # seconds a refresh may take beyond the bound on a busy machine
 
 
-@dataclass
-class Stack:
-    simulator: SimulatorProcess
-    exporter: ExporterProcess
-
-    def metrics(self) -> dict[tuple[str, frozenset], float]:
-        text = self.exporter.get("/metrics").text
-        return samples(text)
-
+class Stack(FaultStack):
     def value(self, name: str, **labels: str) -> float | None:
-        return self.metrics().get((name, frozenset({"mandant": MANDANT, **labels}.items())))
+        return self.sample(name, **labels)
 
     def failures(self, reason: str) -> float:
         return self.value("beenergised_refresh_failures_total", reason=reason) or 0.0
-
-    def fault(self, **spec: object) -> None:
-        response = requests.post(self.simulator.url + "/_sim/faults", json=spec, timeout=5)
-        assert response.status_code == 200, response.text
-
-    def clear(self) -> None:
-        requests.delete(self.simulator.url + "/_sim/faults", timeout=5).raise_for_status()
 
     def wait_healthy(self) -> None:
         """A fresh successful refresh that serves exactly the simulator's fleet."""
