@@ -58,13 +58,12 @@ def fleet_sizes(rows: list[Station]) -> dict[str, int]:
     """Bytes of the Station objects and of their distinct strings (getsizeof)."""
     strings: dict[int, int] = {}
     for station in rows:
-        for text in (station.id, station.label, station.charge_box_identity,
-                     station.serial_number, station.firmware_version):  # fmt: skip
+        for text in (station.id, station.texts, station.firmware_version):
             strings[id(text)] = sys.getsizeof(text)
     firmware = {id(station.firmware_version) for station in rows}
     return {
         "Station objects (slots, GC header)": sum(map(sys.getsizeof, rows)),
-        "strings: id, label, identity, serial": sum(strings.values())
+        "strings: id; label, identity and serial joined": sum(strings.values())
         - sum(strings[key] for key in firmware),
         "strings: firmware versions (interned)": sum(strings[key] for key in firmware),
     }
@@ -115,11 +114,20 @@ def main() -> int:
 
     tracemalloc.reset_peak()
     base = allocated()
-    again = Snapshot.build(read(bodies, snapshot.stations), 1.0)  # a confirming read
+    again = read(bodies, snapshot.stations)  # a confirming read, as the refresh does it
+    assert snapshot.listed_by(again)
     second = allocated() - base
     second_peak = tracemalloc.get_traced_memory()[1] - base
-    assert again.stations == snapshot.stations
     del again
+
+    tracemalloc.reset_peak()
+    base = allocated()
+    changed = read(bodies[1:], snapshot.stations)  # the first page's stations removed
+    rebuilt = Snapshot.build(changed, 2.0)
+    del changed
+    changed_kept = allocated() - base
+    changed_peak = tracemalloc.get_traced_memory()[1] - base
+    del rebuilt
 
     renderings = {info: render(snapshot, info) for info in (True, False)}
     held = allocated()
@@ -134,8 +142,12 @@ def main() -> int:
         *((f"  of which {name}", size, size / n) for name, size in split.items()),
         ("  of which lists of rows (page lists, freed after)", list_bytes, list_bytes / n),
         ("snapshot: id dict, counters", snapshot_dict, snapshot_dict / n),
-        ("second listing kept by a confirming read (list + dict)", second, second / n),
+        ("confirming read of the unchanged fleet (list of the same objects)", second,
+         second / n),
         ("  its transient peak (pages decoded, lists)", second_peak, second_peak / n),
+        ("read of a changed fleet: new snapshot (dict, counters)", changed_kept,
+         changed_kept / n),
+        ("  its transient peak (lists, data issues)", changed_peak, changed_peak / n),
         ("rendering, info on: plain chunks", renderings[True][0], renderings[True][0] / n),
         ("rendering, info on: plain + gzip chunks", renderings[True][1],
          renderings[True][1] / n),

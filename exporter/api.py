@@ -37,7 +37,7 @@ from exporter.http import (
     environment_proxies,
     send,
 )
-from exporter.model import MAX_TEXT_LENGTH, Mandant, Station
+from exporter.model import MAX_TEXT_LENGTH, TEXT_SEPARATOR, Mandant, Station, same_objects
 
 LOG = logging.getLogger(__name__)
 
@@ -137,12 +137,11 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
     old = known.get(station_id) if known else None
     if (
         old is not None
-        and old.label == label
-        and old.charge_box_identity == charge_box_identity
         and old.firmware_version == firmware_version
-        and old.serial_number == serial_number
-        and old.has_sim_data == has_sim_data
-        and not old.repairs  # text equal to its clean text needs no repair either
+        and old.issues == (() if has_sim_data else _NO_SIM_DATA)  # no repairs: clean text
+        # A stored text never holds the separator, so equal joins are equal texts.
+        and old.texts
+        == f"{label}{TEXT_SEPARATOR}{charge_box_identity}{TEXT_SEPARATOR}{serial_number}"
     ):
         return old
     # A new or changed station: one cheap test for the common case, printable text (no
@@ -175,6 +174,7 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
     return station
 
 
+_NO_SIM_DATA = ("no_sim_data",)
 _ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber", "iccid", "imsi")
 
 
@@ -216,8 +216,10 @@ def _inconsistency(rows: list[Station], totals: set[int]) -> str:
     return ""
 
 
-def _repeated_ids(rows: list[Station]) -> frozenset[str]:
+def _repeated_ids(rows: list[Station], known: Mapping[str, Station] | None) -> frozenset[str]:
     """The ids that come more than once in one read of the listing."""
+    if known is not None and same_objects(rows, known):
+        return frozenset()  # the fleet held, unchanged: no set of a million ids needed
     if len({station.id for station in rows}) == len(rows):
         return frozenset()
     return frozenset(sid for sid, n in Counter(station.id for station in rows).items() if n > 1)
@@ -305,7 +307,7 @@ class CpoClient:
                     f"charging stations of {self._host}: listing inconsistent twice in a row "
                     f"({problem})"
                 )
-        repeated = _repeated_ids(rows)
+        repeated = _repeated_ids(rows, known)
         if not repeated:
             return rows
         other_size = page_size - 1 if page_size > 1 else 2
@@ -316,7 +318,7 @@ class CpoClient:
             other_size,
         )
         again, problem, _ = self._read_listing(deadline, self._concurrency, other_size, known)
-        repeated_again = _repeated_ids(again)
+        repeated_again = _repeated_ids(again, known)
         if not problem and repeated_again and repeated_again != repeated:
             problem = f"other stations listed twice in pages of {other_size} than of {page_size}"
         if problem:

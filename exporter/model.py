@@ -10,10 +10,10 @@ import hmac
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import attrgetter, countOf
+from operator import attrgetter, countOf, is_
 from pathlib import Path
 from types import MappingProxyType
 
@@ -43,17 +43,66 @@ CHANGE_KINDS = ("added", "removed", "firmware_changed")
 """The kinds of change between two snapshots."""
 
 
-@dataclass(frozen=True, slots=True)
+TEXT_SEPARATOR = "\x1f"
+"""Joins a station's label, charge box identity and serial number into one string: the unit
+separator is a control character, which parsing never lets into text."""
+
+_OWN_ISSUES: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""One shared tuple per distinct set of a station's own data issues (there are a handful)."""
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Station:
-    """One charging station, reduced to what the metrics need."""
+    """One charging station, reduced to what the metrics, the diff and the change log need.
+
+    A million of them are held at once, so the record is compact (4 fields, about 300 bytes
+    with its strings and its place in the snapshot's dict): the three texts that only the info
+    metric and the change log show share one string, and the data issues of the station itself
+    (no SIM data, repaired text) share one tuple with every station that has the same ones.
+    """
 
     id: str
-    label: str
-    charge_box_identity: str
     firmware_version: str
-    serial_number: str
-    has_sim_data: bool = True  # both iccid and imsi given
-    repairs: tuple[str, ...] = ()  # the TEXT_ISSUES that parsing repaired in this station
+    texts: str  # label, charge box identity, serial number, joined by TEXT_SEPARATOR
+    issues: tuple[str, ...]  # "no_sim_data" and the TEXT_ISSUES repaired, in that order
+
+    def __init__(
+        self,
+        id: str,
+        label: str,
+        charge_box_identity: str,
+        firmware_version: str,
+        serial_number: str,
+        has_sim_data: bool = True,  # both iccid and imsi given
+        repairs: tuple[str, ...] = (),  # the TEXT_ISSUES that parsing repaired in this station
+    ) -> None:
+        issues = repairs if has_sim_data else ("no_sim_data", *repairs)
+        texts = TEXT_SEPARATOR.join((label, charge_box_identity, serial_number))
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "firmware_version", firmware_version)
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "issues", _OWN_ISSUES.setdefault(issues, issues))
+
+    @property
+    def label(self) -> str:
+        return self.texts.split(TEXT_SEPARATOR)[0]
+
+    @property
+    def charge_box_identity(self) -> str:
+        return self.texts.split(TEXT_SEPARATOR)[1]
+
+    @property
+    def serial_number(self) -> str:
+        return self.texts.split(TEXT_SEPARATOR)[2]
+
+    @property
+    def has_sim_data(self) -> bool:
+        return "no_sim_data" not in self.issues
+
+    @property
+    def repairs(self) -> tuple[str, ...]:
+        """The TEXT_ISSUES that parsing repaired in this station."""
+        return tuple(issue for issue in self.issues if issue in TEXT_ISSUES)
 
     @property
     def firmware_label(self) -> str:
@@ -95,6 +144,17 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.stations)
 
+    def listed_by(self, rows: Sequence[Station]) -> bool:
+        """Whether ``rows`` list exactly this fleet, once each: the cheap proof that a read
+        found it unchanged (parsing returns the station already held for an unchanged row)."""
+        return not self.data_issues["duplicate_station_id"] and same_objects(rows, self.stations)
+
+
+def same_objects(rows: Sequence[Station], stations: Mapping[str, Station]) -> bool:
+    """Whether ``rows`` are the very station objects of ``stations``, in the same order (so no
+    id comes twice in them)."""
+    return len(rows) == len(stations) and all(map(is_, rows, stations.values()))
+
 
 def data_issues(stations: Iterable[Station], repeated_ids: int = 0) -> dict[str, int]:
     """Stations per data issue: no firmware version; no SIM data (iccid or imsi empty); a
@@ -102,14 +162,14 @@ def data_issues(stations: Iterable[Station], repeated_ids: int = 0) -> dict[str,
     an empty identity is never a duplicate); text that parsing repaired (``Station.repairs``);
     and ``repeated_ids``, the ids the listing gave more than once (each station counts once)."""
     stations = list(stations)
-    identities = Counter(map(attrgetter("charge_box_identity"), stations))
+    identities = Counter(station.charge_box_identity for station in stations)
     identities.pop("", None)
-    repairs = Counter(chain.from_iterable(filter(None, map(attrgetter("repairs"), stations))))
+    own = Counter(chain.from_iterable(map(attrgetter("issues"), stations)))
     return {
         "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
-        "no_sim_data": countOf(map(attrgetter("has_sim_data"), stations), False),
+        "no_sim_data": own["no_sim_data"],
         "duplicate_charge_box_identity": sum(n for n in identities.values() if n > 1),
-        **{issue: repairs[issue] for issue in TEXT_ISSUES},
+        **{issue: own[issue] for issue in TEXT_ISSUES},
         "duplicate_station_id": repeated_ids,
     }
 

@@ -139,7 +139,12 @@ class MandantRefresher:
         candidate = published
         for _ in range(MAX_READS):
             known = candidate.stations if candidate is not None else None
-            snapshot = Snapshot.build(client.stations(deadline, known), self._clock())
+            rows = client.stations(deadline, known)
+            if candidate is not None and candidate.listed_by(rows):
+                # The same fleet object stays: no second copy, and /metrics keeps its rendering.
+                return replace(candidate, taken_at=self._clock())
+            snapshot = Snapshot.build(rows, self._clock())
+            del rows
             if candidate is not None and snapshot.stations == candidate.stations:
                 return snapshot
             if candidate is not None and candidate is not published:
