@@ -191,6 +191,8 @@ class Change:
 def diff(old: Snapshot, new: Snapshot) -> tuple[Change, ...]:
     """Stations added, removed and with a changed firmware version from ``old`` to ``new``,
     in that order; label and identity are the newest known."""
+    if old.stations is new.stations:  # a refresh that found the fleet unchanged
+        return ()
     changes = []
     for sid, station in new.stations.items():
         before = old.stations.get(sid)

@@ -149,6 +149,17 @@ def test_a_repaired_station_is_reused_when_unchanged():
     assert parse_station(row(label="bad\ufffd"), known).repairs == ()
 
 
+def test_text_holding_the_separator_of_a_stored_station_is_never_taken_for_it():
+    held = parse_station(row(label="x", chargeBoxIdentity="y", serialnumber="z"))
+    known = {"a": held}
+    # the same three texts joined by the separator, but cut in other places
+    shifted = parse_station(row(label="x\x1fy", chargeBoxIdentity="z", serialnumber=""), known)
+    assert shifted is not held
+    assert (shifted.label, shifted.charge_box_identity) == ("x\ufffdy", "z")
+    assert shifted.repairs == ("invalid_text",)
+    assert parse_station(row(label="x", chargeBoxIdentity="y", serialnumber="z"), known) is held
+
+
 def test_a_schema_drift_message_shows_a_bounded_id():
     with pytest.raises(Exception, match="attribute label is a list") as info:
         parse_station(row("i" * 100_000, label=["x"]))

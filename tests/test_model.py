@@ -117,3 +117,36 @@ def test_stations_on_target_counts_per_version():
     assert FirmwareTarget.parse(r"/5\.2\..*/").stations_on_target(snapshot) == 2
     assert FirmwareTarget.parse("5.1.0").stations_on_target(snapshot) == 1
     assert FirmwareTarget.parse("unknown").stations_on_target(snapshot) == 0
+
+
+def test_a_fleet_is_listed_by_exactly_its_own_station_objects_once_each():
+    a, b = station("a"), station("b")
+    fleet = Snapshot.build([a, b], 0.0)
+    assert fleet.listed_by([a, b])
+    assert not fleet.listed_by([b, a])  # another order: checked the long way
+    assert not fleet.listed_by([a, a])  # as many rows, but b is missing
+    assert not fleet.listed_by([a, station("b")])  # equal, not the same object
+    assert not fleet.listed_by([a])
+    repeated = Snapshot.build([a, b, a], 0.0)  # the API listed a twice
+    assert not repeated.listed_by([a, b])  # the issue it counted has gone: a new snapshot
+
+
+def test_a_station_keeps_its_texts_apart_in_one_string():
+    s = Station("x", "Hof Süd", "cp_1", "1.0", "SN1", has_sim_data=False, repairs=("invalid_text",))
+    assert (s.label, s.charge_box_identity, s.serial_number) == ("Hof Süd", "cp_1", "SN1")
+    assert (s.has_sim_data, s.repairs) == (False, ("invalid_text",))
+    assert s.issues == ("no_sim_data", "invalid_text")
+    assert s == Station("x", "Hof Süd", "cp_1", "1.0", "SN1", False, ("invalid_text",))
+    assert s != Station("x", "Hof Süd", "cp_1", "1.0", "SN2", False, ("invalid_text",))
+    # stations with the same issues share one tuple of them
+    assert (
+        Station("y", "", "", "", "", has_sim_data=False).issues
+        is Station("z", "", "", "", "", has_sim_data=False).issues
+    )
+    with pytest.raises(AttributeError):
+        s.id = "y"  # type: ignore[misc]
+
+
+def test_an_unchanged_fleet_has_no_changes():
+    fleet = Snapshot.build([station("a")], 0.0)
+    assert diff(fleet, Snapshot(fleet.stations, fleet.by_firmware, fleet.data_issues, 1.0)) == ()

@@ -196,8 +196,23 @@ def test_an_unchanged_fleet_shares_its_station_objects_with_the_published_one(si
     first = refresher.state.snapshot
     refresher.refresh()
     second = refresher.state.snapshot
-    assert second is not first
-    assert all(first.stations[sid] is station for sid, station in second.stations.items())
+    assert second is not first and second.taken_at >= first.taken_at
+    # the very fleet held stays: no second dict of it, and /metrics keeps its rendering
+    assert second.stations is first.stations
+
+
+def test_a_changed_fleet_is_a_new_fleet_that_shares_the_unchanged_stations(simulator, inventory):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
+    refresher.refresh()
+    first = refresher.state.snapshot
+    moved = inventory.rollout("9.9.9", 1)
+    refresher.refresh()
+    second = refresher.state.snapshot
+    assert second.stations is not first.stations
+    assert second.stations[moved[0]].firmware_version == "9.9.9"
+    assert refresher.state.firmware_changes_total == 1
+    unchanged = [sid for sid in first.stations if sid not in moved]
+    assert all(second.stations[sid] is first.stations[sid] for sid in unchanged)
 
 
 def test_a_torn_read_never_reaches_the_change_log(simulator):
