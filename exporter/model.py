@@ -162,16 +162,45 @@ def data_issues(stations: Iterable[Station], repeated_ids: int = 0) -> dict[str,
     an empty identity is never a duplicate); text that parsing repaired (``Station.repairs``);
     and ``repeated_ids``, the ids the listing gave more than once (each station counts once)."""
     stations = list(stations)
-    identities = Counter(station.charge_box_identity for station in stations)
-    identities.pop("", None)
     own = Counter(chain.from_iterable(map(attrgetter("issues"), stations)))
     return {
         "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
         "no_sim_data": own["no_sim_data"],
-        "duplicate_charge_box_identity": sum(n for n in identities.values() if n > 1),
+        "duplicate_charge_box_identity": _sharing_an_identity(stations),
         **{issue: own[issue] for issue in TEXT_ISSUES},
         "duplicate_station_id": repeated_ids,
     }
+
+
+_IDENTITY_BITS = 1 << 24
+
+
+def _sharing_an_identity(stations: list[Station]) -> int:
+    """Stations whose charge box identity another station has too ('' is never shared).
+
+    A Counter of every identity would hold a million strings and their dict at once (90 MiB at
+    1,000,000 stations). Two passes hold about 2 MiB instead: the first marks the hash of each
+    identity in a bitmap and keeps the hashes it finds marked already (identities seen before,
+    and a few that only share a bit); the second counts exactly the identities with such a hash.
+    """
+    seen = bytearray(_IDENTITY_BITS // 8)
+    again: set[int] = set()
+    for station in stations:
+        identity = station.charge_box_identity
+        if identity:
+            bit = hash(identity) % _IDENTITY_BITS
+            if seen[bit >> 3] & (1 << (bit & 7)):
+                again.add(bit)
+            else:
+                seen[bit >> 3] |= 1 << (bit & 7)
+    if not again:
+        return 0
+    counts = Counter(
+        identity
+        for station in stations
+        if (identity := station.charge_box_identity) and hash(identity) % _IDENTITY_BITS in again
+    )
+    return sum(n for n in counts.values() if n > 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
+from collections import Counter
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.model import (
     DATA_ISSUES,
@@ -7,6 +11,7 @@ from exporter.model import (
     FirmwareTarget,
     Snapshot,
     Station,
+    data_issues,
     diff,
 )
 
@@ -150,3 +155,19 @@ def test_a_station_keeps_its_texts_apart_in_one_string():
 def test_an_unchanged_fleet_has_no_changes():
     fleet = Snapshot.build([station("a")], 0.0)
     assert diff(fleet, Snapshot(fleet.stations, fleet.by_firmware, fleet.data_issues, 1.0)) == ()
+
+
+@given(st.lists(st.sampled_from(["", "cp_1", "cp_2", "cp_3", "Ä", "cp_10"]), max_size=40))
+def test_stations_sharing_an_identity_are_counted_exactly(identities):
+    fleet = [Station(str(i), "", identity, "1.0", "") for i, identity in enumerate(identities)]
+    counts = Counter(identity for identity in identities if identity)
+    expected = sum(n for n in counts.values() if n > 1)
+    assert data_issues(fleet)["duplicate_charge_box_identity"] == expected
+
+
+def test_identities_that_only_share_a_bit_of_the_bitmap_are_not_counted(monkeypatch):
+    monkeypatch.setattr("exporter.model._IDENTITY_BITS", 8)  # every hash collides
+    fleet = [Station(str(i), "", f"cp_{i % 50}", "1.0", "") for i in range(60)]
+    assert data_issues(fleet)["duplicate_charge_box_identity"] == 20  # cp_0 .. cp_9, twice each
+    unique = [Station(str(i), "", f"cp_{i}", "1.0", "") for i in range(60)]
+    assert data_issues(unique)["duplicate_charge_box_identity"] == 0
