@@ -45,9 +45,10 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix exporter tests bench deploy
 	$(BIN)/ruff format exporter tests bench deploy
 
-## bench: refresh and /metrics at 1,000 / 10,000 / 100,000 stations -> bench/results.md
+## bench: refresh and /metrics at 1,000 / 10,000 / 100,000 / 1,000,000 stations, and 100 mandants
+##        x 10,000 (about 25 minutes) -> bench/results.md
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py --million --many-mandants
 
 ## bench-large: 1,000,000 stations and 100 mandants x 10,000 (several minutes) -> bench/results.md
 bench-large: $(VENV)/.installed-test

@@ -140,6 +140,7 @@ class Scrapes:
     plain: list[float]
     gzipped: list[float]
     peak_rss_mib: float
+    peak_rss_first_mib: float | None = None  # after the scrapes of the first kind only
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -150,11 +151,16 @@ def percentile(values: list[float], q: int) -> float:
     )
 
 
-def scrape(url: str, count: int, name: str, info: bool, rss: Child) -> Scrapes:
+def scrape(
+    url: str, count: int, name: str, info: bool, rss: Child, gzip_first: bool = False
+) -> Scrapes:
+    """``count`` scrapes plain, then ``count`` gzipped (or gzipped first, as Prometheus scrapes
+    it, then plain), one after the other; timings, sizes and peak RSS."""
     with requests.Session() as session:
         timings: dict[bool, list[float]] = {False: [], True: []}
         sizes = {}
-        for gzipped in (False, True):
+        peaks = []
+        for gzipped in (True, False) if gzip_first else (False, True):
             headers = {"Accept-Encoding": "gzip" if gzipped else "identity"}
             for _ in range(count):
                 started = time.perf_counter()
@@ -163,8 +169,9 @@ def scrape(url: str, count: int, name: str, info: bool, rss: Child) -> Scrapes:
                 timings[gzipped].append(time.perf_counter() - started)
                 assert response.status_code == 200
                 sizes[gzipped] = len(body)
+            peaks.append(rss.peak_rss_mib())
     return Scrapes(name, info, sizes[False], sizes[True], timings[False], timings[True],
-                   rss.peak_rss_mib())  # fmt: skip
+                   peaks[1], peaks[0])  # fmt: skip
 
 
 def measure_exporter(url: str, info: bool, count: int, concurrency: int, work: Path) -> Scrapes:
@@ -234,7 +241,8 @@ def wait_for_fleet(
     with requests.Session() as session:
         while time.monotonic() < deadline:
             threads = max(threads, proc_status(child.popen.pid, "Threads"))
-            body = session.get(url, headers={"Accept-Encoding": "identity"}, timeout=120).content
+            # gzip, as Prometheus asks: polling plain would make the exporter keep a plain body
+            body = session.get(url, headers={"Accept-Encoding": "gzip"}, timeout=120).content
             shown = {m.decode(): float(v) for m, v in FLEET_LINE.findall(body)}
             if all(shown.get(name) == count for name, count in fleet.items()):
                 return time.monotonic() - started, threads
@@ -252,6 +260,7 @@ class Large:
     threads_steady: int
     scrapes: Scrapes | None = None
     peak_rss_refreshed_mib: float | None = None  # after one more refresh of the same fleet
+    peak_rss_changed_mib: float | None = None  # after a refresh that found changes, and scrapes
     rss_steady_mib: float | None = None  # VmRSS once every mandant is shown
 
 
@@ -275,6 +284,23 @@ def wait_for_refresh(url: str, child: Child, timeout: float = 1200) -> None:
     raise TimeoutError(f"/metrics of {child.log} never showed another refresh")
 
 
+FLEET_CHANGE = {"add": 200, "remove": 100, "rollout": {"to": "9.9.9", "count": 1000}}
+"""What changes in the million-station fleet before the refresh that finds changes."""
+
+
+def change_fleet(url: str, change: dict[str, object]) -> None:
+    """Change the simulator's fleet through its control API."""
+    response = requests.post(url + "/_sim/inventory", json=change, timeout=600)
+    response.raise_for_status()
+
+
+def fleet_size(url: str) -> int:
+    """Stations the simulator lists now."""
+    response = requests.get(url + "/_sim/state", timeout=600)
+    response.raise_for_status()
+    return int(response.json()["stations"])
+
+
 def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list[Large]]:
     """One mandant of ``args.million_stations``: the steady-state refresh in this process, then
     the exporter process with the info metric on and off."""
@@ -294,12 +320,19 @@ def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list
                 {**os.environ, "BEENERGISED_CLIENT_SECRET": SECRET},
             )  # fmt: skip
             try:
-                first, threads = wait_for_fleet(url, {"127.0.0.1": size}, started, exporter)
+                fleet = {"127.0.0.1": fleet_size(simulator.url)}  # changed by the run before
+                first, threads = wait_for_fleet(url, fleet, started, exporter)
+                start_peak = exporter.peak_rss_mib()
                 steady = proc_status(exporter.popen.pid, "Threads")
-                scrapes = scrape(url, args.large_scrapes, "beenergised-exporter", info, exporter)
+                scrapes = scrape(url, args.large_scrapes, "beenergised-exporter", info, exporter,
+                                 gzip_first=True)  # fmt: skip
                 wait_for_refresh(url, exporter)
-                results.append(Large("million", info, first, scrapes.peak_rss_mib, threads,
-                                     steady, scrapes, exporter.peak_rss_mib()))  # fmt: skip
+                refreshed = exporter.peak_rss_mib()
+                change_fleet(simulator.url, FLEET_CHANGE)
+                wait_for_fleet(url, {"127.0.0.1": fleet_size(simulator.url)}, started, exporter)
+                scrape(url, 1, "beenergised-exporter", info, exporter, gzip_first=True)
+                results.append(Large("million", info, first, start_peak, threads, steady,
+                                     scrapes, refreshed, exporter.peak_rss_mib()))  # fmt: skip
             finally:
                 exporter.stop()
             print(f"{size:,} stations, info {info}: done", file=sys.stderr, flush=True)
@@ -371,31 +404,36 @@ def report_large(
         size = args.million_stations
         lines = [
             f"{size:,} stations in one mandant; {setup} No naive baseline at this size. "
-            f"/metrics: {args.large_scrapes} scrapes each, plain then gzip. Peak RSS after "
-            "start-up and the scrapes, then after one more refresh (interval "
-            f"{args.large_interval} s) of the unchanged fleet, which publishes a new state and "
-            "renders /metrics again.",
+            f"/metrics: {args.large_scrapes} scrapes each, gzip (as Prometheus asks) then plain. "
+            "Peak RSS (VmHWM, so each column includes the ones before it): at first data (the "
+            "waits poll /metrics gzipped), after the gzip scrapes, after the plain scrapes, "
+            f"after one more refresh (interval {args.large_interval} s) of the unchanged fleet, "
+            f"and after a refresh that found changes ({FLEET_CHANGE['add']} added, "
+            f"{FLEET_CHANGE['remove']} removed, {FLEET_CHANGE['rollout']['count']} on new "
+            "firmware) and one scrape of each kind.",
             "",
             f"Refresh (steady state, unchanged fleet, in-process): {refresh.pages:,} pages, wall "
             f"{refresh.wall:.2f} s, CPU {refresh.cpu:.2f} s, "
             f"{size / refresh.cpu:,.0f} stations per CPU s.",
             "",
-            "| station info | peak RSS MiB | after a refresh | first data s | threads | body KiB"
-            " | gzip KiB | p50 ms | p99 ms | gzip p50 ms | gzip p99 ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| station info | peak RSS MiB: first data | gzip scrapes | plain scrapes | refresh |"
+            " changed refresh | first data s | threads | body KiB | gzip KiB | p50 ms | p99 ms |"
+            " gzip p50 ms | gzip p99 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             s = r.scrapes
             lines.append(
                 f"| {'on' if r.station_info else 'off'} | {r.peak_rss_mib:.0f} | "
-                f"{r.peak_rss_refreshed_mib:.0f} | "
+                f"{s.peak_rss_first_mib:.0f} | {s.peak_rss_mib:.0f} | "
+                f"{r.peak_rss_refreshed_mib:.0f} | {r.peak_rss_changed_mib:.0f} | "
                 f"{r.first_data:.1f} | {r.threads_steady} | {s.size / 1024:,.0f} | "
                 f"{s.gzip_size / 1024:,.0f} | {percentile(s.plain, 50) * 1000:.1f} | "
                 f"{percentile(s.plain, 99) * 1000:.1f} | "
                 f"{percentile(s.gzipped, 50) * 1000:.1f} | "
                 f"{percentile(s.gzipped, 99) * 1000:.1f} |"
             )
-        sections["## 1,000,000 stations"] = "\n".join(lines)
+        sections[f"## {size:,} stations"] = "\n".join(lines)
     if many is not None:
         total = args.mandants * args.mandant_stations
         sections["## Many mandants"] = "\n".join([
@@ -488,7 +526,7 @@ def main() -> int:
     parser.add_argument("--large-page-limit", type=int, default=1000)
     parser.add_argument("--large-concurrency", type=int, default=8)
     parser.add_argument("--large-scrapes", type=int, default=10)
-    parser.add_argument("--large-interval", type=int, default=120, help="refresh interval, s")
+    parser.add_argument("--large-interval", type=int, default=60, help="refresh interval, s")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.md"))
     parser.add_argument("--workdir", default="/tmp/beenergised-bench")
     args = parser.parse_args()

@@ -25,3 +25,22 @@ def test_the_benchmark_runs_and_writes_its_tables(tmp_path):
             assert f"| {size} | {exporter} |" in report
     assert "| 300 | beenergised-exporter | 4 | 3 |" in report  # 300 stations, pages of 100
     assert "## Ratios" in report
+
+
+def test_the_large_scenarios_run_and_write_their_tables(tmp_path):
+    output = tmp_path / "results.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--sizes=", "--million",
+         "--million-stations", "300", "--many-mandants", "--mandants", "3",
+         "--mandant-stations", "40", "--simulators", "2", "--large-page-limit", "50",
+         "--large-scrapes", "2", "--large-interval", "2", "--latency", "0.001",
+         "--output", str(output), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = output.read_text()
+    assert "## 1,000,000 stations" not in report  # headed by the size measured
+    assert "## 300 stations" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| on |", "| off |"))]
+    assert len(rows) == 2
+    assert "| 3 | 40 | default |" in report
