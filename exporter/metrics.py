@@ -310,6 +310,9 @@ class _Families:
 
 
 _EOF = b"# EOF\n"
+_LEVEL = 6  # gzip compression level
+_GZIP_HEADER = bytes((0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 255))
+"""Magic, deflate, no flags, no modification time, no extra flags, unknown operating system."""
 
 
 class _Piece:
@@ -336,25 +339,21 @@ class _Piece:
         return segment
 
 
-_LEVEL = 6
-_GZIP_HEADER = bytes((0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 255))
-"""Magic, deflate, no flags, no modification time, no extra flags, unknown operating system."""
-
-
 class _GzipStart:
     """The cached start of one gzip member, which each scrape finishes with its live part.
 
     The member is the 10-byte header, then each piece's deflate segment in order (sync-flushed,
     not final, so they concatenate), then per scrape the live part compressed by a fresh
     compressor with the final block, then the trailer: the CRC-32 of all the plain bytes and
-    their length modulo 2**32, little-endian. A changed mandant so costs compressing its own
+    their length modulo 2**32, little-endian. So a changed mandant costs compressing its own
     lines only. One member, because clients such as ``curl --compressed`` stop after the first
     and silently drop the rest.
     """
 
     def __init__(self, pieces: Sequence[_Piece]) -> None:
         self.chunks = (_GZIP_HEADER, *(chunk for piece in pieces for chunk in piece.segment()))
-        # zlib has no crc32_combine: run the CRC over the plain bytes, once per set of states
+        # zlib has no crc32_combine: run the CRC over the plain bytes once per set of states
+        # (about 50 ms for the 211 MB of 1,000,000 stations)
         crc, length = 0, 0
         for chunk in (chunk for piece in pieces for chunk in piece.chunks):
             crc = zlib.crc32(chunk, crc)
