@@ -1,0 +1,229 @@
+"""The cached rendering behind /metrics: each mandant's info lines rendered once per fleet,
+released before they are rendered again, and gzip bodies that are one gzip member."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import threading
+import weakref
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter import metrics
+from exporter.metrics import Exposition, FleetCollector
+from exporter.model import MandantState, Snapshot, Station
+
+
+def fleet(prefix: str, size: int) -> Snapshot:
+    stations = [
+        Station(f"{prefix}-{i}", f"Station {i}", f"cp_{prefix}_{i}", "1.0", f"SN{i}")
+        for i in range(size)
+    ]
+    return Snapshot.build(stations, 0.0)
+
+
+def mandant(name: str, size: int) -> MandantState:
+    return MandantState(name=name, snapshot=fleet(name, size), up=True)
+
+
+def refreshed(state: MandantState) -> MandantState:
+    """The state a refresh that found the fleet unchanged publishes: new objects, the same
+    ``stations`` mapping."""
+    assert state.snapshot is not None
+    snapshot = replace(state.snapshot, taken_at=state.snapshot.taken_at + 1)
+    return replace(state, snapshot=snapshot, added_total=state.added_total + 1)
+
+
+class World:
+    """The states a refresher would publish, and an Exposition over them with a fixed live
+    part (the process metrics would differ between two bodies)."""
+
+    def __init__(self, states: list[MandantState], *, station_info: bool = True) -> None:
+        self.states = states
+        live = CollectorRegistry()
+        Gauge("live_value", "A fixed live metric.", registry=live).set(7)
+        collector = FleetCollector(lambda: self.states, station_info=station_info)
+        self.exposition = Exposition(collector, lambda: self.states, live)
+
+    def publish(self, *states: MandantState) -> None:
+        self.states = list(states)
+        self.exposition.update()
+
+    def body(self, **variant: bool) -> bytes:
+        return b"".join(self.exposition.body(**variant))
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The mandants whose info lines were rendered, in order."""
+    calls: list[str] = []
+    original = metrics._info_lines
+
+    def counting(name: str, stations: Iterable[Station]) -> Iterator[bytes]:
+        calls.append(name)
+        return original(name, stations)
+
+    monkeypatch.setattr(metrics, "_info_lines", counting)
+    return calls
+
+
+def info_line(name: str) -> str:
+    """What only the info lines of mandant ``name`` hold."""
+    return f'mandant="{name}",serial_number="'
+
+
+def info_chunks(world: World, name: str) -> list[bytes]:
+    return [c for c in world.exposition.body() if info_line(name).encode() in c]
+
+
+def test_a_fleet_that_is_the_same_object_is_not_rendered_again(renders):
+    world = World([mandant("a", 5), mandant("b", 5)])
+    first = world.body()
+    chunks = info_chunks(world, "a")
+    assert chunks
+    world.publish(refreshed(world.states[0]), refreshed(world.states[1]))
+    second = world.body()
+    assert renders == ["a", "b"]
+    assert all(new is old for new, old in zip(info_chunks(world, "a"), chunks, strict=True))
+    assert second != first  # the small families did follow: the counter went up
+    assert b'beenergised_charging_stations_added_total{mandant="a"} 1.0' in second
+
+
+def test_a_changed_fleet_is_rendered_again_and_the_others_are_kept(renders):
+    world = World([mandant("a", 5), mandant("b", 5)])
+    world.body()
+    kept = info_chunks(world, "b")
+    assert kept
+    world.publish(mandant("a", 3), refreshed(world.states[1]))
+    text = world.body().decode()
+    assert renders == ["a", "b", "a"]
+    assert text.count(info_line("a")) == 3
+    assert all(new is old for new, old in zip(info_chunks(world, "b"), kept, strict=True))
+
+
+def test_the_old_lines_are_released_before_the_new_ones_are_rendered(renders, monkeypatch):
+    world = World([mandant("a", 5), mandant("b", 5)])
+    world.body(gzipped=True)
+    old = weakref.ref(world.exposition._info["a"].piece)
+    alive_while_rendering: list[bool] = []
+    counting = metrics._info_lines
+
+    def checking(name: str, stations: Iterable[Station]) -> Iterator[bytes]:
+        alive_while_rendering.append(old() is not None)
+        return counting(name, stations)
+
+    monkeypatch.setattr(metrics, "_info_lines", checking)
+    world.publish(mandant("a", 3), world.states[1])
+    assert alive_while_rendering == [False]
+
+
+def test_a_removed_mandant_leaves_the_body_and_the_cache(renders):
+    world = World([mandant("a", 5), mandant("b", 5)])
+    world.body()
+    world.publish(world.states[1])
+    assert b'mandant="a"' not in world.body()
+    assert set(world.exposition._info) == {"b"}
+    world.publish(MandantState(name="b"))  # no data (as if it never succeeded)
+    assert world.exposition._info == {}
+    assert renders == ["a", "b"]
+
+
+def test_the_info_family_is_announced_once_and_also_without_data():
+    world = World([mandant("a", 2), mandant("b", 2)])
+    text = world.body().decode()
+    assert text.count("# TYPE beenergised_charging_station_info gauge") == 1
+    assert text.index("# TYPE beenergised_charging_station_info") < text.index(info_line("a"))
+    world.publish(MandantState(name="a"))
+    assert "# TYPE beenergised_charging_station_info gauge" in world.body().decode()
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_mandants_keep_their_order_after_one_is_rendered_again(openmetrics):
+    world = World([mandant("c", 3), MandantState(name="b"), mandant("a", 2), mandant("d", 1)])
+    world.body(openmetrics=openmetrics)
+    world.publish(*world.states[:2], mandant("a", 4), world.states[3])
+    library = CollectorRegistry()
+    library.register(FleetCollector(lambda: world.states))
+    generate = generate_openmetrics if openmetrics else generate_latest
+    expected = generate(library).removesuffix(b"# EOF\n")
+    assert world.body(openmetrics=openmetrics).startswith(expected + b"# HELP live_value")
+
+
+def one_member(body: bytes) -> bytes:
+    """The plain bytes of ``body``, which must be exactly one gzip member."""
+    decompressor = zlib.decompressobj(31)
+    plain = decompressor.decompress(body)
+    assert decompressor.eof and decompressor.unused_data == b""
+    assert gzip.decompress(body) == plain == zlib.decompress(body, 31)
+    with gzip.GzipFile(fileobj=io.BytesIO(body)) as file:
+        assert file.read() == plain
+    return plain
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_gzip_is_one_member_with_exactly_the_plain_body(openmetrics):
+    world = World([mandant("a", 2500), MandantState(name="b"), mandant("c", 3)])
+    assert one_member(world.body(openmetrics=openmetrics, gzipped=True)) == world.body(
+        openmetrics=openmetrics
+    )
+    world.publish(world.states[0], world.states[1], mandant("c", 4))
+    assert one_member(world.body(openmetrics=openmetrics, gzipped=True)) == world.body(
+        openmetrics=openmetrics
+    )
+
+
+@pytest.mark.parametrize(
+    "states", [[], [MandantState(name="a")]], ids=["no mandants", "no data yet"]
+)
+@pytest.mark.parametrize("station_info", [True, False])
+def test_gzip_without_stations(states, station_info):
+    world = World(states, station_info=station_info)
+    for openmetrics in (False, True):
+        plain = world.body(openmetrics=openmetrics)
+        assert one_member(world.body(openmetrics=openmetrics, gzipped=True)) == plain
+
+
+def test_gzip_with_an_empty_live_part():
+    states = [mandant("a", 3)]
+    exposition = Exposition(FleetCollector(lambda: states), lambda: states, CollectorRegistry())
+    plain = b"".join(exposition.body())
+    assert one_member(b"".join(exposition.body(gzipped=True))) == plain
+
+
+def test_an_unchanged_mandant_keeps_its_compressed_segment():
+    world = World([mandant("a", 2000), mandant("b", 2000)])
+    before = set(map(id, world.exposition.body(gzipped=True)))
+    segment = world.exposition._info["b"].piece.segment()
+    assert segment and {id(chunk) for chunk in segment} <= before
+    world.publish(mandant("a", 1999), world.states[1])
+    after = world.exposition.body(gzipped=True)
+    assert world.exposition._info["b"].piece.segment() is segment
+    assert {id(chunk) for chunk in segment} <= set(map(id, after))
+
+
+def test_a_scrape_sees_one_set_of_states_while_refreshes_publish():
+    small, large = mandant("a", 3), mandant("a", 1500)
+    world = World([small])
+    bodies: list[bytes] = []
+
+    def scrape() -> None:
+        for i in range(30):
+            bodies.append(one_member(world.body(gzipped=True)) if i % 2 else world.body())
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(3)]
+    for thread in scrapers:
+        thread.start()
+    for i in range(60):
+        world.publish(large if i % 2 else small)
+    for thread in scrapers:
+        thread.join()
+    assert len(bodies) == 90
+    for body in bodies:
+        count = body.count(b'beenergised_charging_station_info{charge_box_identity="')
+        assert f'beenergised_charging_stations{{mandant="a"}} {count}.0\n'.encode() in body
