@@ -85,11 +85,14 @@ def info_chunks(world: World, name: str) -> list[bytes]:
 def test_a_fleet_that_is_the_same_object_is_not_rendered_again(renders):
     world = World([mandant("a", 5), mandant("b", 5)])
     first = world.body()
+    assert world.body(gzipped=True)
     chunks = info_chunks(world, "a")
     assert chunks
+    assert renders == ["a", "b", "a", "b"]  # compressed when published, then as text
     world.publish(refreshed(world.states[0]), refreshed(world.states[1]))
     second = world.body()
-    assert renders == ["a", "b"]
+    assert world.body(gzipped=True)
+    assert renders == ["a", "b", "a", "b"]
     assert all(new is old for new, old in zip(info_chunks(world, "a"), chunks, strict=True))
     assert second != first  # the small families did follow: the counter went up
     assert b'beenergised_charging_stations_added_total{mandant="a"} 1.0' in second
@@ -100,9 +103,11 @@ def test_a_changed_fleet_is_rendered_again_and_the_others_are_kept(renders):
     world.body()
     kept = info_chunks(world, "b")
     assert kept
+    del renders[:]
     world.publish(mandant("a", 3), refreshed(world.states[1]))
+    assert renders == ["a"]  # compressed at once
     text = world.body().decode()
-    assert renders == ["a", "b", "a"]
+    assert renders == ["a", "a"]
     assert text.count(info_line("a")) == 3
     assert all(new is old for new, old in zip(info_chunks(world, "b"), kept, strict=True))
 
@@ -120,18 +125,21 @@ def test_the_old_lines_are_released_before_the_new_ones_are_rendered(renders, mo
 
     monkeypatch.setattr(metrics, "_info_lines", checking)
     world.publish(mandant("a", 3), world.states[1])
-    assert alive_while_rendering == [False]
+    world.body()
+    # compressed at once, then as text (and b, whose text was not asked for before)
+    assert alive_while_rendering == [False, False, False]
 
 
 def test_a_removed_mandant_leaves_the_body_and_the_cache(renders):
     world = World([mandant("a", 5), mandant("b", 5)])
     world.body()
+    del renders[:]
     world.publish(world.states[1])
     assert b'mandant="a"' not in world.body()
     assert set(world.exposition._info) == {"b"}
     world.publish(MandantState(name="b"))  # no data (as if it never succeeded)
     assert world.exposition._info == {}
-    assert renders == ["a", "b"]
+    assert renders == []
 
 
 def test_the_info_family_is_announced_once_and_also_without_data():
@@ -200,11 +208,11 @@ def test_an_unchanged_mandant_keeps_its_compressed_segment():
     world = World([mandant("a", 2000), mandant("b", 2000)])
     before = set(map(id, world.exposition.body(gzipped=True)))
     segment = world.exposition._info["b"].piece.segment()
-    assert segment and {id(chunk) for chunk in segment} <= before
+    assert segment.chunks and {id(chunk) for chunk in segment.chunks} <= before
     world.publish(mandant("a", 1999), world.states[1])
     after = world.exposition.body(gzipped=True)
     assert world.exposition._info["b"].piece.segment() is segment
-    assert {id(chunk) for chunk in segment} <= set(map(id, after))
+    assert {id(chunk) for chunk in segment.chunks} <= set(map(id, after))
 
 
 def test_a_scrape_sees_one_set_of_states_while_refreshes_publish():
@@ -227,3 +235,22 @@ def test_a_scrape_sees_one_set_of_states_while_refreshes_publish():
     for body in bodies:
         count = body.count(b'beenergised_charging_station_info{charge_box_identity="')
         assert f'beenergised_charging_stations{{mandant="a"}} {count}.0\n'.encode() in body
+
+
+def test_a_fleet_only_scraped_gzipped_never_keeps_its_text(renders):
+    world = World([mandant("a", 3000)])
+    body = world.body(gzipped=True)
+    piece = world.exposition._info["a"].piece
+    assert piece._chunks is None  # rendered, compressed and dropped a chunk at a time
+    assert renders == ["a"]
+    assert one_member(body) == world.body()
+    assert piece._chunks is not None and renders == ["a", "a"]  # text kept once asked for
+
+
+@pytest.mark.parametrize(("size_a", "size_b"), [(0, 0), (0, 5), (5, 0), (1, 1), (1000, 3)])
+def test_crc32_combine_is_the_crc_of_both(size_a, size_b):
+    a, b = bytes(range(256)) * 4 * size_a, b"\xff\x00\x7f" * size_b
+    combined = metrics.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
+    assert combined == zlib.crc32(a + b)
+    big = bytes(3 << 20) + b"x"  # longer than the zero buffer
+    assert metrics.crc32_combine(zlib.crc32(a), zlib.crc32(big), len(big)) == zlib.crc32(a + big)
