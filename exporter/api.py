@@ -100,7 +100,9 @@ def _text(value: Any, name: str, station_id: str) -> str:
     )
 
 
-def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Station:
+def parse_station(
+    row: Any, known: Mapping[str, Station] | None = None, *, serial_numbers: bool = True
+) -> Station:
     """One JSON:API resource object -> Station.
 
     Missing or null attribute values become ''. A row whose ``attributes`` is not an object, or
@@ -109,7 +111,8 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
     text attributes kept are repaired (``_repair``) and the repair noted in ``repairs``: one
     bad record must not break the output of every mandant. A station equal to one in
     ``known`` (the fleet already held) is returned as that object, so an unchanged fleet costs
-    no second copy in memory.
+    no second copy in memory. Without ``serial_numbers`` (only the info metric shows them) the
+    serial number is left empty, which a million stations notice.
     """
     if row.__class__ is not dict:
         raise ParseError(f"charging station entry is a {type(row).__name__}, not an object")
@@ -133,6 +136,8 @@ def parse_station(row: Any, known: Mapping[str, Station] | None = None) -> Stati
         value = attributes.get(name)
         values.append(value if value.__class__ is str else _text(value, name, station_id))
     label, charge_box_identity, firmware_version, serial_number, iccid, imsi = values
+    if not serial_numbers:
+        serial_number = ""
     has_sim_data = bool(iccid and imsi)
     old = known.get(station_id) if known else None
     if (
@@ -179,7 +184,7 @@ _ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber", 
 
 
 def parse_page(
-    document: Any, known: Mapping[str, Station] | None = None
+    document: Any, known: Mapping[str, Station] | None = None, *, serial_numbers: bool = True
 ) -> tuple[list[Station], dict[str, Any]]:
     """A stations page -> (stations, meta.pagination or {}); raises ParseError on a wrong shape."""
     if not isinstance(document, dict):
@@ -189,7 +194,7 @@ def parse_page(
         raise ParseError("charging stations answer has no data list")
     meta = document.get("meta")
     pagination = meta.get("pagination") if isinstance(meta, dict) else None
-    return [parse_station(row, known) for row in data], (
+    return [parse_station(row, known, serial_numbers=serial_numbers) for row in data], (
         pagination if isinstance(pagination, dict) else {}
     )
 
@@ -265,6 +270,7 @@ class CpoClient:
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
+        serial_numbers: bool = True,
     ) -> None:
         self._url = api_url.rstrip("/") + STATIONS_PATH
         self._host = urlsplit(api_url).netloc
@@ -277,6 +283,7 @@ class CpoClient:
         self._retry = retry
         self._limits = limits
         self._proxies = environment_proxies(self._url)
+        self._serial_numbers = serial_numbers  # kept only where the info metric shows them
 
     def stations(
         self, deadline: Deadline, known: Mapping[str, Station] | None = None
@@ -347,7 +354,7 @@ class CpoClient:
         """All rows of one walk through pages of ``limit`` (or fewer, as the server clamps it),
         what makes it inconsistent ('' if OK) and the rows of its first page."""
         gate = _Gate(concurrency)
-        stations, pagination = parse_page(self._get_page(0, deadline, gate, limit), known)
+        stations, pagination = self._parse(self._get_page(0, deadline, gate, limit), known)
         pages = [(stations, pagination)]
         step = len(stations)
         total = _int_or_none(pagination.get("total"))
@@ -365,7 +372,7 @@ class CpoClient:
                 raise ParseError(
                     f"charging stations of {self._host}: no last page after {len(pages)} pages"
                 )
-            stations, pagination = parse_page(self._get_page(offset, deadline, gate, limit), known)
+            stations, pagination = self._parse(self._get_page(offset, deadline, gate, limit), known)
             pages.append((stations, pagination))
             offset += len(stations)
         rows = [station for page, _ in pages for station in page]
@@ -385,7 +392,7 @@ class CpoClient:
         with ThreadPoolExecutor(gate.limit, thread_name_prefix="page") as pool:
             futures = [
                 pool.submit(
-                    lambda o: parse_page(self._get_page(o, deadline, gate, limit), known), offset
+                    lambda o: self._parse(self._get_page(o, deadline, gate, limit), known), offset
                 )
                 for offset in offsets
             ]
@@ -395,6 +402,11 @@ class CpoClient:
                 for future in futures:
                     future.cancel()
                 raise
+
+    def _parse(
+        self, document: Any, known: Mapping[str, Station] | None
+    ) -> tuple[list[Station], dict[str, Any]]:
+        return parse_page(document, known, serial_numbers=self._serial_numbers)
 
     def _get_page(self, offset: int, deadline: Deadline, gate: _Gate, limit: int) -> Any:
         params = {"page[limit]": limit, "page[offset]": offset}
@@ -503,6 +515,7 @@ def connect(
     on_response: RequestCounter,
     clock: Callable[[], float] = time.time,
     limits: Limits = DEFAULT_LIMITS,
+    serial_numbers: bool = True,
 ) -> tuple[TokenSource, CpoClient]:
     """The token source and API client of one mandant, sharing one new HTTP session."""
     session = new_session(concurrency, mandant.ca_file)
@@ -524,5 +537,6 @@ def connect(
         concurrency=concurrency,
         on_response=on_response,
         limits=limits,
+        serial_numbers=serial_numbers,
     )
     return tokens, client

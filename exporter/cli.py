@@ -289,6 +289,7 @@ def serve_until_stopped(
             cancel=shutting_down,
             on_publish=exposition.update,
             changelog=changelog,
+            serial_numbers=settings.station_info,
         )
 
     running.refreshers = tuple(new_refresher(mandant, settings) for mandant in settings.mandants)

@@ -10,7 +10,7 @@ import hmac
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, countOf, is_
@@ -156,12 +156,11 @@ def same_objects(rows: Sequence[Station], stations: Mapping[str, Station]) -> bo
     return len(rows) == len(stations) and all(map(is_, rows, stations.values()))
 
 
-def data_issues(stations: Iterable[Station], repeated_ids: int = 0) -> dict[str, int]:
+def data_issues(stations: Collection[Station], repeated_ids: int = 0) -> dict[str, int]:
     """Stations per data issue: no firmware version; no SIM data (iccid or imsi empty); a
     charge box identity that another station of the fleet has too (every one of them counts;
     an empty identity is never a duplicate); text that parsing repaired (``Station.repairs``);
     and ``repeated_ids``, the ids the listing gave more than once (each station counts once)."""
-    stations = list(stations)
     own = Counter(chain.from_iterable(map(attrgetter("issues"), stations)))
     return {
         "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
@@ -175,7 +174,7 @@ def data_issues(stations: Iterable[Station], repeated_ids: int = 0) -> dict[str,
 _IDENTITY_BITS = 1 << 24
 
 
-def _sharing_an_identity(stations: list[Station]) -> int:
+def _sharing_an_identity(stations: Collection[Station]) -> int:
     """Stations whose charge box identity another station has too ('' is never shared).
 
     A Counter of every identity would hold a million strings and their dict at once (90 MiB at

@@ -51,6 +51,7 @@ class MandantRefresher:
         on_publish: Callable[[], object] | None = None,
         changelog: ChangeLog | None = None,
         clock: Callable[[], float] = time.time,
+        serial_numbers: bool = True,
     ) -> None:
         self.mandant = mandant
         self._on_publish = on_publish or (lambda: None)
@@ -60,8 +61,15 @@ class MandantRefresher:
         self._cancel = cancel or threading.Event()
         self._clock = clock
         self._requests = RequestCounter()
+        self._serial_numbers = serial_numbers  # only the info metric shows them
         self._connection = connect(
-            mandant, page_limit, concurrency, self._requests, clock=clock, limits=limits
+            mandant,
+            page_limit,
+            concurrency,
+            self._requests,
+            clock=clock,
+            limits=limits,
+            serial_numbers=serial_numbers,
         )
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
@@ -71,7 +79,13 @@ class MandantRefresher:
         """Use changed settings of the same mandant (a reload): a new HTTP session and token
         source from the next refresh on; the published state and its counters stay."""
         self._connection = connect(
-            mandant, page_limit, concurrency, self._requests, clock=self._clock, limits=limits
+            mandant,
+            page_limit,
+            concurrency,
+            self._requests,
+            clock=self._clock,
+            limits=limits,
+            serial_numbers=self._serial_numbers,
         )
         self._timeout = timeout
         self.mandant = mandant

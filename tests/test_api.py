@@ -491,3 +491,13 @@ def test_a_station_whose_sim_data_changed_is_a_new_object():
     data["attributes"]["iccid"] = ""
     assert parse_station(data, known) is not known["a"]
     assert parse_station(row("a"), known) is known["a"]
+
+
+def test_without_the_info_metric_no_serial_number_is_kept():
+    sent = row("a")
+    station = parse_station(sent, serial_numbers=False)
+    assert station.serial_number == "" and station.label == sent["attributes"]["label"]
+    assert parse_station(row("a"), {"a": station}, serial_numbers=False) is station
+    assert (
+        parse_station(row("a"), {"a": station}).serial_number == sent["attributes"]["serialnumber"]
+    )

@@ -4,6 +4,7 @@ import pytest
 
 from exporter.api import RequestCounter
 from exporter.changelog import ChangeLog
+from exporter.http import DEFAULT_LIMITS
 from exporter.model import Mandant, Secret, Station
 from exporter.refresh import MandantRefresher, start_scheduler
 from exporter.simulator import Inventory, Simulator
@@ -229,3 +230,17 @@ def test_a_torn_read_never_reaches_the_change_log(simulator):
     name = refresher.mandant.name
     assert seen == [(name, "removed", "b"), (name, "added", "c")]
     assert {e.time for e in changelog.latest()} == {refresher.state.snapshot.taken_at}
+
+
+def test_without_the_info_metric_the_fleet_holds_no_serial_numbers(simulator):
+    refresher = MandantRefresher(
+        mandant_for(simulator), page_limit=10, timeout=30, serial_numbers=False
+    )
+    refresher.refresh()
+    stations = refresher.state.snapshot.stations.values()
+    assert len(stations) == 23 and all(s.label and not s.serial_number for s in stations)
+    refresher.reconnect(
+        refresher.mandant, page_limit=5, concurrency=1, timeout=30, limits=DEFAULT_LIMITS
+    )
+    refresher.refresh()
+    assert not any(s.serial_number for s in refresher.state.snapshot.stations.values())
