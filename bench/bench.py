@@ -231,21 +231,26 @@ def start_exporter(
     return exporter, f"http://127.0.0.1:{port}/metrics"
 
 
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def wait_for_fleet(
     url: str, fleet: dict[str, int], started: float, child: Child, timeout: float = 1200
-) -> tuple[float, int]:
+) -> tuple[float, int, int]:
     """Seconds from ``started`` until /metrics shows every mandant of ``fleet`` with its
-    station count, and the most threads the exporter had meanwhile."""
-    threads = 0
+    station count, and the most threads and open files the exporter had meanwhile."""
+    threads = files = 0
     deadline = time.monotonic() + timeout
     with requests.Session() as session:
         while time.monotonic() < deadline:
             threads = max(threads, proc_status(child.popen.pid, "Threads"))
+            files = max(files, open_files(child.popen.pid))
             # gzip, as Prometheus asks: polling plain would make the exporter keep a plain body
             body = session.get(url, headers={"Accept-Encoding": "gzip"}, timeout=120).content
             shown = {m.decode(): float(v) for m, v in FLEET_LINE.findall(body)}
             if all(shown.get(name) == count for name, count in fleet.items()):
-                return time.monotonic() - started, threads
+                return time.monotonic() - started, threads, files
             time.sleep(0.2)
     raise TimeoutError(f"/metrics of {child.log} never showed the whole fleet")
 
@@ -262,6 +267,8 @@ class Large:
     peak_rss_refreshed_mib: float | None = None  # after one more refresh of the same fleet
     peak_rss_changed_mib: float | None = None  # after a refresh that found changes, and scrapes
     rss_steady_mib: float | None = None  # VmRSS once every mandant is shown
+    files_start: int = 0  # the most open file descriptors seen until first data
+    files_steady: int = 0
 
 
 LAST_SUCCESS = re.compile(
@@ -321,7 +328,7 @@ def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list
             )  # fmt: skip
             try:
                 fleet = {"127.0.0.1": fleet_size(simulator.url)}  # changed by the run before
-                first, threads = wait_for_fleet(url, fleet, started, exporter)
+                first, threads, _ = wait_for_fleet(url, fleet, started, exporter)
                 start_peak = exporter.peak_rss_mib()
                 steady = proc_status(exporter.popen.pid, "Threads")
                 scrapes = scrape(url, args.large_scrapes, "beenergised-exporter", info, exporter,
@@ -370,13 +377,14 @@ def measure_many_mandants(args: argparse.Namespace, work: Path) -> list[Large]:
             )
             try:
                 fleet = dict.fromkeys(names, args.mandant_stations)
-                first, threads = wait_for_fleet(url, fleet, started, exporter)
+                first, threads, files = wait_for_fleet(url, fleet, started, exporter)
                 time.sleep(2)  # let the pools of the first refreshes wind down
                 steady = proc_status(exporter.popen.pid, "Threads")
                 rss = proc_status(exporter.popen.pid, "VmRSS") / 1024
                 results.append(Large(f"MALLOC_ARENA_MAX={arenas}" if arenas else "default",
                                      True, first, exporter.peak_rss_mib(), threads, steady,
-                                     rss_steady_mib=rss))  # fmt: skip
+                                     rss_steady_mib=rss, files_start=files,
+                                     files_steady=open_files(exporter.popen.pid)))  # fmt: skip
             finally:
                 exporter.stop()
         return results
@@ -444,11 +452,13 @@ def report_large(
             "",
             "| mandants | stations each | malloc | peak RSS MiB | RSS at steady state MiB"
             " | first data s (all mandants) | threads until first data (max)"
-            " | threads at steady state |",
-            "|---:|---:|---|---:|---:|---:|---:|---:|",
+            " | threads at steady state | open files until first data (max)"
+            " | open files at steady state |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
             *(f"| {args.mandants} | {args.mandant_stations:,} | {m.scenario} | "
               f"{m.peak_rss_mib:.0f} | {m.rss_steady_mib:.0f} | {m.first_data:.1f} | "
-              f"{m.threads_start} | {m.threads_steady} |" for m in many),
+              f"{m.threads_start} | {m.threads_steady} | {m.files_start} | "
+              f"{m.files_steady} |" for m in many),
         ])  # fmt: skip
     return {heading: f"{heading}\n\n{text}\n" for heading, text in sections.items()}
 
