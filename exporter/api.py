@@ -13,9 +13,9 @@ import re
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +37,14 @@ from exporter.http import (
     environment_proxies,
     send,
 )
-from exporter.model import MAX_TEXT_LENGTH, TEXT_SEPARATOR, Mandant, Station, same_objects
+from exporter.model import (
+    MAX_TEXT_LENGTH,
+    TEXT_SEPARATOR,
+    Mandant,
+    Station,
+    repeated,
+    same_objects,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -224,10 +231,8 @@ def _inconsistency(rows: list[Station], totals: set[int]) -> str:
 def _repeated_ids(rows: list[Station], known: Mapping[str, Station] | None) -> frozenset[str]:
     """The ids that come more than once in one read of the listing."""
     if known is not None and same_objects(rows, known):
-        return frozenset()  # the fleet held, unchanged: no set of a million ids needed
-    if len({station.id for station in rows}) == len(rows):
-        return frozenset()
-    return frozenset(sid for sid, n in Counter(station.id for station in rows).items() if n > 1)
+        return frozenset()  # the fleet held, unchanged: no id twice
+    return frozenset(repeated(rows, attrgetter("id")))
 
 
 class _Gate:

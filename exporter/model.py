@@ -10,14 +10,16 @@ import hmac
 import logging
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, countOf, is_
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 UNKNOWN_FIRMWARE = "unknown"
 """The firmware label used when a station reports no (or an empty) firmware version."""
@@ -150,6 +152,10 @@ class Snapshot:
         return not self.data_issues["duplicate_station_id"] and same_objects(rows, self.stations)
 
 
+def _identity(station: Station) -> str:
+    return station.charge_box_identity
+
+
 def same_objects(rows: Sequence[Station], stations: Mapping[str, Station]) -> bool:
     """Whether ``rows`` are the very station objects of ``stations``, in the same order (so no
     id comes twice in them)."""
@@ -165,41 +171,41 @@ def data_issues(stations: Collection[Station], repeated_ids: int = 0) -> dict[st
     return {
         "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
         "no_sim_data": own["no_sim_data"],
-        "duplicate_charge_box_identity": _sharing_an_identity(stations),
+        "duplicate_charge_box_identity": sum(repeated(stations, _identity).values()),
         **{issue: own[issue] for issue in TEXT_ISSUES},
         "duplicate_station_id": repeated_ids,
     }
 
 
-_IDENTITY_BITS = 1 << 24
+_BITMAP_BITS = 1 << 24
 
 
-def _sharing_an_identity(stations: Collection[Station]) -> int:
-    """Stations whose charge box identity another station has too ('' is never shared).
+def repeated(items: Collection[_T], key: Callable[[_T], str]) -> Counter[str]:
+    """How often each key of ``items`` comes, for the keys that come more than once ('' never
+    counts).
 
-    A Counter of every identity would hold a million strings and their dict at once (90 MiB at
+    A Counter of every key would hold a million strings and their dict at once (90 MiB at
     1,000,000 stations). Two passes hold about 2 MiB instead: the first marks the hash of each
-    identity in a bitmap and keeps the hashes it finds marked already (identities seen before,
-    and a few that only share a bit); the second counts exactly the identities with such a hash.
+    key in a bitmap and keeps the hashes it finds marked already (keys seen before, and a few
+    that only share a bit); the second counts exactly the keys with such a hash.
     """
-    seen = bytearray(_IDENTITY_BITS // 8)
+    seen = bytearray(_BITMAP_BITS // 8)
     again: set[int] = set()
-    for station in stations:
-        identity = station.charge_box_identity
-        if identity:
-            bit = hash(identity) % _IDENTITY_BITS
+    for item in items:
+        value = key(item)
+        if value:
+            bit = hash(value) % _BITMAP_BITS
             if seen[bit >> 3] & (1 << (bit & 7)):
                 again.add(bit)
             else:
                 seen[bit >> 3] |= 1 << (bit & 7)
     if not again:
-        return 0
+        return Counter()
+    del seen
     counts = Counter(
-        identity
-        for station in stations
-        if (identity := station.charge_box_identity) and hash(identity) % _IDENTITY_BITS in again
+        value for item in items if (value := key(item)) and hash(value) % _BITMAP_BITS in again
     )
-    return sum(n for n in counts.values() if n > 1)
+    return Counter({value: n for value, n in counts.items() if n > 1})
 
 
 @dataclass(frozen=True, slots=True)

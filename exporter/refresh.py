@@ -138,6 +138,7 @@ class MandantRefresher:
                     self._changelog.record(self.mandant.name, snapshot.taken_at, changes)
         else:
             LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
+        del previous  # a changed fleet's old dict goes before /metrics renders the new one
         self._finish(state, started)
         LOG.debug("mandant %s refreshed in %.3fs", self.mandant.name, self.state.last_duration)
 

@@ -13,6 +13,7 @@ from exporter.model import (
     Station,
     data_issues,
     diff,
+    repeated,
 )
 
 
@@ -166,8 +167,14 @@ def test_stations_sharing_an_identity_are_counted_exactly(identities):
 
 
 def test_identities_that_only_share_a_bit_of_the_bitmap_are_not_counted(monkeypatch):
-    monkeypatch.setattr("exporter.model._IDENTITY_BITS", 8)  # every hash collides
+    monkeypatch.setattr("exporter.model._BITMAP_BITS", 8)  # every hash collides
     fleet = [Station(str(i), "", f"cp_{i % 50}", "1.0", "") for i in range(60)]
     assert data_issues(fleet)["duplicate_charge_box_identity"] == 20  # cp_0 .. cp_9, twice each
     unique = [Station(str(i), "", f"cp_{i}", "1.0", "") for i in range(60)]
     assert data_issues(unique)["duplicate_charge_box_identity"] == 0
+
+
+@given(st.lists(st.sampled_from(["", "a", "b", "c", "Ä", "a1"]), max_size=40))
+def test_repeated_counts_exactly_the_keys_that_come_more_than_once(keys):
+    counts = Counter(key for key in keys if key)
+    assert repeated(keys, str) == {key: n for key, n in counts.items() if n > 1}
