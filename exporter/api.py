@@ -408,6 +408,10 @@ class CpoClient:
                     future.cancel()
                 raise
 
+    def close(self) -> None:
+        """Close the idle connections; the next request opens new ones."""
+        self._session.close()
+
     def _parse(
         self, document: Any, known: Mapping[str, Station] | None
     ) -> tuple[list[Station], dict[str, Any]]:

@@ -244,3 +244,14 @@ def test_without_the_info_metric_the_fleet_holds_no_serial_numbers(simulator):
     )
     refresher.refresh()
     assert not any(s.serial_number for s in refresher.state.snapshot.stations.values())
+
+
+def test_a_refresh_leaves_no_idle_connection_open(simulator):
+    refresher = MandantRefresher(mandant_for(simulator), page_limit=5, timeout=30, concurrency=4)
+    _, client = refresher._connection
+    pools = client._session.get_adapter(simulator.api_url).poolmanager.pools
+    refresher.refresh()
+    assert refresher.state.up and len(pools) == 0
+    refresher.refresh()  # and the next refresh opens new ones
+    assert refresher.state.up and refresher.state.snapshot is not None
+    assert len(pools) == 0
