@@ -143,6 +143,9 @@ class ScriptedClient:
         self.reads += 1
         return [Station(sid, sid, sid, "1.0", "") for sid in fleet]
 
+    def close(self) -> None:
+        """A refresh ends by closing its connections; this client has none."""
+
 
 def scripted(simulator, *fleets: list[str]) -> tuple[MandantRefresher, ScriptedClient]:
     refresher = MandantRefresher(mandant_for(simulator), page_limit=10, timeout=30)
