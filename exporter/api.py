@@ -380,9 +380,12 @@ class CpoClient:
             stations, pagination = self._parse(self._get_page(offset, deadline, gate, limit), known)
             pages.append((stations, pagination))
             offset += len(stations)
-        rows = [station for page, _ in pages for station in page]
-        LOG.debug("read %d rows from %s in %d page(s)", len(rows), self._host, len(pages))
+        LOG.debug("read %d rows from %s in %d page(s)", offset, self._host, len(pages))
         totals = {total for _, p in pages if (total := _total(p)) is not None}
+        rows: list[Station] = []
+        pages.reverse()
+        while pages:  # each page's list goes as soon as its rows are in ``rows``
+            rows += pages.pop()[0]
         return rows, _inconsistency(rows, totals), step
 
     def _fetch_concurrently(
