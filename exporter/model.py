@@ -129,17 +129,14 @@ class Snapshot:
         by_id: dict[str, Station] = {}
         for station in rows:
             by_id.setdefault(station.id, station)
-        repeated = 0
-        if len(by_id) < len(rows):
-            ids = Counter(map(attrgetter("id"), rows))
-            repeated = sum(1 for count in ids.values() if count > 1)
+        repeated_ids = len(repeated(rows, attrgetter("id"))) if len(by_id) < len(rows) else 0
         firmware = Counter(map(attrgetter("firmware_version"), by_id.values()))
         if "" in firmware:
             firmware[UNKNOWN_FIRMWARE] += firmware.pop("")
         return cls(
             MappingProxyType(by_id),
             MappingProxyType(dict(firmware)),
-            MappingProxyType(data_issues(by_id.values(), repeated)),
+            MappingProxyType(data_issues(by_id.values(), repeated_ids)),
             taken_at,
         )
 
@@ -152,14 +149,14 @@ class Snapshot:
         return not self.data_issues["duplicate_station_id"] and same_objects(rows, self.stations)
 
 
-def _identity(station: Station) -> str:
-    return station.charge_box_identity
-
-
 def same_objects(rows: Sequence[Station], stations: Mapping[str, Station]) -> bool:
     """Whether ``rows`` are the very station objects of ``stations``, in the same order (so no
     id comes twice in them)."""
     return len(rows) == len(stations) and all(map(is_, rows, stations.values()))
+
+
+def _identity(station: Station) -> str:
+    return station.charge_box_identity
 
 
 def data_issues(stations: Collection[Station], repeated_ids: int = 0) -> dict[str, int]:
