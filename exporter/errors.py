@@ -79,7 +79,12 @@ class TlsError(ApiConnectionError):
 
 class RedirectError(ApiHttpError):
     """The server redirected us to another origin (or too often); the redirect is not followed:
-    it may carry the client secret or lead to another mandant's fleet."""
+    it may carry the client secret or lead to another mandant's fleet. ``status`` is the
+    redirect's HTTP status, for the request counter."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ResponseTooLargeError(RefreshError):

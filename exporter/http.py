@@ -310,11 +310,14 @@ def same_origin_redirects(url: str) -> Callable[..., None]:
             response.close()
             raise RedirectError(
                 f"{start} redirected (HTTP {response.status_code}) to another origin, {target}: "
-                "not followed, a redirect may carry the credentials; is the URL right?"
+                "not followed, a redirect may carry the credentials; is the URL right?",
+                response.status_code,
             )
         if hops > MAX_REDIRECTS:
             response.close()
-            raise RedirectError(f"{start}: more than {MAX_REDIRECTS} redirects, not followed")
+            raise RedirectError(
+                f"{start}: more than {MAX_REDIRECTS} redirects, not followed", response.status_code
+            )
 
     return hook
 
@@ -442,8 +445,8 @@ def send(
         try:
             kwargs["hooks"] = {"response": same_origin_redirects(url)}
             response = _attempt(session, method, url, bound, limits, what, kwargs)
-        except ResponseTooLargeError as exc:
-            on_response(endpoint, str(exc.status))
+        except (ResponseTooLargeError, RedirectError) as exc:
+            on_response(endpoint, str(exc.status))  # an answer came: counted by its status
             raise
         except requests.ConnectTimeout:
             failure = ApiTimeoutError(f"{what}: timed out connecting")

@@ -16,6 +16,7 @@ import pytest
 import requests
 import responses
 
+from exporter.api import RequestCounter
 from exporter.auth import ASSUMED_LIFETIME, MAX_LIFETIME, MIN_LIFETIME, TokenSource
 from exporter.check import as_json, check_mandant
 from exporter.config import load_settings
@@ -118,7 +119,10 @@ class Clock:
 
 
 def source(
-    method: str = "basic", secret: Secret | None = None, clock: Clock | None = None
+    method: str = "basic",
+    secret: Secret | None = None,
+    clock: Clock | None = None,
+    on_response: RequestCounter | None = None,
 ) -> TokenSource:
     return TokenSource(
         token_url=TOKEN_URL,
@@ -128,6 +132,7 @@ def source(
         session=requests.Session(),
         clock=clock or Clock(),
         retry=RetryPolicy(attempts=1),
+        **({"on_response": on_response} if on_response else {}),
     )
 
 
@@ -271,9 +276,11 @@ def test_the_token_request_never_follows_a_redirect_to_another_origin(
     )
     other = responses.post(OTHER + "/token", json=reply())
     other_get = responses.get(OTHER + "/token", json=reply())
+    counter = RequestCounter()
     with pytest.raises(RedirectError) as caught:
-        source(method).token(Deadline(60))
+        source(method, on_response=counter).token(Deadline(60))
     assert other.call_count == 0 and other_get.call_count == 0
+    assert counter.counts() == {("token", str(status)): 1}  # the refused answer is counted
     message = str(caught.value)
     assert caught.value.reason == "http"
     assert "https://evil.example.test:443" in message and "another origin" in message
