@@ -25,7 +25,7 @@ from exporter.demo import start_demo_api
 from exporter.errors import ConfigError
 from exporter.http import Limits
 from exporter.logs import setup_logging
-from exporter.metrics import Exposition, FleetCollector, ReloadStatus
+from exporter.metrics import Exposition, FleetCollector, RefusedRequests, ReloadStatus
 from exporter.model import MandantState
 from exporter.refresh import (
     MandantRefresher,
@@ -53,15 +53,18 @@ def build_exposition(
     states: Callable[[], Sequence[MandantState]],
     settings: Settings,
     reload_status: ReloadStatus | None = None,
+    refused: RefusedRequests | None = None,
 ) -> Exposition:
     """Our fleet metrics (rendered once per refresh), and per scrape (they change all the time)
-    the client library's process, platform and GC collectors and the reload status."""
+    the client library's process, platform and GC collectors, the reload status and the
+    requests refused by basic auth."""
     live = CollectorRegistry()
     ProcessCollector(registry=live)
     PlatformCollector(registry=live)
     GCCollector(registry=live)
-    if reload_status is not None:
-        live.register(reload_status)
+    for collector in (reload_status, refused):
+        if collector is not None:
+            live.register(collector)
     fleet = FleetCollector(
         states, station_info=settings.station_info, refresh_interval=settings.refresh_interval
     )
@@ -275,7 +278,8 @@ def serve_until_stopped(
         return [refresher.state for refresher in running.refreshers]
 
     reload_status = ReloadStatus()
-    exposition = build_exposition(states, settings, reload_status)
+    refused = RefusedRequests()
+    exposition = build_exposition(states, settings, reload_status, refused)
     changelog = ChangeLog(settings.changes_max_entries)
 
     def new_refresher(mandant: Mandant, settings: Settings) -> MandantRefresher:
@@ -299,6 +303,7 @@ def serve_until_stopped(
         changelog,
         telemetry_path=settings.telemetry_path,
         auth=BasicAuth(web_config.users) if web_config and web_config.users else None,
+        refused=refused,
     )
     try:
         server, _ = serve(app, settings.listen_host, settings.listen_port, web_config)

@@ -300,6 +300,34 @@ class ReloadStatus(Collector):
         )
 
 
+class RefusedRequests(Collector):
+    """Requests that basic auth refused, by reason: ``unauthorized`` (HTTP 401: no, unknown or
+    wrong credentials) and ``too_many_logins`` (HTTP 429: this client's password check, or too
+    many others, already waiting). A rising count is a scraper with a stale password, or
+    someone guessing."""
+
+    REASONS = ("unauthorized", "too_many_logins")
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(self.REASONS, 0)
+        self._lock = threading.Lock()
+
+    def record(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "beenergised_web_requests_refused",
+            "Requests refused by basic auth: unauthorized (HTTP 401), too_many_logins (HTTP "
+            "429, password checks waiting).",
+            labels=["reason"],
+        )
+        for reason in self.REASONS:
+            family.add_metric([reason], self._counts[reason])
+        yield family
+
+
 class _Families:
     """A fixed set of metric families, in the shape the exposition functions take."""
 

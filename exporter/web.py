@@ -26,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.changelog import ChangeEntry, ChangeLog
-from exporter.metrics import Exposition
+from exporter.metrics import Exposition, RefusedRequests
 from exporter.model import CHANGE_KINDS, MandantState
 from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
 
@@ -74,8 +74,10 @@ class ExporterApp:
         *,
         telemetry_path: str = "/metrics",
         auth: BasicAuth | None = None,
+        refused: RefusedRequests | None = None,
     ) -> None:
         self._exposition = exposition
+        self._refused = refused or RefusedRequests()
         self._states = states
         self._changelog = changelog
         self._telemetry_path = telemetry_path
@@ -108,6 +110,7 @@ class ExporterApp:
                     environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
                 )
             except TooManyLogins:
+                self._refused.record("too_many_logins")
                 LOG.debug("%s: 429, too many password checks at once", environ.get("REMOTE_ADDR"))
                 return _respond(
                     start_response,
@@ -116,6 +119,7 @@ class ExporterApp:
                     [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1")],
                 )
             if not allowed:
+                self._refused.record("unauthorized")
                 return _respond(
                     start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
                 )

@@ -116,6 +116,11 @@ def test_web_config_file_puts_tls_and_basic_auth_on_the_real_exporter(tmp_path, 
         assert (
             requests.get(exporter.url + "/healthz", verify=ca_file, timeout=10).status_code == 200
         )
+        refused = requests.get(
+            exporter.url + "/metrics", auth=("prometheus", password), verify=ca_file, timeout=10
+        ).text
+        assert 'beenergised_web_requests_refused_total{reason="unauthorized"} 2.0' in refused
+        assert 'beenergised_web_requests_refused_total{reason="too_many_logins"} 0.0' in refused
     finally:
         assert exporter.stop() == 0
     assert password not in exporter.output and hashed not in exporter.output

@@ -187,7 +187,9 @@ def test_gzip_is_one_member_with_exactly_the_plain_body(openmetrics):
 
 
 @pytest.mark.parametrize(
-    "states", [[], [MandantState(name="a")]], ids=["no mandants", "no data yet"]
+    "states",
+    [[], [MandantState(name="a")], [mandant("a", 0), mandant("b", 0)]],
+    ids=["no mandants", "no data yet", "empty fleets"],
 )
 @pytest.mark.parametrize("station_info", [True, False])
 def test_gzip_without_stations(states, station_info):

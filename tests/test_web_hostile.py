@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.changelog import ChangeLog
 from exporter.errors import ConfigError
-from exporter.metrics import Exposition, FleetCollector
+from exporter.metrics import Exposition, FleetCollector, RefusedRequests
 from exporter.model import Change, MandantState, Snapshot, Station
 from exporter.web import ExporterApp, _DualStackServer, accepts_gzip, listen_address, serve
 from exporter.webauth import BasicAuth, TooManyLogins, _client_key
@@ -547,7 +547,8 @@ def login(port: int, source: str, credentials: bytes) -> int:
 
 def test_the_429_answer(start, slow_bcrypt):
     auth = BasicAuth({"alice": HASH})
-    port = start(ExporterApp(exposition(), states, ChangeLog(5), auth=auth))
+    refused = RefusedRequests()
+    port = start(ExporterApp(exposition(), states, ChangeLog(5), auth=auth, refused=refused))
     held = threading.Thread(target=login, args=(port, "127.0.0.1", b"alice:wrong"))
     held.start()
     assert slow_bcrypt.running.wait(5)
@@ -559,3 +560,6 @@ def test_the_429_answer(start, slow_bcrypt):
     held.join(5)
     status, _, _ = get(port, "/metrics", Authorization=basic(b"alice:" + PASSWORD))
     assert status == b"HTTP/1.0 200 OK"
+    # the held wrong password, then the refused right one
+    counts = {s.labels["reason"]: s.value for s in next(iter(refused.collect())).samples}
+    assert counts == {"unauthorized": 1, "too_many_logins": 1}
