@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter.metrics import FleetCollector
+from exporter.metrics import FleetCollector, RefusedRequests
 from exporter.model import FirmwareTarget
 from tests.dashboards import (
     DASHBOARD_DIR,
@@ -71,6 +71,7 @@ def exposition() -> dict[str, set[str]]:
     # a rollout target, so that the target metric is exposed too
     states = [dataclasses.replace(north, firmware_target=FirmwareTarget.parse("2.4.1")), *others]
     registry.register(FleetCollector(lambda: states))
+    registry.register(RefusedRequests())
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
