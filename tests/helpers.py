@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -183,14 +184,28 @@ def scrape(exporter: ExporterProcess) -> dict[tuple[str, frozenset], float]:
     return samples(response.text)
 
 
-def env_for(simulator: SimulatorProcess) -> dict[str, str]:
-    """The environment that points the exporter at ``simulator`` with the E2E_CLIENT."""
+def env_for(
+    simulator: SimulatorProcess, client: tuple[str, str] = E2E_CLIENT, **settings: str
+) -> dict[str, str]:
+    """The environment that points the exporter at ``simulator`` with ``client`` (id, secret),
+    and further ``BEENERGISED_*`` settings."""
     return {
         "BEENERGISED_API_URL": simulator.url,
         "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-        "BEENERGISED_CLIENT_ID": E2E_CLIENT[0],
-        "BEENERGISED_CLIENT_SECRET": E2E_CLIENT[1],
+        "BEENERGISED_CLIENT_ID": client[0],
+        "BEENERGISED_CLIENT_SECRET": client[1],
+        **settings,
     }
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -208,6 +223,27 @@ class FaultStack:
     def sample(self, name: str, **labels: str) -> float | None:
         """The mandant's sample ``name`` with ``labels``, or None when it is not exported."""
         return self.metrics().get((name, frozenset({"mandant": self.mandant, **labels}.items())))
+
+    def value(self, name: str, **labels: str) -> float:
+        """The mandant's sample, 0 when it is not exported."""
+        return self.sample(name, **labels) or 0.0
+
+    def successes(self) -> float:
+        return self.value("beenergised_last_refresh_success_timestamp_seconds")
+
+    def wait_healthy(self, fresh: bool = True) -> None:
+        """Up and serving exactly the simulator's fleet (after a new successful refresh)."""
+        if fresh:
+            seen = self.successes()
+            wait_until(lambda: self.successes() > seen, what="a fresh successful refresh")
+        wait_until(
+            lambda: (
+                self.value("beenergised_up") == 1
+                and self.value("beenergised_charging_stations")
+                == self.simulator.state()["stations"]
+            ),
+            what="the exporter to serve the simulator's fleet",
+        )
 
     def fault(self, **spec: object) -> None:
         response = requests.post(self.simulator.url + "/_sim/faults", json=spec, timeout=5)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, wait_until
+from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, env_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,26 +21,7 @@ SECRET = "faults-Secret-93b1e"
 STATIONS = 60
 
 
-class Stack(FaultStack):
-    def value(self, name: str, **labels: str) -> float:
-        return self.sample(name, **labels) or 0.0
-
-    def successes(self) -> float:
-        return self.value("beenergised_last_refresh_success_timestamp_seconds")
-
-    def wait_healthy(self, fresh: bool = True) -> None:
-        """Up and serving exactly the simulator's fleet (after a new successful refresh)."""
-        if fresh:
-            seen = self.successes()
-            wait_until(lambda: self.successes() > seen, what="a fresh successful refresh")
-        wait_until(
-            lambda: (
-                self.value("beenergised_up") == 1
-                and self.value("beenergised_charging_stations")
-                == self.simulator.state()["stations"]
-            ),
-            what="the exporter to serve the simulator's fleet",
-        )
+Stack = FaultStack
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +31,7 @@ def stack() -> Iterator[Stack]:
     )  # fmt: skip
     exporter = ExporterProcess(
         ["--refresh-interval=1s", "--page-limit=20", "--api.request-timeout=2s"],
-        {
-            "BEENERGISED_API_URL": simulator.url,
-            "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-            "BEENERGISED_CLIENT_ID": "demo-client",
-            "BEENERGISED_CLIENT_SECRET": SECRET,
-        },
+        env_for(simulator, ("demo-client", SECRET)),
     )
     stack = Stack(simulator, exporter)
     try:

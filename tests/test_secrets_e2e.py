@@ -25,7 +25,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 import requests
 
-from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, wait_until
+from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, env_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,9 +48,6 @@ def forms(secret: str = SECRET) -> list[str]:
 
 
 class Stack(FaultStack):
-    def value(self, name: str, **labels: str) -> float:
-        return self.sample(name, **labels) or 0.0
-
     def control(self, path: str, body: dict | None = None, url: str | None = None) -> object:
         base = url or self.simulator.url
         if body is None:
@@ -60,26 +57,11 @@ class Stack(FaultStack):
         assert response.status_code == 200, response.text
         return response.json()
 
-    def successes(self) -> float:
-        return self.value("beenergised_last_refresh_success_timestamp_seconds")
-
     def failures(self, reason: str) -> float:
         return self.value("beenergised_refresh_failures_total", reason=reason)
 
     def token_requests(self) -> int:
         return sum(1 for r in self.simulator.request_log() if r["path"].startswith("/oauth2/"))
-
-    def wait_healthy(self, fresh: bool = True) -> None:
-        if fresh:
-            seen = self.successes()
-            wait_until(lambda: self.successes() > seen, what="a fresh successful refresh")
-        wait_until(
-            lambda: (
-                self.value("beenergised_up") == 1
-                and self.value("beenergised_charging_stations") == STATIONS
-            ),
-            what="the exporter to serve the simulator's fleet",
-        )
 
     def wait_failure(self, reason: str, before: float) -> None:
         wait_until(lambda: self.failures(reason) > before, what=f"a {reason} failure")
@@ -121,15 +103,13 @@ def start_stack(
     return start
 
 
+def check_env(simulator: SimulatorProcess, **settings: str) -> dict[str, str]:
+    """The whole environment of a ``check`` process against ``simulator``."""
+    return {"PATH": os.environ.get("PATH", ""), **env_for(simulator, (CLIENT, SECRET), **settings)}
+
+
 def run_check(simulator: SimulatorProcess, *args: str, method: str = "basic") -> tuple[int, str]:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "BEENERGISED_API_URL": simulator.url,
-        "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-        "BEENERGISED_CLIENT_ID": CLIENT,
-        "BEENERGISED_CLIENT_SECRET": SECRET,
-        "BEENERGISED_TOKEN_AUTH_METHOD": method,
-    }
+    env = check_env(simulator, BEENERGISED_TOKEN_AUTH_METHOD=method)
     result = subprocess.run(
         [SCRIPT, "check", "--page-limit=20", "--log.level=debug", *args],
         capture_output=True,
@@ -235,13 +215,7 @@ def test_check_json_is_valid_for_odd_expires_in(simulator_process, kind: str):
     requests.post(
         simulator.url + "/_sim/faults", json={"kind": kind, "endpoint": "token"}, timeout=5
     ).raise_for_status()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "BEENERGISED_API_URL": simulator.url,
-        "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-        "BEENERGISED_CLIENT_ID": CLIENT,
-        "BEENERGISED_CLIENT_SECRET": SECRET,
-    }
+    env = check_env(simulator)
     result = subprocess.run(
         [SCRIPT, "check", "--output=json"], capture_output=True, text=True, timeout=60, env=env
     )

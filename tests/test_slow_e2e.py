@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, wait_until
+from tests.helpers import ExporterProcess, FaultStack, SimulatorProcess, env_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,24 +27,8 @@ SLACK = 1.5  # seconds a refresh may take beyond the bound on a busy machine
 
 
 class Stack(FaultStack):
-    def value(self, name: str, **labels: str) -> float | None:
-        return self.sample(name, **labels)
-
     def failures(self, reason: str) -> float:
-        return self.value("beenergised_refresh_failures_total", reason=reason) or 0.0
-
-    def wait_healthy(self) -> None:
-        """A fresh successful refresh that serves exactly the simulator's fleet."""
-        seen = self.value("beenergised_last_refresh_success_timestamp_seconds") or 0.0
-        wait_until(
-            lambda: (
-                (self.value("beenergised_last_refresh_success_timestamp_seconds") or 0.0) > seen
-                and self.value("beenergised_up") == 1
-                and self.value("beenergised_charging_stations")
-                == self.simulator.state()["stations"]
-            ),
-            what="a fresh refresh serving the simulator's fleet",
-        )
+        return self.value("beenergised_refresh_failures_total", reason=reason)
 
     def wait_failure(self, reason: str, before: float, timeout: float = 15.0) -> None:
         wait_until(lambda: self.failures(reason) > before, timeout, f"a {reason} failure")
@@ -59,13 +43,7 @@ def peak_rss(pid: int) -> int:
 
 
 def environment(simulator: SimulatorProcess, **settings: str) -> dict[str, str]:
-    return {
-        "BEENERGISED_API_URL": simulator.url,
-        "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-        "BEENERGISED_CLIENT_ID": "demo-client",
-        "BEENERGISED_CLIENT_SECRET": SECRET,
-        **settings,
-    }
+    return env_for(simulator, ("demo-client", SECRET), **settings)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +134,7 @@ def test_a_fleet_that_takes_several_intervals_to_read_is_published(
     )
     stack = Stack(simulator, exporter)
     # Before: nothing yet, and no failure either.
-    assert stack.value("beenergised_charging_stations") is None
+    assert stack.sample("beenergised_charging_stations") is None
     wait_until(lambda: stack.value("beenergised_charging_stations") == 40, what="the fleet")
     assert stack.value("beenergised_up") == 1
     first = stack.value("beenergised_last_refresh_duration_seconds")

@@ -26,7 +26,7 @@ from exporter.model import Change, MandantState, Snapshot, Station
 from exporter.web import ExporterApp, _DualStackServer, accepts_gzip, listen_address, serve
 from exporter.webauth import BasicAuth, TooManyLogins, _client_key
 from exporter.webconfig import MAX_BCRYPT_COST, load_web_config
-from tests.helpers import wait_until
+from tests.helpers import ipv6_loopback, wait_until
 
 PASSWORD = b"right-Password-1"
 HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4))
@@ -296,15 +296,6 @@ def test_an_unexpected_error_is_a_plain_500_and_one_log_line(start, caplog, capf
 
 
 # Dual-stack
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def test_an_empty_host_listens_on_ipv6_and_ipv4(start):

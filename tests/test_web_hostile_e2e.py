@@ -20,7 +20,14 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.helpers import ExporterProcess, Process, SimulatorProcess, wait_until
+from tests.helpers import (
+    ExporterProcess,
+    Process,
+    SimulatorProcess,
+    env_for,
+    ipv6_loopback,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,12 +36,7 @@ STATIONS = 30
 
 
 def api_env(simulator: SimulatorProcess) -> dict[str, str]:
-    return {
-        "BEENERGISED_API_URL": simulator.url,
-        "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-        "BEENERGISED_CLIENT_ID": "demo-client",
-        "BEENERGISED_CLIENT_SECRET": SECRET,
-    }
+    return env_for(simulator, ("demo-client", SECRET))
 
 
 @pytest.fixture(scope="module")
@@ -148,15 +150,6 @@ def test_other_methods_get_405_with_allow(exporter):
     for method in ["POST", "PUT", "DELETE"]:
         status, headers, body = request(port_of(exporter), method, "/metrics")
         assert (status, headers.get("allow"), body) == (405, "GET, HEAD", b"method not allowed\n")
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def exporter_command(*args: str) -> tuple[list[str], dict[str, str]]:
