@@ -62,23 +62,13 @@ class MandantRefresher:
         self._clock = clock
         self._requests = RequestCounter()
         self._serial_numbers = serial_numbers  # only the info metric shows them
-        self._connection = connect(
-            mandant,
-            page_limit,
-            concurrency,
-            self._requests,
-            clock=clock,
-            limits=limits,
-            serial_numbers=serial_numbers,
-        )
+        self._connection = self._connect(mandant, page_limit, concurrency, limits)
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
-    def reconnect(
-        self, mandant: Mandant, *, page_limit: int, concurrency: int, timeout: float, limits: Limits
-    ) -> None:
-        """Use changed settings of the same mandant (a reload): a new HTTP session and token
-        source from the next refresh on; the published state and its counters stay."""
-        self._connection = connect(
+    def _connect(
+        self, mandant: Mandant, page_limit: int, concurrency: int, limits: Limits
+    ) -> tuple[TokenSource, CpoClient]:
+        return connect(
             mandant,
             page_limit,
             concurrency,
@@ -87,6 +77,13 @@ class MandantRefresher:
             limits=limits,
             serial_numbers=self._serial_numbers,
         )
+
+    def reconnect(
+        self, mandant: Mandant, *, page_limit: int, concurrency: int, timeout: float, limits: Limits
+    ) -> None:
+        """Use changed settings of the same mandant (a reload): a new HTTP session and token
+        source from the next refresh on; the published state and its counters stay."""
+        self._connection = self._connect(mandant, page_limit, concurrency, limits)
         self._timeout = timeout
         self.mandant = mandant
         self._publish(self.state)
