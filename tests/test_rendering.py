@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -256,3 +258,8 @@ def test_crc32_combine_is_the_crc_of_both(size_a, size_b):
     assert combined == zlib.crc32(a + b)
     big = bytes(3 << 20) + b"x"  # longer than the zero buffer
     assert metrics.crc32_combine(zlib.crc32(a), zlib.crc32(big), len(big)) == zlib.crc32(a + big)
+
+
+@given(st.binary(max_size=2000), st.binary(max_size=2000))
+def test_crc32_combine_agrees_with_zlib_on_any_two_messages(a, b):
+    assert metrics.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
