@@ -607,15 +607,10 @@ class Exposition:
         self._info = {
             name: info for name, info in self._info.items() if fleets.get(name) is info.stations
         }
-        pieces = []
-        for state in states:
-            if state.snapshot is None:
-                continue
-            info = self._info.get(state.name)
-            if info is None or info.stations is not state.snapshot.stations:
-                info = self._info[state.name] = _Info(state.name, state.snapshot.stations)
-            pieces.append(info.piece)
-        return tuple(pieces)
+        for name, stations in fleets.items():
+            if name not in self._info:
+                self._info[name] = _Info(name, stations)
+        return tuple(self._info[name].piece for name in fleets)
 
 
 def _same(old: tuple[MandantState, ...], new: tuple[MandantState, ...]) -> bool:
