@@ -319,19 +319,19 @@ class CpoClient:
                     f"charging stations of {self._host}: listing inconsistent twice in a row "
                     f"({problem})"
                 )
-        repeated = _repeated_ids(rows, known)
-        if not repeated:
+        twice = _repeated_ids(rows, known)
+        if not twice:
             return rows
         other_size = page_size - 1 if page_size > 1 else 2
         LOG.info(
             "listing of %s has %d station(s) listed twice; reading it again in pages of %d",
             self._host,
-            len(repeated),
+            len(twice),
             other_size,
         )
         again, problem, _ = self._read_listing(deadline, self._concurrency, other_size, known)
         repeated_again = _repeated_ids(again, known)
-        if not problem and repeated_again and repeated_again != repeated:
+        if not problem and repeated_again and repeated_again != twice:
             problem = f"other stations listed twice in pages of {other_size} than of {page_size}"
         if problem:
             raise PaginationError(
