@@ -65,8 +65,7 @@ class Child:
         raise TimeoutError(f"no {pattern!r} in {self.log}")
 
     def peak_rss_mib(self) -> float:
-        status = Path(f"/proc/{self.popen.pid}/status").read_text()
-        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
+        return proc_status(self.popen.pid, "VmHWM") / 1024
 
     def stop(self) -> None:
         if self.popen.poll() is None:
