@@ -29,6 +29,7 @@ from exporter.options import (
     DEFAULT_CHANGES_MAX_ENTRIES,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RESPONSE_SIZE,
+    DEFAULT_MAX_STATIONS,
     DEFAULT_PAGE_LIMIT,
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_TIMEOUT,
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_CHANGES_MAX_ENTRIES",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_RESPONSE_SIZE",
+    "DEFAULT_MAX_STATIONS",
     "DEFAULT_PAGE_LIMIT",
     "DEFAULT_PORT",
     "DEFAULT_REFRESH_INTERVAL",
@@ -117,6 +119,7 @@ class Settings:
     refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT  # seconds one refresh may take, > 0
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # wall-clock seconds per request, > 0
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE  # bytes per answer, >= 1
+    max_stations: int = DEFAULT_MAX_STATIONS  # rows one read of a listing may hold, >= 1
 
 
 def _read_secret_file(given: _Given, path: Path) -> Secret:

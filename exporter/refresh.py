@@ -19,7 +19,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter.api import CpoClient, RequestCounter, connect
+from exporter.api import MAX_STATIONS, CpoClient, RequestCounter, connect
 from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
 from exporter.errors import PaginationError, RefreshError
@@ -45,6 +45,7 @@ class MandantRefresher:
         page_limit: int,
         timeout: float,
         concurrency: int = 1,
+        max_stations: int = MAX_STATIONS,
         interval: float | None = None,
         limits: Limits = DEFAULT_LIMITS,
         cancel: threading.Event | None = None,
@@ -62,11 +63,16 @@ class MandantRefresher:
         self._clock = clock
         self._requests = RequestCounter()
         self._serial_numbers = serial_numbers  # only the info metric shows them
-        self._connection = self._connect(mandant, page_limit, concurrency, limits)
+        self._connection = self._connect(mandant, page_limit, concurrency, max_stations, limits)
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
     def _connect(
-        self, mandant: Mandant, page_limit: int, concurrency: int, limits: Limits
+        self,
+        mandant: Mandant,
+        page_limit: int,
+        concurrency: int,
+        max_stations: int,
+        limits: Limits,
     ) -> tuple[TokenSource, CpoClient]:
         return connect(
             mandant,
@@ -76,14 +82,22 @@ class MandantRefresher:
             clock=self._clock,
             limits=limits,
             serial_numbers=self._serial_numbers,
+            max_stations=max_stations,
         )
 
     def reconnect(
-        self, mandant: Mandant, *, page_limit: int, concurrency: int, timeout: float, limits: Limits
+        self,
+        mandant: Mandant,
+        *,
+        page_limit: int,
+        concurrency: int,
+        timeout: float,
+        limits: Limits,
+        max_stations: int = MAX_STATIONS,
     ) -> None:
         """Use changed settings of the same mandant (a reload): a new HTTP session and token
         source from the next refresh on; the published state and its counters stay."""
-        self._connection = self._connect(mandant, page_limit, concurrency, limits)
+        self._connection = self._connect(mandant, page_limit, concurrency, max_stations, limits)
         self._timeout = timeout
         self.mandant = mandant
         self._publish(self.state)

@@ -8,7 +8,14 @@ import responses
 
 from exporter.api import STATIONS_PATH, CpoClient, _Gate, parse_page, parse_station
 from exporter.auth import TokenSource
-from exporter.errors import ApiHttpError, ApiTimeoutError, AuthError, PaginationError, ParseError
+from exporter.errors import (
+    ApiHttpError,
+    ApiTimeoutError,
+    AuthError,
+    ListingTooLargeError,
+    PaginationError,
+    ParseError,
+)
 from exporter.http import Deadline, RetryPolicy
 from exporter.model import Secret
 from tests.helpers import wait_until
@@ -167,7 +174,7 @@ def test_a_server_that_never_ends_is_cut_off_by_the_page_bound():
     responses.add_callback(
         responses.GET, STATIONS_URL, callback=endless, content_type="application/json"
     )
-    with pytest.raises(ParseError, match="no last page after 5 pages"):
+    with pytest.raises(ListingTooLargeError, match=r"no last page after 5 pages \(5 rows\)"):
         make_client(max_pages=5).stations(Deadline(60))
     assert len(offsets_requested()) == 5
 
@@ -323,13 +330,15 @@ def test_page_without_meta_gives_empty_pagination():
     assert pagination == {}
 
 
-def changing_fleet(fleets: list[list[dict]], limit: int = 2):
-    """A stations endpoint whose listing switches to the next fleet after every page served."""
+def changing_fleet(fleets: list[list[dict]], max_limit: int = 2):
+    """A stations endpoint whose listing switches to the next fleet after every page served;
+    it clamps page[limit] to ``max_limit``."""
     served = iter(range(10**6))
 
     def callback(request):
         query = parse_qs(urlsplit(request.url).query)
         offset = int(query["page[offset]"][0])
+        limit = min(int(query["page[limit]"][0]), max_limit)
         rows = fleets[min(next(served), len(fleets) - 1)]
         body = {"data": rows[offset : offset + limit], "meta": {"pagination": {"total": len(rows)}}}
         return 200, {}, json.dumps(body)
@@ -359,7 +368,8 @@ def test_a_station_listed_twice_after_a_torn_read_is_still_taken_as_the_apis_dat
     changing_fleet([with_a, without_a])  # "a" deleted while the first read was under way
     stations = make_client(page_limit=2).stations(Deadline(60))
     assert [s.id for s in stations] == ["b", "b", "c", "d"]
-    assert offsets_requested() == [0, 2, 0, 2, 0, 2]  # torn, then "b" twice in two reads
+    # torn, then "b" twice in pages of 2 and again in pages of 1
+    assert offsets_requested() == [0, 2, 0, 2, 0, 1, 2, 3]
 
 
 @responses.activate

@@ -302,17 +302,21 @@ def test_an_api_that_does_not_answer_in_time_fails_with_reason_timeout(sim, caps
 
 
 @pytest.mark.parametrize(
-    ("fault", "reason", "in_hint"),
+    ("fault", "reason", "in_hint", "argv"),
     [
-        (Fault(kind="status", status=403), "auth", "cpoapi scope"),
-        (Fault(kind="status", status=500), "http", "try again in a few minutes"),
-        (Fault(kind="status", status=404, endpoint="token"), "auth", "OAuth2 token endpoint"),
-        (Fault(kind="html", status=200), "parse", "not a web page"),
+        (Fault(kind="status", status=403), "auth", "cpoapi scope", ()),
+        (Fault(kind="status", status=500), "http", "try again in a few minutes", ()),
+        (Fault(kind="status", status=404, endpoint="token"), "auth", "OAuth2 token endpoint", ()),
+        (Fault(kind="html", status=200), "parse", "not a web page", ()),
+        (Fault(kind="endless", per_page=101), "pagination", "more stations a page than", ()),
+        (Fault(kind="endless"), "too_large", "raise --api.max-stations", ("--api.max-stations=9",)),
     ],
 )
-def test_each_failure_gets_its_reason_and_hint(sim, capsys, monkeypatch, fault, reason, in_hint):
+def test_each_failure_gets_its_reason_and_hint(
+    sim, capsys, monkeypatch, fault, reason, in_hint, argv
+):
     sim.add_fault(fault)
-    code, out, _ = run_check(capsys, monkeypatch, mandant_env(sim), "--output=json")
+    code, out, _ = run_check(capsys, monkeypatch, mandant_env(sim), "--output=json", *argv)
     assert code == 1
     [mandant] = json.loads(out)["mandants"]
     assert mandant["error"]["reason"] == reason

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import uuid
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 from urllib.parse import SplitResult, quote, quote_plus
@@ -105,6 +106,12 @@ FAULT_KINDS: dict[str, FaultKind] = {
         "the normal answer padded to ``size`` bytes (50 MB) of valid JSON, with an honest "
         "Content-Length, streamed without being held in memory"
     ),
+    "endless": FaultKind(
+        "a listing that never ends: every page full of stations not listed before it, "
+        "``per_page`` of them whatever page[limit] asks (else page[limit] as clamped), with no "
+        "total and lastPage false",
+        STATIONS,
+    ),
 }
 EXPIRES_IN_TEXT = {
     "expires_in_nan": "NaN",
@@ -133,6 +140,9 @@ DRIP_SECONDS = 1.0
 DRIP_PARTS = ("body", "headers")
 OVERSIZED_BYTES = 50_000_000
 MAX_OVERSIZED_BYTES = 2**30
+MAX_ENDLESS_ROWS = 100_000
+ENDLESS_ID_BASE = 0xE0D1E55 << 96
+"""The UUID (as an integer) of an endless listing's station at offset 0; offset n is n more."""
 
 
 class FaultTarget(Protocol):
@@ -199,6 +209,7 @@ class Fault:
     after: int = 0
     part: str | None = None
     size: int | None = None
+    per_page: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -244,6 +255,10 @@ class Fault:
             raise ValueError(f"size is for oversized faults, not for {self.kind}")
         if self.size is not None:
             _check_int("size", self.size, 1, MAX_OVERSIZED_BYTES)
+        if self.per_page is not None and self.kind != "endless":
+            raise ValueError(f"per_page is for endless faults, not for {self.kind}")
+        if self.per_page is not None:
+            _check_int("per_page", self.per_page, 1, MAX_ENDLESS_ROWS)
         if self.times is not None:
             _check_int("times", self.times, 1)
         _check_int("after", self.after, 0)
@@ -315,6 +330,9 @@ class Fault:
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of stations and the total, as the stations endpoint lists them with this
         fault on."""
+        if self.kind == "endless":
+            count = self.per_page or limit
+            return [_endless_station(offset + n) for n in range(count)], offset + count + 1
         if self.kind == "duplicate_station":
             listing = inventory.stations()  # one consistent view, as page() gives
             listing += listing[:1]
@@ -334,6 +352,23 @@ class Fault:
         if self.kind == "non_utf8_label":
             return json.dumps(document).encode().replace(_NOT_UTF8_MARKER.encode(), _NOT_UTF8)
         return document
+
+
+def _endless_station(offset: int) -> dict[str, Any]:
+    """The station an endless listing has at ``offset``: the same in every read, never twice
+    in one, and as large as one of the inventory's."""
+    return {
+        "type": "charging_stations",
+        "id": str(uuid.UUID(int=ENDLESS_ID_BASE + offset)),
+        "attributes": {
+            "label": f"Endless {offset}",
+            "chargeBoxIdentity": f"cp_endless_{offset}",
+            "iccid": f"8949{offset:015d}",
+            "imsi": f"26201{offset % 10**10:010d}",
+            "serialnumber": f"SN{offset % 10**8:08d}",
+            "firmwareVersion": "2.4.1",
+        },
+    }
 
 
 def _oauth_error(status: int) -> str:
@@ -413,6 +448,9 @@ def _reshape(document: dict[str, Any], kind: str) -> None:
         document["data"] = rows[0] if rows else {}
     elif kind == "total_drift":
         pagination["total"] += 1
+    elif kind == "endless":
+        del pagination["total"]
+        pagination["lastPage"] = False
     elif kind in _LABEL_SUFFIXES and rows:
         attributes = rows[-1]["attributes"]
         attributes["label"] = f"{attributes.get('label') or ''}{_LABEL_SUFFIXES[kind]}"
