@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
@@ -280,6 +281,36 @@ class _Gate:
             self._changed.notify_all()
 
 
+class StationBudget:
+    """The stations one refresh may create: ``stations``, over all its reads and pages. A
+    station a read returns as the object already held costs nothing; a new or changed one is
+    held beside the published fleet until the refresh ends, and a listing that shows a new
+    fleet in each read would otherwise make a refresh hold it once per read. Thread-safe:
+    pages fetched concurrently spend from it as they arrive."""
+
+    def __init__(self, stations: int) -> None:
+        self.stations = stations
+        self.created = 0
+        self._lock = threading.Lock()
+
+    def spend(self, count: int) -> bool:
+        """Count ``count`` stations created; False once more than ``stations`` were."""
+        with self._lock:
+            self.created += count
+            return self.created <= self.stations
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """What the pages of one read of the listing share."""
+
+    deadline: Deadline
+    gate: _Gate
+    limit: int  # page[limit] asked for
+    known: Mapping[str, Station] | None  # the stations already held, reused where unchanged
+    budget: StationBudget
+
+
 class CpoClient:
     """Reads every page of one mandant's charging station list."""
 
@@ -312,8 +343,15 @@ class CpoClient:
         self._proxies = environment_proxies(self._url)
         self._serial_numbers = serial_numbers  # kept only where the info metric shows them
 
+    def budget(self) -> StationBudget:
+        """A new budget of the stations one refresh may create (--api.max-stations)."""
+        return StationBudget(self._max_stations)
+
     def stations(
-        self, deadline: Deadline, known: Mapping[str, Station] | None = None
+        self,
+        deadline: Deadline,
+        known: Mapping[str, Station] | None = None,
+        budget: StationBudget | None = None,
     ) -> list[Station]:
         """Every station of the listing, in the order the API gave them.
 
@@ -328,18 +366,22 @@ class CpoClient:
         are the API's data: returned as listed (``Snapshot.build`` keeps the first row of an id
         and counts the id); other repeats are a torn read.
 
-        One read holds at most ``max_stations`` rows (``_read_listing``), and a read is dropped
-        before the next one starts, so a refresh never holds two of them here.
+        A read holds at most ``max_stations`` rows and a page, and is dropped before the next
+        one starts; every station a read creates (one not in ``known``) is spent from
+        ``budget``, which a refresh shares between its calls (a new one per call without it).
         """
+        budget = budget or self.budget()
         rows, problem, page_size = self._read_listing(
-            deadline, self._concurrency, self._page_limit, known
+            _Walk(deadline, _Gate(self._concurrency), self._page_limit, known, budget)
         )
         if problem:
             LOG.info(
                 "listing of %s changed while reading (%s); reading it again", self._host, problem
             )
             del rows
-            rows, problem, page_size = self._read_listing(deadline, 1, self._page_limit, known)
+            rows, problem, page_size = self._read_listing(
+                _Walk(deadline, _Gate(1), self._page_limit, known, budget)
+            )
             if problem:
                 raise PaginationError(
                     f"charging stations of {self._host}: listing inconsistent twice in a row "
@@ -356,7 +398,9 @@ class CpoClient:
             len(twice),
             other_size,
         )
-        again, problem, _ = self._read_listing(deadline, self._concurrency, other_size, known)
+        again, problem, _ = self._read_listing(
+            _Walk(deadline, _Gate(self._concurrency), other_size, known, budget)
+        )
         repeated_again = _repeated_ids(again, known)
         if not problem and repeated_again and repeated_again != twice:
             problem = f"other stations listed twice in pages of {other_size} than of {page_size}"
@@ -376,22 +420,15 @@ class CpoClient:
             )
         return again
 
-    def _read_listing(
-        self,
-        deadline: Deadline,
-        concurrency: int,
-        limit: int,
-        known: Mapping[str, Station] | None,
-    ) -> tuple[list[Station], str, int]:
-        """All rows of one walk through pages of ``limit`` (or fewer, as the server clamps it),
-        what makes it inconsistent ('' if OK) and the rows of its first page.
+    def _read_listing(self, walk: _Walk) -> tuple[list[Station], str, int]:
+        """All rows of one walk through pages of ``walk.limit`` (or fewer, as the server clamps
+        it), what makes it inconsistent ('' if OK) and the rows of its first page.
 
         The walk stops as soon as it is inconsistent (a total moved, or more rows came than
         the total), and fails once it holds more than ``max_stations`` rows or needs more than
         ``max_pages`` pages, so it never holds more than ``max_stations`` rows and a page.
         """
-        gate = _Gate(concurrency)
-        pages = [self._page(0, deadline, gate, limit, known)]
+        pages = [self._page(walk, 0)]
         stations, pagination = pages[0]
         step = len(stations)
         total = _total(pagination)
@@ -401,19 +438,19 @@ class CpoClient:
                 f"than a refresh may hold ({self._max_stations}); raise --api.max-stations if "
                 "the fleet is that large"
             )
-        if concurrency > 1 and total is not None and not _is_last(pagination, step, {total}):
+        if walk.gate.limit > 1 and total is not None and not _is_last(pagination, step, {total}):
             offsets = range(step, total, step) if step else range(0)
             if len(offsets) >= self._max_pages:
                 raise self._too_many_pages(f"{total} stations in pages of {step} announced")
             # Asked for ``step`` rows each, the pages can hold no more than the total and a page.
-            pages += self._fetch_concurrently(offsets, deadline, gate, step, known)
+            pages += self._fetch_concurrently(replace(walk, limit=step), offsets)
         offset = sum(len(page) for page, _ in pages)
         totals = {total for _, p in pages if (total := _total(p)) is not None}
         problem = _torn(offset, totals)
         while not problem and pages[-1][0] and not _is_last(pages[-1][1], offset, totals):
             if len(pages) == self._max_pages:
                 raise self._too_many_pages(f"no last page after {len(pages)} pages ({offset} rows)")
-            pages.append(self._page(offset, deadline, gate, limit, known))
+            pages.append(self._page(walk, offset))
             offset += len(pages[-1][0])
             if offset > self._max_stations:
                 raise ListingTooLargeError(
@@ -438,18 +475,11 @@ class CpoClient:
         )
 
     def _fetch_concurrently(
-        self,
-        offsets: range,
-        deadline: Deadline,
-        gate: _Gate,
-        limit: int,
-        known: Mapping[str, Station] | None,
+        self, walk: _Walk, offsets: range
     ) -> list[tuple[list[Station], dict[str, Any]]]:
-        """The pages at ``offsets``, fetched by up to ``gate.limit`` threads, in order."""
-        with ThreadPoolExecutor(gate.limit, thread_name_prefix="page") as pool:
-            futures = [
-                pool.submit(self._page, offset, deadline, gate, limit, known) for offset in offsets
-            ]
+        """The pages at ``offsets``, fetched by up to ``walk.gate.limit`` threads, in order."""
+        with ThreadPoolExecutor(walk.gate.limit, thread_name_prefix="page") as pool:
+            futures = [pool.submit(self._page, walk, offset) for offset in offsets]
             try:
                 return [future.result() for future in futures]
             except BaseException:
@@ -461,26 +491,32 @@ class CpoClient:
         """Close the idle connections; the next request opens new ones."""
         self._session.close()
 
-    def _page(
-        self,
-        offset: int,
-        deadline: Deadline,
-        gate: _Gate,
-        limit: int,
-        known: Mapping[str, Station] | None,
-    ) -> tuple[list[Station], dict[str, Any]]:
-        """The page at ``offset`` of ``limit`` rows, parsed. More rows than asked for break
-        the paging contract: the read could not tell where the next page starts, and a server
-        that ignores page[limit] could send any number of rows a page."""
-        document = self._get_page(offset, deadline, gate, limit)
+    def _page(self, walk: _Walk, offset: int) -> tuple[list[Station], dict[str, Any]]:
+        """The page at ``offset`` of ``walk.limit`` rows, parsed; the stations it created are
+        spent from the walk's budget. More rows than asked for break the paging contract: the
+        read could not tell where the next page starts, and a server that ignores page[limit]
+        could send any number of rows a page."""
+        document = self._get_page(offset, walk.deadline, walk.gate, walk.limit)
         data = document.get("data") if isinstance(document, dict) else None
-        if isinstance(data, list) and len(data) > limit:
+        if isinstance(data, list) and len(data) > walk.limit:
             raise PaginationError(
                 f"charging stations of {self._host}: {len(data)} rows at page[offset]={offset}, "
-                f"more than the page[limit]={limit} asked for: the API does not keep to the "
-                "paging contract"
+                f"more than the page[limit]={walk.limit} asked for: the API does not keep to "
+                "the paging contract"
             )
-        return parse_page(document, known, serial_numbers=self._serial_numbers)
+        stations, pagination = parse_page(
+            document, walk.known, serial_numbers=self._serial_numbers
+        )
+        known = walk.known
+        created = sum(1 for s in stations if known.get(s.id) is not s) if known else len(stations)
+        if not walk.budget.spend(created):
+            raise ListingTooLargeError(
+                f"charging stations of {self._host}: more than {walk.budget.stations} stations "
+                f"in one refresh ({walk.budget.created} received that it did not hold before, "
+                f"the last at page[offset]={offset}); raise --api.max-stations if the fleet is "
+                "that large"
+            )
+        return stations, pagination
 
     def _get_page(self, offset: int, deadline: Deadline, gate: _Gate, limit: int) -> Any:
         params = {"page[limit]": limit, "page[offset]": offset}

@@ -170,10 +170,11 @@ class MandantRefresher:
         stations added and removed.
         """
         deadline = Deadline(self._timeout, self._cancel)
+        budget = client.budget()  # the stations all reads together may create
         candidate = published
         for _ in range(MAX_READS):
             known = candidate.stations if candidate is not None else None
-            rows = client.stations(deadline, known)
+            rows = client.stations(deadline, known, budget)
             if candidate is not None and candidate.listed_by(rows):
                 # The same fleet object stays: no second copy, and /metrics keeps its rendering.
                 return replace(candidate, taken_at=self._clock())

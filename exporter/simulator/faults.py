@@ -112,6 +112,11 @@ FAULT_KINDS: dict[str, FaultKind] = {
         "total and lastPage false",
         STATIONS,
     ),
+    "new_fleet": FaultKind(
+        "every read (a request at page[offset]=0) lists a new fleet: as many stations as the "
+        "inventory, none of them listed in an earlier read, with a total that matches",
+        STATIONS,
+    ),
 }
 EXPIRES_IN_TEXT = {
     "expires_in_nan": "NaN",
@@ -142,7 +147,8 @@ OVERSIZED_BYTES = 50_000_000
 MAX_OVERSIZED_BYTES = 2**30
 MAX_ENDLESS_ROWS = 100_000
 ENDLESS_ID_BASE = 0xE0D1E55 << 96
-"""The UUID (as an integer) of an endless listing's station at offset 0; offset n is n more."""
+"""The UUID (as an integer) of an endless listing's station at offset 0; offset n is n more,
+and in the new_fleet listing of read r, n + r * 2**40."""
 
 
 class FaultTarget(Protocol):
@@ -326,13 +332,17 @@ class Fault:
         return response
 
     def rows(
-        self, inventory: Inventory, offset: int, limit: int
+        self, inventory: Inventory, offset: int, limit: int, read: int
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of stations and the total, as the stations endpoint lists them with this
-        fault on."""
+        fault on in its ``read``-th read (the requests at page[offset]=0 so far)."""
         if self.kind == "endless":
             count = self.per_page or limit
             return [_endless_station(offset + n) for n in range(count)], offset + count + 1
+        if self.kind == "new_fleet":
+            total = len(inventory)
+            end = min(offset + limit, total)
+            return [_endless_station(n, read) for n in range(offset, end)], total
         if self.kind == "duplicate_station":
             listing = inventory.stations()  # one consistent view, as page() gives
             listing += listing[:1]
@@ -354,12 +364,12 @@ class Fault:
         return document
 
 
-def _endless_station(offset: int) -> dict[str, Any]:
-    """The station an endless listing has at ``offset``: the same in every read, never twice
-    in one, and as large as one of the inventory's."""
+def _endless_station(offset: int, read: int = 0) -> dict[str, Any]:
+    """The station an endless listing (or the ``read``-th new fleet) has at ``offset``: never
+    twice in one read, and as large as one of the inventory's."""
     return {
         "type": "charging_stations",
-        "id": str(uuid.UUID(int=ENDLESS_ID_BASE + offset)),
+        "id": str(uuid.UUID(int=ENDLESS_ID_BASE + (read << 40) + offset)),
         "attributes": {
             "label": f"Endless {offset}",
             "chargeBoxIdentity": f"cp_endless_{offset}",
