@@ -441,7 +441,7 @@ class CpoClient:
         if walk.gate.limit > 1 and total is not None and not _is_last(pagination, step, {total}):
             offsets = range(step, total, step) if step else range(0)
             if len(offsets) >= self._max_pages:
-                raise self._too_many_pages(f"{total} stations in pages of {step} announced")
+                raise self._too_many_pages(f"{total} stations in pages of {step} announced", total)
             # Asked for ``step`` rows each, the pages can hold no more than the total and a page.
             pages += self._fetch_concurrently(replace(walk, limit=step), offsets)
         offset = sum(len(page) for page, _ in pages)
@@ -449,7 +449,9 @@ class CpoClient:
         problem = _torn(offset, totals)
         while not problem and pages[-1][0] and not _is_last(pages[-1][1], offset, totals):
             if len(pages) == self._max_pages:
-                raise self._too_many_pages(f"no last page after {len(pages)} pages ({offset} rows)")
+                raise self._too_many_pages(
+                    f"no last page after {len(pages)} pages ({offset} rows)", offset
+                )
             pages.append(self._page(walk, offset))
             offset += len(pages[-1][0])
             if offset > self._max_stations:
@@ -468,10 +470,12 @@ class CpoClient:
             rows += pages.pop()[0]
         return rows, problem or _short(offset, totals), step
 
-    def _too_many_pages(self, what: str) -> ListingTooLargeError:
+    def _too_many_pages(self, what: str, stations: int) -> ListingTooLargeError:
+        """The read needs more pages than ``max_pages`` for ``stations`` rows at least."""
+        also = " and --api.max-stations" if stations >= self._max_stations else ""
         return ListingTooLargeError(
             f"charging stations of {self._host}: {what}, and one read fetches at most "
-            f"{self._max_pages} pages; raise --page-limit if the fleet is that large"
+            f"{self._max_pages} pages; raise --page-limit{also} if the fleet is that large"
         )
 
     def _fetch_concurrently(
