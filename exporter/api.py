@@ -508,9 +508,7 @@ class CpoClient:
                 f"more than the page[limit]={walk.limit} asked for: the API does not keep to "
                 "the paging contract"
             )
-        stations, pagination = parse_page(
-            document, walk.known, serial_numbers=self._serial_numbers
-        )
+        stations, pagination = parse_page(document, walk.known, serial_numbers=self._serial_numbers)
         known = walk.known
         created = sum(1 for s in stations if known.get(s.id) is not s) if known else len(stations)
         if not walk.budget.spend(created):

@@ -3,9 +3,10 @@ its own simulator process, and the "hostile" one's listing turns endless (the si
 ``endless`` fault: every page full of new stations, no total, never a last page).
 
 Sent 10,000 rows a page whatever page[limit] asks, the refresh fails at the first page with
-reason ``pagination``; with page[limit] kept, it fails once the read holds more than
---api.max-stations rows, with reason ``too_large``. Either way the exporter's memory stays
-flat, the hostile mandant keeps its last good fleet and the calm one is served as before.
+reason ``pagination``; with page[limit] kept, it fails once the refresh holds more than
+--api.max-stations new stations, with reason ``too_large``. Either way the exporter's memory
+stays flat, the hostile mandant keeps its last good fleet and the calm one is served as
+before.
 Settings are given as environment variables, so the same tests run against an exporter that
 predates them (and fail there for the reason they test).
 """

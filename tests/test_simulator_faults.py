@@ -546,9 +546,7 @@ def test_endless_lists_new_stations_without_end(
 def test_new_fleet_lists_other_stations_in_every_read(sim: Simulator) -> None:
     token = get_token(sim.api_url)
     switch_on(sim.api_url, kind="new_fleet")
-    reads = [
-        [get_page(sim.api_url, token, 10, offset) for offset in (0, 10, 20)] for _ in range(2)
-    ]
+    reads = [[get_page(sim.api_url, token, 10, offset) for offset in (0, 10, 20)] for _ in range(2)]
     listings = [[sid for page in read for sid in ids(page)] for read in reads]
     for listing, read in zip(listings, reads, strict=True):
         assert len(set(listing)) == len(sim.inventory) == 25
