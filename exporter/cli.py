@@ -119,6 +119,10 @@ class Reloader:
             LOG.error("reload failed, still running the previous configuration: %s", exc)
             self._status.record(False)
             return False
+        except Exception:  # a defect of ours must not end a running exporter; counted
+            LOG.exception("reload failed unexpectedly, still running the previous configuration")
+            self._status.record(False)
+            return False
         if old.demo:
             settings = replace(settings, mandants=old.mandants)
         for field in RESTART_SETTINGS:
