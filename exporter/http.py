@@ -119,6 +119,12 @@ class Deadline:
         """Wait ``seconds`` (never past the deadline), or until cancelled."""
         self._cancel.wait(min(seconds, self.remaining()))
 
+    def why_over(self) -> str:
+        """Why no time remains: shutdown or the deadline itself."""
+        if self._cancel.is_set():
+            return "stopped, the exporter is shutting down"
+        return "refresh deadline reached (--refresh.timeout)"
+
 
 class _Watch:
     """One request in flight: when it must end, the connection it uses, whether it was cut."""
@@ -430,17 +436,18 @@ def send(
     for attempt in range(1, retry.attempts + 1):
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise ApiTimeoutError(f"{what}: refresh deadline reached (--refresh.timeout)")
+            raise ApiTimeoutError(f"{what}: {deadline.why_over()}")
         bound = min(limits.request_timeout, remaining)
         by_deadline = bound < limits.request_timeout
-        late = ApiTimeoutError(
-            f"{what}: timed out waiting for the answer: "
-            + (
-                "refresh deadline reached (--refresh.timeout)"
-                if by_deadline
+
+        def late(bound: float = bound, by_deadline: bool = by_deadline) -> ApiTimeoutError:
+            why = (
+                deadline.why_over()
+                if by_deadline or deadline.remaining() <= 0
                 else f"no complete answer within {bound:g}s (--api.request-timeout)"
             )
-        )
+            return ApiTimeoutError(f"{what}: timed out waiting for the answer: {why}")
+
         failure: Exception | None = None
         try:
             kwargs["hooks"] = {"response": same_origin_redirects(url)}
@@ -453,14 +460,14 @@ def send(
         except (_Cut, requests.Timeout):
             # A read timeout is not retried: the server got the request and may be overloaded.
             on_response(endpoint, "error")
-            raise late from None
+            raise late() from None
         except requests.exceptions.SSLError as exc:
             on_response(endpoint, "error")  # not retried: a certificate does not heal itself
             raise tls_error(what, url, exc) from None
         except requests.RequestException as exc:
             if _timed_out(exc) or deadline.remaining() <= 0:
                 on_response(endpoint, "error")
-                raise late from None
+                raise late() from None
             failure = ApiConnectionError(f"{what}: cannot connect ({type(exc).__name__})")
         if failure is not None:
             on_response(endpoint, "error")
