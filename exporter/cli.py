@@ -203,12 +203,17 @@ blocked in a wait without a timeout: the handler would run late, or never."""
 
 
 def _next_signal(signals: queue.SimpleQueue[int]) -> int:
-    """The next signal number the handlers queued, waiting for it in short polls."""
+    """The next signal the handlers queued, waiting for it in short polls. Signals queued
+    meanwhile count once: a storm of SIGHUPs is one reload, and a SIGTERM or SIGINT among
+    them wins, so no burst of signals queues up work or delays a shutdown."""
     while True:
         try:
-            return signals.get(timeout=SIGNAL_POLL)
+            burst = [signals.get(timeout=SIGNAL_POLL)]
         except queue.Empty:
             continue
+        while not signals.empty():
+            burst.append(signals.get_nowait())
+        return next((signum for signum in burst if signum != signal.SIGHUP), signal.SIGHUP)
 
 
 def _limits(settings: Settings) -> Limits:

@@ -215,3 +215,25 @@ def test_version_prints_the_project_version_python_and_platform(
         f"({platform.python_implementation()})",
     ]
     assert lines[2].split() == ["platform:", f"{platform.system().lower()}/{platform.machine()}"]
+
+
+@pytest.mark.parametrize(
+    ("burst", "expected"),
+    [
+        ([signal.SIGHUP] * 500, signal.SIGHUP),
+        ([signal.SIGHUP] * 200 + [signal.SIGTERM] + [signal.SIGHUP] * 200, signal.SIGTERM),
+        ([signal.SIGINT, signal.SIGHUP], signal.SIGINT),
+    ],
+)
+def test_a_burst_of_signals_counts_once_and_a_stop_wins(
+    burst: list[int], expected: signal.Signals
+) -> None:
+    import queue
+
+    from exporter.cli import _next_signal
+
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in burst:
+        signals.put(signum)
+    assert _next_signal(signals) == expected
+    assert signals.empty()
