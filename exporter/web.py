@@ -109,9 +109,11 @@ class ExporterApp:
                 allowed = self._auth.check(
                     environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
                 )
-            except TooManyLogins:
-                self._refused.record("too_many_logins")
-                LOG.debug("%s: 429, too many password checks at once", environ.get("REMOTE_ADDR"))
+            except TooManyLogins as error:
+                self._refused.record(
+                    "recent_wrong_password" if error.suspect else "too_many_logins"
+                )
+                LOG.debug("429: %s", error)
                 return _respond(
                     start_response,
                     "429 Too Many Requests",
