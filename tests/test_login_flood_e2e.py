@@ -22,7 +22,7 @@ from tests.helpers import ExporterProcess, matching, samples, wait_until
 
 pytestmark = pytest.mark.e2e
 
-COST = 8  # about 15 ms a check here: 32 waiting checks keep the queue full for 0.5 s
+COST = 7  # about 8 ms a check here: 32 waiting checks keep the queue full for a quarter second
 PASSWORD = "flood-Right-1"
 FLOODERS = [f"127.0.0.{n}" for n in range(2, 42)]
 SCRAPES = 20
