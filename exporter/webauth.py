@@ -80,7 +80,9 @@ class BasicAuth:
 
     CACHE_SIZE = 100
 
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+    def __init__(self, users: Mapping[str, bytes], *, like: BasicAuth | None = None) -> None:
+        """``like``: the BasicAuth these users replace (a reloaded web config), whose queue
+        this one shares, so bcrypt still runs one at a time and suspects stay suspects."""
         if not users:
             raise ValueError("BasicAuth needs at least one user; pass no BasicAuth to allow all")
         costs = []
@@ -97,7 +99,7 @@ class BasicAuth:
         self._key = os.urandom(32)
         self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._queue = _FairQueue()
+        self._queue: _FairQueue = like._queue if like is not None else _FairQueue()
 
     def check(self, header: str | None, client: str = "") -> bool:
         """True when ``header`` (the Authorization value) names a user and their password.

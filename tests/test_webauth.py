@@ -188,3 +188,15 @@ def test_a_wrong_password_makes_a_suspect_of_the_address_not_of_the_user():
     queue = auth._queue
     assert is_suspect(queue, "192.0.2.1") and is_suspect(queue, "2001:db8::/64")
     assert not is_suspect(queue, "192.0.2.9") and not is_suspect(queue, "192.0.2.2")
+
+
+def test_new_users_share_the_queue_so_bcrypt_runs_one_at_a_time_and_suspects_stay():
+    old = BasicAuth({"alice": HASH})
+    assert old.check(basic(b"alice:wrong"), "192.0.2.1") is False
+    new = BasicAuth({"bob": HASH}, like=old)
+    assert is_suspect(new._queue, "192.0.2.1")
+    new._queue.MAX_WAIT = 0
+    with old._queue.turn("192.0.2.7"), pytest.raises(TooManyLogins) as refused:
+        new.check(basic(b"bob:" + PASSWORD), "192.0.2.9")
+    assert str(refused.value) == "192.0.2.9 waited 0 s for a password check"
+    assert new.check(basic(b"bob:" + PASSWORD), "192.0.2.9") is True
