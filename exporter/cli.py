@@ -154,7 +154,7 @@ class Reloader:
             tls = old_tls
         self._server.ssl_context = tls
         if dict(users) != dict(old.users if old is not None else {}):
-            self._app.set_auth(BasicAuth(users) if users else None)
+            self._app.set_users(users)
         self._running.web_config = WebConfig(tls, MappingProxyType(dict(users)))
 
     def _apply_mandants(self, settings: Settings) -> None:
