@@ -60,8 +60,8 @@ _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 would split the header, CR or LF would end it, and no other character can go into it."""
 
 _NUMBER = re.compile(r"[0-9]{1,15}(\.[0-9]{1,9})?")
-"""A numeric string ``expires_in``, strictly: ASCII digits (``float()`` also reads '３６００',
-'1_000' and '1e3'), bounded length."""
+"""A numeric string ``expires_in``, strictly: ASCII digits of bounded length (``float()`` also
+reads full-width digits, '1_000' and '1e3')."""
 
 
 def _lifetime(value: object) -> float | None:

@@ -41,9 +41,9 @@ from exporter.errors import (
     ApiConnectionError,
     ApiTimeoutError,
     RedirectError,
-    UnreadableAnswerError,
     ResponseTooLargeError,
     TlsError,
+    UnreadableAnswerError,
 )
 
 LOG = logging.getLogger(__name__)
@@ -380,7 +380,11 @@ def same_origin_redirects(url: str) -> Callable[..., None]:
     """A requests response hook that lets requests follow at most MAX_REDIRECTS redirects,
     each to the origin of ``url``, and raises RedirectError for any other: a 307/308 re-sends
     the body (the secret with --token-auth-method=post), a query string may carry it, and
-    another host's API would publish its fleet as ours. Hooks run before requests follows."""
+    another host's API would publish its fleet as ours. Hooks run before requests follows.
+
+    A redirect's body is never read: its connection is closed. requests would read it whole
+    (past the size limit), and one that breaks after some of it was decoded makes requests
+    raise RuntimeError."""
     start = origin(url)
     hops = 0
 
@@ -388,25 +392,23 @@ def same_origin_redirects(url: str) -> Callable[..., None]:
         nonlocal hops
         if not response.is_redirect:
             return
+        response.close()
         hops += 1
         try:
             target = origin(urljoin(response.url, response.headers.get("Location", "")))
         except ValueError:  # e.g. "http://[::1": no URL at all
-            response.close()
             raise RedirectError(
                 f"{start} redirected (HTTP {response.status_code}) to a Location that is not a "
                 "URL: not followed",
                 response.status_code,
             ) from None
         if target != start:
-            response.close()
             raise RedirectError(
                 f"{start} redirected (HTTP {response.status_code}) to another origin, {target}: "
                 "not followed, a redirect may carry the credentials; is the URL right?",
                 response.status_code,
             )
         if hops > MAX_REDIRECTS:
-            response.close()
             raise RedirectError(
                 f"{start}: more than {MAX_REDIRECTS} redirects, not followed", response.status_code
             )

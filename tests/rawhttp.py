@@ -122,7 +122,7 @@ def _read_request(conn: socket.socket, buffer: bytes) -> tuple[Request | None, b
         buffer += chunk
     head, _, buffer = buffer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+    method, target, _ = [*lines[0].split(" ", 2), "", ""][:3]
     headers = [
         (name.strip().lower(), value.strip())
         for name, _, value in (line.partition(":") for line in lines[1:])

@@ -1,5 +1,7 @@
+import gzip
 import threading
 import time
+import tracemalloc
 
 import pytest
 import requests
@@ -234,7 +236,7 @@ def raw_call(data: bytes, retry: RetryPolicy = FAST) -> tuple[Exception | None, 
                 deadline=Deadline(10),
                 retry=retry,
             )
-        except Exception as exc:  # noqa: BLE001 - the test looks at what it is
+        except Exception as exc:  # the test looks at what it is
             return exc, counted
     return None, counted
 
@@ -369,3 +371,45 @@ def test_a_unicode_digit_in_retry_after_is_retried_with_the_usual_backoff():
         )
     assert answer.status_code == 200
     assert counted == ["503", "200"]
+
+
+def redirect_then_ok(first: bytes) -> tuple[list[str], RawServer]:
+    """A GET whose first answer is ``first`` (a redirect to /ok) and every other an empty
+    JSON object: the codes counted, and the double (for its requests)."""
+    counted: list[str] = []
+    answers = iter([first])
+    with RawServer(lambda request: Reply(next(answers, http(200, JSON, b"{}")))) as server:
+        answer = send(
+            new_session(),
+            "GET",
+            server.url + "/thing",
+            endpoint="charging_stations",
+            what="stations",
+            on_response=lambda e, c: counted.append(c),
+            deadline=Deadline(10),
+            retry=FAST,
+        )
+    assert answer.status_code == 200 and answer.body == b"{}"
+    return counted, server
+
+
+def test_a_redirect_body_is_not_read():
+    # requests would read it whole into memory, past --api.max-response-size: 64 MB here
+    answer = http(302, [("Location", "/ok")], b"x" * (64 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        counted, server = redirect_then_ok(answer)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counted == ["200"]  # one request of ours, the redirect followed within it
+    assert [r.path for r in server.requests] == ["/thing", "/ok"]
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated at the peak"
+
+
+def test_a_redirect_body_that_breaks_after_some_was_decoded_is_no_runtime_error():
+    part = gzip.compress(b"x" * 100_000)
+    headers = [("Location", "/ok"), ("Content-Encoding", "gzip"), ("Content-Length", "99999")]
+    counted, server = redirect_then_ok(http(302, headers, part[: len(part) // 2], length=False))
+    assert counted == ["200"]
+    assert [r.path for r in server.requests] == ["/thing", "/ok"]
