@@ -394,9 +394,10 @@ def same_origin_redirects(url: str) -> Callable[..., None]:
             return
         response.close()
         hops += 1
-        try:
-            target = origin(urljoin(response.url, response.headers.get("Location", "")))
-        except ValueError:  # e.g. "http://[::1": no URL at all
+        location = response.headers.get("Location", "")
+        try:  # UTF-8 sent as Latin-1, as requests reads it
+            target = origin(urljoin(response.url, location.encode("latin-1").decode("utf-8")))
+        except ValueError:  # not UTF-8, or "http://[::1": no URL at all
             raise RedirectError(
                 f"{start} redirected (HTTP {response.status_code}) to a Location that is not a "
                 "URL: not followed",

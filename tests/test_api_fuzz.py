@@ -428,12 +428,16 @@ class Defects(logging.Handler):
 
 @pytest.fixture
 def defects() -> Iterator[Defects]:
+    """The defects handler on the exporter's logger, which propagates nothing meanwhile: a
+    long run's thousands of expected failure lines would drown a report."""
     handler = Defects()
     logger = logging.getLogger("exporter")
     logger.addHandler(handler)
+    logger.propagate = False
     try:
         yield handler
     finally:
+        logger.propagate = True
         logger.removeHandler(handler)
 
 

@@ -345,9 +345,9 @@ def test_a_content_length_of_many_digits_is_refused_as_too_large(length):
     assert counted == ["200"]
 
 
-@pytest.mark.parametrize("location", ["http://[::1/x", "http://[zz]/"])
+@pytest.mark.parametrize("location", [b"http://[::1/x", b"http://[zz]/", b"/a\xff\xfe"])
 def test_a_redirect_to_a_location_that_is_not_a_url_is_refused(location):
-    error, counted = raw_call(http(302, [("Location", location)]))
+    error, counted = raw_call(http(302, [(b"Location", location)]))
     assert isinstance(error, RedirectError), repr(error)
     assert str(error).endswith(
         "redirected (HTTP 302) to a Location that is not a URL: not followed"
