@@ -333,8 +333,15 @@ def test_a_connection_that_broke_is_retried_and_says_so(data, message):
 
 def test_a_negative_chunk_size_does_not_read_the_stream_past_the_size_limit():
     # urllib3 reads chunk size -1 as "read to the end", in one read past every limit
-    error, _ = raw_call(http(200, CHUNKED, b"-1\r\n" + b"x" * (20 * 1024 * 1024), length=False))
-    assert isinstance(error, UnreadableAnswerError)
+    answer = http(200, CHUNKED, b"-1\r\n" + b"x" * (64 * 1024 * 1024), length=False)
+    tracemalloc.start()
+    try:
+        error, _ = raw_call(answer, retry=RetryPolicy(attempts=1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(error, UnreadableAnswerError), repr(error)
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated at the peak"
 
 
 @pytest.mark.parametrize("length", ["9" * 5000, "99999999999999999999"])
