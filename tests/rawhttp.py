@@ -189,13 +189,17 @@ FLEET = [
 
 def stations_document(request: Request, fleet: list[dict] = FLEET) -> dict:
     """The JSON:API page of ``fleet`` that ``request`` asks for."""
-    limit = max(1, int(request.query("page[limit]", "100")))
-    offset = int(request.query("page[offset]", "0"))
+    limit = max(1, _number(request.query("page[limit]"), 100))
+    offset = _number(request.query("page[offset]"), 0)
     rows = fleet[offset : offset + limit]
     return {
         "data": rows,
         "meta": {"pagination": {"total": len(fleet), "lastPage": offset + len(rows) >= len(fleet)}},
     }
+
+
+def _number(text: str, default: int) -> int:
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else default
 
 
 def stations_answer(request: Request, fleet: list[dict] = FLEET) -> bytes:
