@@ -8,7 +8,7 @@ it; a watchdog thread shuts the socket down when the bound has passed (sessions 
 ``BoundedAdapter`` for that). The body is read streamed and refused past a size limit.
 An answer that came but cannot be read (a head that is not HTTP/1.x, broken chunked framing,
 a content encoding that does not decode) is a ParseError, not retried; a connection that
-broke is retried. Every header value is parsed strictly: ASCII digits, bounded length.
+broke is retried. A number in a header is read strictly: ASCII digits, bounded length.
 Exceptions of ``requests`` are never chained or formatted into our errors: their text holds
 the request URL, which carries the client secret with ``--token-auth-method=query``.
 """
@@ -208,7 +208,7 @@ class _Watched:
         return conn
 
 
-class NegativeChunkSize(http.client.HTTPException):
+class _NegativeChunkSize(http.client.HTTPException):
     """A chunk of a chunked answer announced a negative size."""
 
 
@@ -219,7 +219,7 @@ class _StrictResponse(http.client.HTTPResponse):
 
     def _safe_read(self, amt: int) -> bytes:
         if amt < 0:
-            raise NegativeChunkSize(amt)
+            raise _NegativeChunkSize(amt)
         return super()._safe_read(amt)  # type: ignore[misc, no-any-return]
 
 
@@ -332,9 +332,11 @@ def _unreadable(
     for error in _causes(exc):
         problem = ""
         if isinstance(error, urllib3.exceptions.DecodeError):
-            shown = encoding.strip().lower()[:40] or "its"
-            problem = f"could not decode the answer (not a valid {shown!r} stream)"
-        elif isinstance(error, urllib3.exceptions.InvalidChunkLength | NegativeChunkSize) or (
+            shown = encoding.strip().lower()[:40]
+            problem = "could not decode the answer" + (
+                f" (not a valid {shown!r} stream)" if shown else ""
+            )
+        elif isinstance(error, urllib3.exceptions.InvalidChunkLength | _NegativeChunkSize) or (
             isinstance(error, urllib3.exceptions.ProtocolError)
             and "exceeded maximum allowed length" in str(error)
         ):
