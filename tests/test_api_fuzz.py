@@ -17,10 +17,11 @@ page asked for and how often it was asked, so a failing seed replays alone:
 ``BEENERGISED_FUZZ_CASES`` raises the number of cases for a longer local run.
 
 On the code before it, the first 120 seeds found: tokens outside Latin-1 (a traceback) or
-with a space or a Latin-1 character such as '²' (sent as they were), a token answer nested too deeply (RecursionError), a Location
-that is no URL (ValueError), and a redirect whose gzip body breaks (requests' RuntimeError);
-seeds 1889 and 4397 (``FOUND``) a Location that is not UTF-8 and a total of more than 2**63
-pages. Each is pinned by an example in test_http.py, test_auth.py or test_api.py as well.
+with a space or a Latin-1 character such as '²' (sent as they were), a token answer nested
+too deeply (RecursionError), a Location that is no URL (ValueError), and a redirect whose
+gzip body breaks (requests' RuntimeError); seeds 1889 and 4397 (``FOUND``) a Location that
+is not UTF-8 and a total of more than 2**63 pages. Each is pinned by an example in
+test_http.py, test_auth.py or test_api.py as well.
 """
 
 from __future__ import annotations
