@@ -365,7 +365,7 @@ class CpoClient:
         total = _int_or_none(pagination.get("total"))
         if concurrency > 1 and total is not None and not _is_last(pagination, step, total):
             offsets = range(step, total, step) if step else range(0)
-            if len(offsets) >= self._max_pages:
+            if step and total > step * self._max_pages:  # len(offsets) overflows past 2**63
                 raise ParseError(
                     f"charging stations of {self._host}: {total} stations in pages of {step} "
                     f"is more than {self._max_pages} pages"
