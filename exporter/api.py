@@ -440,7 +440,7 @@ class CpoClient:
             )
         if walk.gate.limit > 1 and total is not None and not _is_last(pagination, step, {total}):
             offsets = range(step, total, step) if step else range(0)
-            if len(offsets) >= self._max_pages:
+            if step and total > step * self._max_pages:  # len(offsets) overflows past 2**63
                 raise self._too_many_pages(f"{total} stations in pages of {step} announced", total)
             # Asked for ``step`` rows each, the pages can hold no more than the total and a page.
             pages += self._fetch_concurrently(replace(walk, limit=step), offsets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -50,15 +51,26 @@ RECENT_TOKENS = 4
 DESCRIPTION_LENGTH = 200
 """Characters kept of the token endpoint's ``error`` and ``error_description``."""
 
+MAX_TOKEN_LENGTH = 8192
+"""Characters of an access token at most: it goes into the Authorization header of every
+request, and common servers refuse a header line past 8 KiB (nginx, Apache, Tomcat)."""
+
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+"""What an access token may hold: visible ASCII. RFC 6750's b64token is a subset; a space
+would split the header, CR or LF would end it, and no other character can go into it."""
+
+_NUMBER = re.compile(r"[0-9]{1,15}(\.[0-9]{1,9})?")
+"""A numeric string ``expires_in``, strictly: ASCII digits of bounded length (``float()`` also
+reads full-width digits, '1_000' and '1e3')."""
+
 
 def _lifetime(value: object) -> float | None:
     """``expires_in`` as finite positive seconds (numbers, or numeric strings as some servers
     send), clamped to the lifetime range; None when it is unusable (NaN, infinite, <= 0)."""
     if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
+        if not _NUMBER.fullmatch(value.strip()):
             return None
+        value = float(value.strip())
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
@@ -68,6 +80,21 @@ def _lifetime(value: object) -> float | None:
     if not math.isfinite(seconds) or seconds <= 0:
         return None
     return min(MAX_LIFETIME, max(MIN_LIFETIME, seconds))
+
+
+def _unusable(value: str) -> str:
+    """Why an access token cannot go into an Authorization header, or ''. Never quotes it."""
+    if len(value) > MAX_TOKEN_LENGTH:
+        return f"{len(value)} characters, more than {MAX_TOKEN_LENGTH}"
+    if _HEADER_SAFE.fullmatch(value):
+        return ""
+    if any(c in value for c in "\r\n"):
+        return "it holds a line break"
+    if not value.isascii():
+        return "it holds a character outside ASCII"
+    if " " in value:
+        return "it holds a space"
+    return "it holds a control character"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +228,7 @@ class TokenSource:
     def _read_token(self, response: Answer, host: str) -> Token:
         try:
             body = json.loads(response.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             body = None
         if response.status_code != 200:
             raise self._refusal(response.status_code, body, host)
@@ -210,10 +237,20 @@ class TokenSource:
         value = body.get("access_token")
         if not isinstance(value, str) or not value:
             raise ParseError(f"token endpoint {host}: answer has no access_token")
+        problem = _unusable(value)
+        if problem:
+            raise AuthError(
+                f"token endpoint {host} sent an access token that cannot go into an HTTP header "
+                f"({problem}); refused, not kept: the token endpoint, or a proxy in between, "
+                "is broken"
+            )
         token_type = body.get("token_type", "Bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            shown = self._remote_text(token_type if isinstance(token_type, str) else "", 40)
-            raise ParseError(f"token endpoint {host}: unsupported token_type {shown!r}")
+            shown = self._remote_text(json.dumps(token_type, ensure_ascii=False), 40)
+            raise AuthError(
+                f"token endpoint {host}: token_type {shown} is not Bearer, the only kind of "
+                "token this exporter can send"
+            )
         lifetime = _lifetime(body.get("expires_in"))
         if lifetime is None:
             LOG.warning(

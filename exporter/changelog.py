@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,14 +58,28 @@ class ChangeLog:
         self._next_id = 1
         self._lock = threading.Lock()
 
-    def record(self, mandant: str, seen_at: float, changes: Iterable[Change]) -> None:
-        """Keep ``changes`` (the oldest entries make room) and log one line for each."""
+    def record(self, mandant: str, seen_at: float, changes: Sequence[Change]) -> None:
+        """Keep ``changes`` (the oldest entries make room) and log one line for each.
+
+        One refresh keeps and logs at most ``max_entries`` changes, its last ones (removals come
+        last): an API that swaps a million stations must not write two million log lines.
+        The change counters count every change all the same."""
+        kept = changes[-self.max_entries :]
+        if len(kept) < len(changes):
+            LOG.warning(
+                "mandant %s: %d changes in one refresh; only the last %d are logged and kept "
+                "(--changes.max-entries), the change counters count all",
+                mandant,
+                len(changes),
+                len(kept),
+            )
         with self._lock:
+            first_id = self._next_id + len(changes) - len(kept)  # ids count every change
             entries = [
-                ChangeEntry(self._next_id + index, seen_at, mandant, change)
-                for index, change in enumerate(changes)
+                ChangeEntry(first_id + index, seen_at, mandant, change)
+                for index, change in enumerate(kept)
             ]
-            self._next_id += len(entries)
+            self._next_id += len(changes)
             self._entries.extend(entries)
         for entry in entries:
             fields = entry.as_dict()

@@ -43,6 +43,8 @@ ISSUE_MEANINGS = {
 }
 
 _HTTP_STATUS_RE = re.compile(r"\bHTTP (\d{3})\b")
+_UNUSABLE_TOKEN_RE = re.compile(r"cannot go into an HTTP header|is not Bearer")
+"""What auth.py says of a token it refused (not the credentials)."""
 _LABEL_WIDTH = 13
 
 
@@ -107,6 +109,11 @@ def hint(reason: str, step: str, message: str) -> str:
         )
     if status == 404 and step == "token":  # an AuthError: the token endpoint answered 4xx
         return f"is token_url the OAuth2 token endpoint, e.g. {DEFAULT_TOKEN_URL}?"
+    if reason == "auth" and _UNUSABLE_TOKEN_RE.search(message):
+        return (
+            "the token endpoint answered with a token this exporter cannot send: is token_url "
+            "the mandant's OAuth2 token endpoint, with no proxy in between that rewrites answers?"
+        )
     if reason == "auth" and step == "token":
         return (
             "use the client id and secret of a CPO API client of this mandant; check also "

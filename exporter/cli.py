@@ -119,6 +119,10 @@ class Reloader:
             LOG.error("reload failed, still running the previous configuration: %s", exc)
             self._status.record(False)
             return False
+        except Exception:  # a defect of ours must not end a running exporter; counted
+            LOG.exception("reload failed unexpectedly, still running the previous configuration")
+            self._status.record(False)
+            return False
         if old.demo:
             settings = replace(settings, mandants=old.mandants)
         for field in RESTART_SETTINGS:
@@ -150,7 +154,7 @@ class Reloader:
             tls = old_tls
         self._server.ssl_context = tls
         if dict(users) != dict(old.users if old is not None else {}):
-            self._app.set_auth(BasicAuth(users) if users else None)
+            self._app.set_users(users)
         self._running.web_config = WebConfig(tls, MappingProxyType(dict(users)))
 
     def _apply_mandants(self, settings: Settings) -> None:
@@ -200,12 +204,17 @@ blocked in a wait without a timeout: the handler would run late, or never."""
 
 
 def _next_signal(signals: queue.SimpleQueue[int]) -> int:
-    """The next signal number the handlers queued, waiting for it in short polls."""
+    """The next signal the handlers queued, waiting for it in short polls. Signals queued
+    meanwhile count once: a storm of SIGHUPs is one reload, and a SIGTERM or SIGINT among
+    them wins, so no burst of signals queues up work or delays a shutdown."""
     while True:
         try:
-            return signals.get(timeout=SIGNAL_POLL)
+            burst = [signals.get(timeout=SIGNAL_POLL)]
         except queue.Empty:
             continue
+        while not signals.empty():
+            burst.append(signals.get_nowait())
+        return next((signum for signum in burst if signum != signal.SIGHUP), signal.SIGHUP)
 
 
 def _limits(settings: Settings) -> Limits:

@@ -60,9 +60,20 @@ class ApiConnectionError(RefreshError):
 
 
 class ParseError(RefreshError):
-    """The API answered with a body we cannot read as the documented JSON:API shape."""
+    """The API or the token endpoint answered something we cannot read: not HTTP, not
+    decodable, not JSON, or not the documented shape."""
 
     reason = "parse"
+
+
+class UnreadableAnswerError(ParseError):
+    """An answer came but cannot be read: its head is not HTTP/1.x, its chunked framing is
+    broken, or its body does not decode as its Content-Encoding says. ``status`` is the
+    answer's HTTP status once its head was read, for the request counter."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PaginationError(RefreshError):

@@ -6,6 +6,9 @@ never past the refresh's deadline. Every attempt, headers and body, has a wall-c
 socket timeout restarts with every byte, so a server that trickles its answer would outlast
 it; a watchdog thread shuts the socket down when the bound has passed (sessions must mount
 ``BoundedAdapter`` for that). The body is read streamed and refused past a size limit.
+An answer that came but cannot be read (a head that is not HTTP/1.x, broken chunked framing,
+a content encoding that does not decode) is a ParseError, not retried; a connection that
+broke is retried. A number in a header is read strictly: ASCII digits, bounded length.
 Exceptions of ``requests`` are never chained or formatted into our errors: their text holds
 the request URL, which carries the client secret with ``--token-auth-method=query``.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import http.client
 import itertools
 import logging
 import random
@@ -21,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -31,7 +35,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.connection import HTTPConnection
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from exporter.errors import (
     ApiConnectionError,
@@ -39,6 +43,7 @@ from exporter.errors import (
     RedirectError,
     ResponseTooLargeError,
     TlsError,
+    UnreadableAnswerError,
 )
 
 LOG = logging.getLogger(__name__)
@@ -118,6 +123,12 @@ class Deadline:
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` (never past the deadline), or until cancelled."""
         self._cancel.wait(min(seconds, self.remaining()))
+
+    def why_over(self) -> str:
+        """Why no time remains: shutdown or the deadline itself."""
+        if self._cancel.is_set():
+            return "stopped, the exporter is shutting down"
+        return "refresh deadline reached (--refresh.timeout)"
 
 
 class _Watch:
@@ -203,12 +214,35 @@ class _Watched:
         return conn
 
 
+class _NegativeChunkSize(http.client.HTTPException):
+    """A chunk of a chunked answer announced a negative size."""
+
+
+class _StrictResponse(http.client.HTTPResponse):
+    """http.client's response, refusing a negative chunk size: urllib3 parses a chunk size
+    with ``int(line, 16)``, which reads ``-1`` as -1, and reading -1 bytes reads to the end of
+    the stream at once, past the size limit of ``_read_body``."""
+
+    def _safe_read(self, amt: int) -> bytes:
+        if amt < 0:
+            raise _NegativeChunkSize(amt)
+        return super()._safe_read(amt)  # type: ignore[misc, no-any-return]
+
+
+class _StrictConnection(HTTPConnection):
+    response_class = _StrictResponse
+
+
+class _StrictHTTPSConnection(HTTPSConnection):
+    response_class = _StrictResponse
+
+
 class _WatchedPool(_Watched, HTTPConnectionPool):
-    pass
+    ConnectionCls = _StrictConnection
 
 
 class _WatchedHTTPSPool(_Watched, HTTPSConnectionPool):
-    pass
+    ConnectionCls = _StrictHTTPSConnection
 
 
 _POOLS = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
@@ -233,16 +267,29 @@ def environment_proxies(url: str) -> dict[str, str]:
     return requests.utils.get_environ_proxies(url)
 
 
+MAX_DIGITS = 18
+"""Digits of a number in a header read at most: more is past every bound anyway."""
+MAX_DATE_LENGTH = 40
+"""Characters of an HTTP date at most (``Sun, 06 Nov 1994 08:49:37 GMT`` has 29)."""
+
+
+def header_digits(value: str) -> bool:
+    """Whether ``value`` is a decimal number in ASCII digits. ``str.isdigit`` alone is true for
+    '²' and '٣', which ``float()`` refuses or reads as a number no HTTP server meant."""
+    return value.isascii() and value.isdigit()
+
+
 def retry_after(response: requests.Response | Answer) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date); None for
+    anything else, which the caller treats as no header (the usual backoff)."""
     value = response.headers.get("Retry-After", "").strip()
-    if not value:
+    if header_digits(value):
+        return float(value) if len(value) <= MAX_DIGITS else float(10**MAX_DIGITS)
+    if not value or len(value) > MAX_DATE_LENGTH or not value.isascii():
         return None
-    if value.isdigit():
-        return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
 
 
@@ -264,19 +311,64 @@ def tls_error(what: str, url: str, error: BaseException) -> TlsError:
     )
 
 
-def _ssl_cause(error: BaseException, depth: int = 0) -> ssl.SSLError | None:
+def _ssl_cause(error: BaseException) -> ssl.SSLError | None:
     """The ssl module's error inside the exceptions requests and urllib3 wrap around it."""
-    if isinstance(error, ssl.SSLError):
-        return error
-    if depth > 8:
-        return None
+    return next((e for e in _causes(error) if isinstance(e, ssl.SSLError)), None)
+
+
+def _causes(error: BaseException, depth: int = 0) -> Iterator[BaseException]:
+    """``error`` and the exceptions requests and urllib3 wrapped into it (in its arguments,
+    ``reason``, cause or context), depth first, at most 8 levels deep."""
+    yield error
+    if depth >= 8:
+        return
     inner = [*error.args, getattr(error, "reason", None), error.__cause__, error.__context__]
     for candidate in inner:
         if isinstance(candidate, BaseException):
-            found = _ssl_cause(candidate, depth + 1)
-            if found is not None:
-                return found
+            yield from _causes(candidate, depth + 1)
+
+
+def _unreadable(
+    exc: requests.RequestException, what: str, status: int | None, encoding: str
+) -> UnreadableAnswerError | None:
+    """The error for an answer that came but cannot be read, if ``exc`` says so: a head that
+    is not HTTP/1.x, chunked framing that is broken, a body that does not decode as its
+    Content-Encoding says. None for a connection that failed or broke (worth a retry).
+    ``status`` is the answer's status once its head was read."""
+    for error in _causes(exc):
+        problem = ""
+        if isinstance(error, urllib3.exceptions.DecodeError):
+            shown = encoding.strip().lower()[:40]
+            problem = "could not decode the answer" + (
+                f" (not a valid {shown!r} stream)" if shown else ""
+            )
+        elif isinstance(error, urllib3.exceptions.InvalidChunkLength | _NegativeChunkSize) or (
+            isinstance(error, urllib3.exceptions.ProtocolError)
+            and "exceeded maximum allowed length" in str(error)
+        ):
+            problem = "could not read the answer (broken chunked encoding)"
+        elif isinstance(error, http.client.RemoteDisconnected | http.client.IncompleteRead):
+            return None  # the connection broke
+        elif isinstance(error, http.client.LineTooLong):
+            problem = "the answer is not HTTP/1.x (a header line longer than 64 KiB)"
+        elif isinstance(error, http.client.UnknownProtocol):
+            problem = "the answer is not HTTP/1.x (its status line names another version)"
+        elif isinstance(error, http.client.BadStatusLine):
+            problem = "the answer is not HTTP/1.x (a bad status line)"
+        elif type(error) is http.client.HTTPException and "headers" in str(error):
+            problem = "the answer is not HTTP/1.x (more than 100 header lines)"
+        if problem:
+            return UnreadableAnswerError(f"{what}: {problem}", status)
     return None
+
+
+def _broken(exc: requests.RequestException) -> str:
+    """What a failed connection did, in words."""
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):  # raised amid the body only
+        return "the connection broke before the answer was complete"
+    if any(isinstance(e, http.client.RemoteDisconnected) for e in _causes(exc)):
+        return "the server closed the connection without answering"
+    return f"cannot connect ({type(exc).__name__})"
 
 
 def origin(url: str) -> str:
@@ -296,7 +388,11 @@ def same_origin_redirects(url: str) -> Callable[..., None]:
     """A requests response hook that lets requests follow at most MAX_REDIRECTS redirects,
     each to the origin of ``url``, and raises RedirectError for any other: a 307/308 re-sends
     the body (the secret with --token-auth-method=post), a query string may carry it, and
-    another host's API would publish its fleet as ours. Hooks run before requests follows."""
+    another host's API would publish its fleet as ours. Hooks run before requests follows.
+
+    A redirect's body is never read: its connection is closed. requests would read it whole
+    (past the size limit), and one that breaks after some of it was decoded makes requests
+    raise RuntimeError."""
     start = origin(url)
     hops = 0
 
@@ -304,17 +400,24 @@ def same_origin_redirects(url: str) -> Callable[..., None]:
         nonlocal hops
         if not response.is_redirect:
             return
-        target = origin(urljoin(response.url, response.headers.get("Location", "")))
+        response.close()
         hops += 1
+        location = response.headers.get("Location", "")
+        try:  # UTF-8 sent as Latin-1, as requests reads it
+            target = origin(urljoin(response.url, location.encode("latin-1").decode("utf-8")))
+        except ValueError:  # not UTF-8, or "http://[::1": no URL at all
+            raise RedirectError(
+                f"{start} redirected (HTTP {response.status_code}) to a Location that is not a "
+                "URL: not followed",
+                response.status_code,
+            ) from None
         if target != start:
-            response.close()
             raise RedirectError(
                 f"{start} redirected (HTTP {response.status_code}) to another origin, {target}: "
                 "not followed, a redirect may carry the credentials; is the URL right?",
                 response.status_code,
             )
         if hops > MAX_REDIRECTS:
-            response.close()
             raise RedirectError(
                 f"{start}: more than {MAX_REDIRECTS} redirects, not followed", response.status_code
             )
@@ -337,7 +440,7 @@ def _read_body(response: requests.Response, limits: Limits, what: str) -> bytes:
         response.status_code,
     )
     length = response.headers.get("Content-Length", "").strip()
-    if length.isascii() and length.isdigit() and int(length) > limit:
+    if header_digits(length) and (len(length) > MAX_DIGITS or int(length) > limit):
         raise refused
     chunks: list[bytes] = []
     size = 0
@@ -385,19 +488,23 @@ def _attempt(
     """One request and its whole body within ``bound`` seconds of wall time."""
     watch = _WATCHDOG.arm(bound)
     _IN_FLIGHT.watch = watch
+    status: int | None = None
+    encoding = ""
     try:
         response = session.request(
             method, url, timeout=(min(CONNECT_TIMEOUT, bound), bound), stream=True, **kwargs
         )
+        status, encoding = response.status_code, response.headers.get("Content-Encoding", "")
         try:
-            answer = Answer(
-                response.status_code, response.headers, _read_body(response, limits, what)
-            )
+            answer = Answer(status, response.headers, _read_body(response, limits, what))
         finally:
             response.close()  # returns a fully read connection to the pool, closes any other
-    except requests.RequestException:
+    except requests.RequestException as exc:
         if watch.cut:  # whatever the cut made requests raise: no complete answer in time
             raise _Cut() from None
+        unreadable = _unreadable(exc, what, status, encoding)
+        if unreadable is not None:
+            raise unreadable from None
         raise
     finally:
         _IN_FLIGHT.watch = None
@@ -425,43 +532,47 @@ def send(
     Each attempt, headers and body, takes at most ``limits.request_timeout`` seconds and what
     is left of ``deadline``. Returns the last answer, which may still be an error status: the
     caller decides what a status means. Raises ApiTimeoutError when no complete answer came in
-    time, ApiConnectionError when none came at all, ResponseTooLargeError past the size limit.
+    time, ApiConnectionError when none came at all (or the connection broke amid it),
+    UnreadableAnswerError for an answer that is not HTTP or does not decode,
+    ResponseTooLargeError past the size limit.
     """
     for attempt in range(1, retry.attempts + 1):
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise ApiTimeoutError(f"{what}: refresh deadline reached (--refresh.timeout)")
+            raise ApiTimeoutError(f"{what}: {deadline.why_over()}")
         bound = min(limits.request_timeout, remaining)
         by_deadline = bound < limits.request_timeout
-        late = ApiTimeoutError(
-            f"{what}: timed out waiting for the answer: "
-            + (
-                "refresh deadline reached (--refresh.timeout)"
-                if by_deadline
+
+        def late(bound: float = bound, by_deadline: bool = by_deadline) -> ApiTimeoutError:
+            why = (
+                deadline.why_over()
+                if by_deadline or deadline.remaining() <= 0
                 else f"no complete answer within {bound:g}s (--api.request-timeout)"
             )
-        )
+            return ApiTimeoutError(f"{what}: timed out waiting for the answer: {why}")
+
         failure: Exception | None = None
         try:
             kwargs["hooks"] = {"response": same_origin_redirects(url)}
             response = _attempt(session, method, url, bound, limits, what, kwargs)
-        except (ResponseTooLargeError, RedirectError) as exc:
-            on_response(endpoint, str(exc.status))  # an answer came: counted by its status
+        except (ResponseTooLargeError, RedirectError, UnreadableAnswerError) as exc:
+            # Not retried: the server answered, and would answer the same again.
+            on_response(endpoint, "error" if exc.status is None else str(exc.status))
             raise
         except requests.ConnectTimeout:
             failure = ApiTimeoutError(f"{what}: timed out connecting")
         except (_Cut, requests.Timeout):
             # A read timeout is not retried: the server got the request and may be overloaded.
             on_response(endpoint, "error")
-            raise late from None
+            raise late() from None
         except requests.exceptions.SSLError as exc:
             on_response(endpoint, "error")  # not retried: a certificate does not heal itself
             raise tls_error(what, url, exc) from None
         except requests.RequestException as exc:
             if _timed_out(exc) or deadline.remaining() <= 0:
                 on_response(endpoint, "error")
-                raise late from None
-            failure = ApiConnectionError(f"{what}: cannot connect ({type(exc).__name__})")
+                raise late() from None
+            failure = ApiConnectionError(f"{what}: {_broken(exc)}")
         if failure is not None:
             on_response(endpoint, "error")
             delay = retry.backoff(attempt)

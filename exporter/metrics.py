@@ -302,11 +302,13 @@ class ReloadStatus(Collector):
 
 class RefusedRequests(Collector):
     """Requests that basic auth refused, by reason: ``unauthorized`` (HTTP 401: no, unknown or
-    wrong credentials) and ``too_many_logins`` (HTTP 429: this client's password check, or too
-    many others, already waiting). A rising count is a scraper with a stale password, or
-    someone guessing."""
+    wrong credentials), and HTTP 429, the password check not run: ``recent_wrong_password``
+    (the client sent a wrong password lately, so others went first) or ``too_many_logins``
+    (any other client: its own check was still running or waiting, too many others waited,
+    or it waited too long). A rising count is a scraper with a stale password, or someone
+    guessing; ``too_many_logins`` means right logins may be turned away."""
 
-    REASONS = ("unauthorized", "too_many_logins")
+    REASONS = ("unauthorized", "too_many_logins", "recent_wrong_password")
 
     def __init__(self) -> None:
         self._counts = dict.fromkeys(self.REASONS, 0)
@@ -319,8 +321,9 @@ class RefusedRequests(Collector):
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "beenergised_web_requests_refused",
-            "Requests refused by basic auth: unauthorized (HTTP 401), too_many_logins (HTTP "
-            "429, password checks waiting).",
+            "Requests refused by basic auth: unauthorized (HTTP 401); HTTP 429, password "
+            "checks waiting: recent_wrong_password (the client sent a wrong password lately), "
+            "too_many_logins (any other client).",
             labels=["reason"],
         )
         for reason in self.REASONS:

@@ -118,6 +118,9 @@ class MandantRefresher:
         try:
             snapshot = self._read_confirmed(client, previous.snapshot)
         except RefreshError as exc:
+            if self._cancel.is_set():  # shutting down: not a failure of the API
+                LOG.info("refresh of mandant %s stopped: shutting down", self.mandant.name)
+                return
             self._publish_failure(previous, exc.reason, str(exc), started, tokens)
             return
         except Exception:  # a bug of ours must not kill the scheduler thread

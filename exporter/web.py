@@ -16,7 +16,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
@@ -83,9 +83,10 @@ class ExporterApp:
         self._telemetry_path = telemetry_path
         self._auth = auth
 
-    def set_auth(self, auth: BasicAuth | None) -> None:
-        """Check requests against other users from now on (a reloaded web config)."""
-        self._auth = auth
+    def set_users(self, users: Mapping[str, bytes]) -> None:
+        """Check requests against other users from now on (a reloaded web config); none
+        turns basic auth off."""
+        self._auth = BasicAuth(users, like=self._auth) if users else None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Answer one request; HEAD gets GET's status and headers without the body, and an
@@ -109,9 +110,11 @@ class ExporterApp:
                 allowed = self._auth.check(
                     environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
                 )
-            except TooManyLogins:
-                self._refused.record("too_many_logins")
-                LOG.debug("%s: 429, too many password checks at once", environ.get("REMOTE_ADDR"))
+            except TooManyLogins as error:
+                self._refused.record(
+                    "recent_wrong_password" if error.suspect else "too_many_logins"
+                )
+                LOG.debug("429: %s", error)
                 return _respond(
                     start_response,
                     "429 Too Many Requests",

@@ -18,7 +18,8 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import bcrypt
 
@@ -28,6 +29,7 @@ BCRYPT_RE = re.compile(
 """A bcrypt hash: $2a$/$2b$/$2y$, cost 04-31 (group 1), 22 characters of salt (the last holds
 2 bits) and 31 of hash."""
 _BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; htpasswd and Go truncate silently too
+_Key = TypeVar("_Key", str, bytes)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -53,8 +55,15 @@ class WebConfig:
 
 
 class TooManyLogins(Exception):
-    """A password check was refused unrun: the client already has one running or waiting, or
-    too many clients are waiting. Answer 429: the client may try again shortly."""
+    """A password check was refused unrun (answer 429: the client may try again shortly).
+
+    ``suspect``: the client sent a wrong password lately, so others went first. The message
+    says why, for the debug log; it names the client address, never a credential.
+    """
+
+    def __init__(self, message: str, *, suspect: bool) -> None:
+        super().__init__(message)
+        self.suspect = suspect
 
 
 class BasicAuth:
@@ -65,12 +74,15 @@ class BasicAuth:
     password) for the last ``CACHE_SIZE`` distinct credentials. An unknown user still costs
     one bcrypt run, so timing does not tell which users exist. bcrypt runs one at a time, as in
     exporter-toolkit, so a flood of wrong passwords keeps to one CPU core; :class:`_FairQueue`
-    decides whose turn it is, so such a flood cannot starve another client's right password.
+    decides whose turn it is, so such a flood cannot starve another client's right password,
+    not even one that is not cached yet.
     """
 
     CACHE_SIZE = 100
 
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+    def __init__(self, users: Mapping[str, bytes], *, like: BasicAuth | None = None) -> None:
+        """``like``: the BasicAuth these users replace (a reloaded web config), whose queue
+        this one shares, so bcrypt still runs one at a time and suspects stay suspects."""
         if not users:
             raise ValueError("BasicAuth needs at least one user; pass no BasicAuth to allow all")
         costs = []
@@ -87,13 +99,13 @@ class BasicAuth:
         self._key = os.urandom(32)
         self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._queue = _FairQueue()
+        self._queue: _FairQueue = like._queue if like is not None else _FairQueue()
 
     def check(self, header: str | None, client: str = "") -> bool:
         """True when ``header`` (the Authorization value) names a user and their password.
 
-        ``client`` is the peer's address. Raises TooManyLogins instead of queueing a second
-        uncached check for the same client (see :class:`_FairQueue`).
+        ``client`` is the peer's address. Raises TooManyLogins when the check cannot have a
+        turn soon (see :class:`_FairQueue`).
         """
         credentials = _basic_credentials(header)
         if credentials is None:
@@ -103,9 +115,12 @@ class BasicAuth:
         if self._cached(digest):
             return True
         hashed = self._hash_of(user)
-        with self._queue.turn(_client_key(client)):
+        key = _client_key(client)
+        with self._queue.turn(key):
             matches = bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], hashed or self._dummy)
-        if not matches or hashed is None:
+            right = matches and hashed is not None
+            self._queue.record(key, right)
+        if not right:
             return False
         self._remember(digest)
         return True
@@ -131,54 +146,129 @@ class BasicAuth:
 
     def _remember(self, digest: bytes) -> None:
         with self._cache_lock:
-            self._cache[digest] = None
-            self._cache.move_to_end(digest)
-            while len(self._cache) > self.CACHE_SIZE:
-                self._cache.popitem(last=False)
+            _put_last(self._cache, digest, self.CACHE_SIZE)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """One client waiting for its bcrypt turn; ``turn`` is set when it gets it or is pushed
+    out (``displaced``)."""
+
+    client: str
+    suspect: bool
+    turn: threading.Event = field(default_factory=threading.Event)
+    displaced: bool = False
 
 
 class _FairQueue:
-    """One bcrypt run at a time, in arrival order, with at most one run running or waiting per
-    client; a client asking for another gets TooManyLogins at once, as does anyone when
-    ``MAX_WAITING`` clients wait.
+    """One bcrypt run at a time; whose turn it is, by client (see :func:`_client_key`).
 
-    So however many wrong passwords one client sends at once, another client's check waits
-    for at most one of them; a flood from many addresses delays it by at most ``MAX_WAITING``
-    runs. The finishing run hands its turn straight to the next in line, so a newcomer cannot
-    jump the queue.
+    - At most one run running or waiting per client: a client asking for another gets
+      TooManyLogins at once, so one address cannot fill the queue.
+    - Clients that sent a wrong password lately (the last ``SUSPECTS`` such clients are
+      remembered) are *suspects*. The others go first, in arrival order, then the suspects,
+      in arrival order. A client whose password was right is never a suspect (the last
+      ``TRUSTED`` such clients are remembered).
+    - At most ``MAX_WAITING`` wait. When the queue is full, a newcomer that is no suspect
+      takes the place of the suspect that came last (which gets TooManyLogins); otherwise the
+      newcomer gets it.
+    - Nobody waits longer than ``MAX_WAIT`` seconds: a scraper gives up after its scrape
+      timeout (10 s by default) anyway, and a run for a client that has gone is wasted.
+
+    So during a flood of wrong passwords from many addresses, a right login from an address
+    without wrong passwords waits for the run in progress and the non-suspects before it.
     """
 
     MAX_WAITING = 32
+    MAX_WAIT = 5.0
+    SUSPECTS = 4096
+    TRUSTED = 256
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: set[str] = set()  # running or waiting
-        self._waiting: deque[threading.Event] = deque()
+        self._first: deque[_Waiter] = deque()  # waiting, no suspects
+        self._last: deque[_Waiter] = deque()  # waiting, suspects
         self._running = False
+        self._suspects: OrderedDict[str, None] = OrderedDict()
+        self._trusted: OrderedDict[str, None] = OrderedDict()
 
     @contextmanager
     def turn(self, client: str) -> Iterator[None]:
         """Wait for ``client``'s turn and hold it for the body of the ``with``."""
-        with self._lock:
-            if client in self._clients or len(self._waiting) >= self.MAX_WAITING:
-                raise TooManyLogins(client)
-            self._clients.add(client)
-            turn = None
-            if self._running:
-                turn = threading.Event()
-                self._waiting.append(turn)
-            self._running = True
+        waiter = self._join(client)
+        if waiter is not None:
+            self._wait(waiter)
         try:
-            if turn is not None:
-                turn.wait()  # set by the run before, which always ends
             yield
         finally:
             with self._lock:
                 self._clients.discard(client)
-                if self._waiting:
-                    self._waiting.popleft().set()
+                if self._first or self._last:
+                    (self._first or self._last).popleft().turn.set()
                 else:
                     self._running = False
+
+    def record(self, client: str, right: bool) -> None:
+        """Remember how ``client``'s password check went; call it before the turn ends."""
+        with self._lock:
+            if right:
+                self._suspects.pop(client, None)
+                _put_last(self._trusted, client, self.TRUSTED)
+            elif client not in self._trusted:
+                _put_last(self._suspects, client, self.SUSPECTS)
+
+    def _join(self, client: str) -> _Waiter | None:
+        """Take the turn (None) or a place in the queue, or raise TooManyLogins."""
+        with self._lock:
+            suspect = client in self._suspects
+            if client in self._clients:
+                raise TooManyLogins(
+                    f"{client} has a password check running or waiting", suspect=suspect
+                )
+            if not self._running:
+                self._running = True
+                self._clients.add(client)
+                return None
+            if len(self._first) + len(self._last) >= self.MAX_WAITING:
+                if suspect or not self._last:
+                    raise TooManyLogins(
+                        f"{self.MAX_WAITING} password checks are waiting", suspect=suspect
+                    )
+                pushed = self._last.pop()
+                pushed.displaced = True
+                self._clients.discard(pushed.client)
+                pushed.turn.set()
+            waiter = _Waiter(client, suspect)
+            (self._last if suspect else self._first).append(waiter)
+            self._clients.add(client)
+            return waiter
+
+    def _wait(self, waiter: _Waiter) -> None:
+        """Return when ``waiter`` has the turn; raise TooManyLogins when it was pushed out or
+        has waited ``MAX_WAIT`` seconds."""
+        if not waiter.turn.wait(self.MAX_WAIT):
+            with self._lock:
+                if not waiter.turn.is_set():  # not given the turn while taking the lock
+                    (self._last if waiter.suspect else self._first).remove(waiter)
+                    self._clients.discard(waiter.client)
+                    raise TooManyLogins(
+                        f"{waiter.client} waited {self.MAX_WAIT:g} s for a password check",
+                        suspect=waiter.suspect,
+                    )
+        if waiter.displaced:
+            raise TooManyLogins(
+                f"{waiter.client} sent a wrong password lately; made way for a client that did not",
+                suspect=True,
+            )
+
+
+def _put_last(recent: OrderedDict[_Key, None], key: _Key, size: int) -> None:
+    """Put ``key`` last in ``recent``, forgetting the first beyond ``size``."""
+    recent[key] = None
+    recent.move_to_end(key)
+    while len(recent) > size:
+        recent.popitem(last=False)
 
 
 def _client_key(address: str) -> str:

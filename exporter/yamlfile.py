@@ -7,12 +7,49 @@ from typing import IO
 
 import yaml
 
+MAX_DEPTH = 32
+"""Nesting levels a config file may have (ours need four): PyYAML composes nodes
+recursively, so a file nested a thousand levels deep would end the process in a
+RecursionError instead of a message."""
+MAX_SIZE = 4 * 1024 * 1024
+"""Characters a config file may have (a thousand mandants take about 300 KiB)."""
+
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but a key given twice in one mapping is an error: PyYAML would
     keep the last value silently, and a repeated key is a mistake, never an intent. Used for
     the config file and the web config file; the error names the line and key, never a value.
+    Nesting is bounded by :data:`MAX_DEPTH`.
     """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_DEPTH} levels; a config file needs a few",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        """PyYAML's, but a scalar Python cannot hold (an integer of more than 4,300 digits, a
+        date that does not exist) is a YAMLError with its line, not a ValueError."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "a value that cannot be read: too many digits, or a date that does not exist",
+                node.start_mark,
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
         first_line: dict[object, int] = {}
@@ -32,8 +69,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(stream: IO[str]) -> object:
-    """The YAML document in ``stream``, with plain types only and no repeated keys."""
-    return yaml.load(stream, Loader=UniqueKeyLoader)
+    """The YAML document in ``stream``, with plain types only and no repeated keys; a file
+    larger than :data:`MAX_SIZE` or nested deeper than :data:`MAX_DEPTH` is a YAMLError."""
+    text = stream.read(MAX_SIZE + 1)
+    if len(text) > MAX_SIZE:
+        raise yaml.YAMLError(
+            f"larger than {MAX_SIZE // (1024 * 1024)} MiB; a config file needs a few KiB"
+        )
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -42,4 +85,6 @@ def yaml_problem(error: yaml.YAMLError) -> str:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         return f"{where}{error.problem or error.context}"
-    return type(error).__name__
+    if isinstance(error, yaml.reader.ReaderError):
+        return f"character {error.position + 1}: {error.reason}"
+    return str(error) or type(error).__name__

@@ -194,6 +194,19 @@ def test_a_server_that_never_ends_is_cut_off_by_the_page_bound():
 
 
 @responses.activate
+@pytest.mark.parametrize("total", [11, 2**65, 10**400], ids=["11", "2**65", "10**400"])
+def test_a_total_of_more_pages_than_the_bound_is_refused_before_any_other_page(total):
+    # over 2**63 pages made len(range(...)) raise OverflowError: "failed unexpectedly"
+    add_tokens("tok")
+    page = {"data": [row("a"), row("b")], "meta": {"pagination": {"total": total}}}
+    responses.get(STATIONS_URL, body=json.dumps(page), content_type="application/json")
+    message = rf"{total} stations in pages of 2 announced, and one read fetches at most 5 pages"
+    with pytest.raises(ListingTooLargeError, match=message):
+        make_client(max_pages=5, max_stations=10**500, concurrency=4).stations(Deadline(60))
+    assert offsets_requested() == [0]
+
+
+@responses.activate
 def test_a_station_the_api_lists_twice_is_its_data_not_a_torn_read():
     add_tokens("tok")
     rows = [row("a"), row("b"), row("b"), row("c")]  # "b" straddles the page boundary

@@ -178,3 +178,65 @@ def test_missing_expires_in_assumes_an_hour():
     source = make_source(clock=clock)
     source.token(Deadline(60))
     assert source.expires_at == clock.now + 3600
+
+
+POISONED = {
+    "outside Latin-1": ("zq9\u20acen", "it holds a character outside ASCII"),
+    "Latin-1 but not ASCII": ("zq9ö", "it holds a character outside ASCII"),
+    "CR LF": ("zq9\r\nX-Injected: 1", "it holds a line break"),
+    "LF": ("zq9\nen", "it holds a line break"),
+    "a space": ("zq9 en", "it holds a space"),
+    "NUL": ("zq9\x00en", "it holds a control character"),
+    "a lone surrogate": ("zq9\ud800", "it holds a character outside ASCII"),
+    "9,000 characters": ("zq9" * 3000, "9000 characters, more than 8192"),
+}
+
+
+@responses.activate
+@pytest.mark.parametrize("value, problem", POISONED.values(), ids=POISONED.keys())
+def test_a_token_that_cannot_go_into_a_header_is_refused_and_not_kept(value, problem):
+    responses.post(TOKEN_URL, json=token_reply(value))
+    responses.post(TOKEN_URL, json=token_reply("tok-2"))
+    source = make_source()
+    with pytest.raises(AuthError) as info:
+        source.token(Deadline(60))
+    message = str(info.value)
+    assert message == (
+        f"token endpoint auth.example.test sent an access token that cannot go into an HTTP "
+        f"header ({problem}); refused, not kept: the token endpoint, or a proxy in between, is "
+        "broken"
+    )
+    assert "zq9" not in message  # never quotes the token
+    assert not info.value.rejected_credentials  # the secret is not read again for it
+    assert source.expires_at is None
+    assert source.token(Deadline(60)) == "tok-2"  # the next refresh asks again
+
+
+def test_a_token_of_visible_ascii_up_to_the_bound_is_taken():
+    printable = "".join(chr(c) for c in range(0x21, 0x7F))
+    for value in (printable, "t" * 8192, "eyJhbGciOi.J9.x-_~+/=="):
+        with responses.RequestsMock() as mock:
+            mock.post(TOKEN_URL, json=token_reply(value))
+            assert make_source().token(Deadline(60)) == value
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    "token_type, shown",
+    [("mac", '"mac"'), ("DPoP", '"DPoP"'), (5, "5"), (None, "null"), (["Bearer"], '["Bearer"]')],
+)
+def test_a_token_type_other_than_bearer_is_refused(token_type, shown):
+    responses.post(TOKEN_URL, json={"access_token": "tok", "token_type": token_type})
+    with pytest.raises(AuthError) as info:
+        make_source().token(Deadline(60))
+    assert str(info.value) == (
+        f"token endpoint auth.example.test: token_type {shown} is not Bearer, the only kind of "
+        "token this exporter can send"
+    )
+
+
+@responses.activate
+def test_a_token_answer_nested_too_deeply_is_a_parse_error():
+    responses.post(TOKEN_URL, body="[" * 50_000, content_type="application/json")
+    with pytest.raises(ParseError, match="answer is not a JSON object"):
+        make_source().token(Deadline(60))

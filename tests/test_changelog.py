@@ -34,7 +34,7 @@ def test_the_ring_is_bounded_and_drops_the_oldest():
 
 def test_one_structured_log_line_per_change(caplog):
     caplog.set_level(logging.INFO, logger="exporter.changelog")
-    ChangeLog(max_entries=1).record(
+    ChangeLog(max_entries=2).record(
         "north",
         1.0,
         [
@@ -42,7 +42,7 @@ def test_one_structured_log_line_per_change(caplog):
             Change("removed", "id-2", "Station 2", "cp_2", "2.4.1", ""),
         ],
     )
-    first, second = caplog.records  # every change is logged, though the ring keeps one
+    first, second = caplog.records
     line = LogfmtFormatter().format(first)
     assert 'msg="station firmware changed" id=1 mandant=north kind=firmware_changed' in line
     assert 'station_id=id-1 label="Hof Süd" charge_box_identity=cp_1' in line
@@ -57,3 +57,21 @@ def test_fields_never_replace_the_standard_keys(caplog):
     logging.getLogger("test").info("hello", extra={"fields": {"msg": "forged", "level": "error"}})
     fields = json.loads(JsonFormatter().format(caplog.records[0]))
     assert (fields["msg"], fields["level"]) == ("hello", "info")
+
+
+def test_one_refresh_logs_and_keeps_at_most_max_entries_changes(caplog):
+    """An API that swaps its whole fleet must not write a log line per station: the last
+    ``max_entries`` changes (removals come last) are logged and kept, one warning says so."""
+    caplog.set_level(logging.INFO, logger="exporter.changelog")
+    log = ChangeLog(max_entries=100)
+    log.record("north", 1.0, [change(str(i)) for i in range(5000)])
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "mandant north: 5000 changes in one refresh; only the last 100 are logged and kept "
+        "(--changes.max-entries), the change counters count all"
+    ]
+    logged = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert [r.fields["station_id"] for r in logged] == [str(i) for i in range(4900, 5000)]
+    assert [e.id for e in log.latest(limit=2)] == [5000, 4999]
+    log.record("north", 2.0, [change("next")])
+    assert log.latest(limit=1)[0].id == 5001

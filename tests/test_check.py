@@ -17,6 +17,7 @@ import requests
 
 from exporter import cli
 from exporter.api import CpoClient
+from exporter.check import hint
 from exporter.model import DATA_ISSUES
 from exporter.simulator import Fault, Inventory, Simulator
 
@@ -321,6 +322,23 @@ def test_each_failure_gets_its_reason_and_hint(
     [mandant] = json.loads(out)["mandants"]
     assert mandant["error"]["reason"] == reason
     assert in_hint in mandant["error"]["hint"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "token endpoint h sent an access token that cannot go into an HTTP header (it holds a "
+        "line break); refused, not kept: the token endpoint, or a proxy in between, is broken",
+        'token endpoint h: token_type "mac" is not Bearer, the only kind of token this exporter '
+        "can send",
+    ],
+)
+def test_a_token_that_cannot_be_sent_gets_a_hint_about_the_token_endpoint_not_the_secret(
+    message,
+):
+    text = hint("auth", "token", message)
+    assert "token endpoint answered with a token this exporter cannot send" in text
+    assert "client id and secret" not in text
 
 
 def test_an_unexpected_error_is_one_failure_without_traceback_or_secret(sim, capsys, monkeypatch):

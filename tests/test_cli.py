@@ -166,6 +166,33 @@ def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(
     assert "still waiting for the API" in exporter.output
 
 
+@pytest.mark.e2e
+def test_sigterm_during_a_retry_wait_says_it_is_shutting_down(simulator_process, exporter_process):
+    """Not "refresh deadline reached": the deadline was far, the exporter was told to stop."""
+    simulator = simulator_process()
+    requests = pytest.importorskip("requests")
+    requests.post(
+        simulator.url + "/_sim/faults",
+        json={"kind": "status", "status": 503, "retry_after": "60", "times": 1},
+        timeout=5,
+    ).raise_for_status()
+    exporter = exporter_process(
+        ["--refresh-interval=5m"],
+        {
+            "BEENERGISED_API_URL": simulator.url,
+            "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
+            "BEENERGISED_CLIENT_ID": "demo-client",
+            "BEENERGISED_CLIENT_SECRET": "demo-secret",
+        },
+    )
+    exporter.wait_for_line(r"HTTP 503|503; retry 1")
+    code, _ = stop_with(exporter, signal.SIGTERM)
+    assert code == 0
+    assert "refresh of mandant 127.0.0.1 stopped: shutting down" in exporter.output
+    assert "deadline" not in exporter.output
+    assert "failed" not in exporter.output
+
+
 @pytest.mark.parametrize("argv", [["--version"], ["check", "--version"]])
 def test_version_prints_the_project_version_python_and_platform(
     argv: list[str], capsys: pytest.CaptureFixture[str]
@@ -188,3 +215,25 @@ def test_version_prints_the_project_version_python_and_platform(
         f"({platform.python_implementation()})",
     ]
     assert lines[2].split() == ["platform:", f"{platform.system().lower()}/{platform.machine()}"]
+
+
+@pytest.mark.parametrize(
+    ("burst", "expected"),
+    [
+        ([signal.SIGHUP] * 500, signal.SIGHUP),
+        ([signal.SIGHUP] * 200 + [signal.SIGTERM] + [signal.SIGHUP] * 200, signal.SIGTERM),
+        ([signal.SIGINT, signal.SIGHUP], signal.SIGINT),
+    ],
+)
+def test_a_burst_of_signals_counts_once_and_a_stop_wins(
+    burst: list[int], expected: signal.Signals
+) -> None:
+    import queue
+
+    from exporter.cli import _next_signal
+
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in burst:
+        signals.put(signum)
+    assert _next_signal(signals) == expected
+    assert signals.empty()

@@ -18,7 +18,7 @@ import yaml
 
 from exporter.config import DEFAULT_PORT, load_settings, parse_duration
 from tests.dockerfile import final_stage
-from tests.helpers import IN_CI, ROOT, require_tool
+from tests.helpers import IN_CI, ROOT, require_tool, wait_until
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
 SYSTEMD_DIR = ROOT / "deploy" / "systemd"
@@ -209,9 +209,14 @@ def test_deployment_port_and_probes_match_the_exporter():
 def test_probe_paths_answer_on_a_real_exporter(exporter_process):
     exporter = exporter_process(["--demo"], {})
     container = exporter_container()
-    for probe in ("livenessProbe", "readinessProbe"):
-        path = container[probe]["httpGet"]["path"]
-        assert requests.get(exporter.url + path, timeout=5).status_code == 200, path
+    liveness = container["livenessProbe"]["httpGet"]["path"]
+    assert requests.get(exporter.url + liveness, timeout=5).status_code == 200, liveness
+    # Ready once the first refresh has published: on a busy machine that comes after listening.
+    readiness = container["readinessProbe"]["httpGet"]["path"]
+    wait_until(
+        lambda: requests.get(exporter.url + readiness, timeout=5).status_code == 200,
+        what=f"{readiness} to answer 200 after the first refresh",
+    )
 
 
 def quantity(value: str) -> float:

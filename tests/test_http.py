@@ -1,12 +1,22 @@
+import gzip
 import threading
 import time
+import tracemalloc
 
 import pytest
 import requests
 import responses
 
-from exporter.errors import ApiConnectionError, ApiTimeoutError
+from exporter.api import new_session
+from exporter.errors import (
+    ApiConnectionError,
+    ApiTimeoutError,
+    RedirectError,
+    ResponseTooLargeError,
+    UnreadableAnswerError,
+)
 from exporter.http import Deadline, RetryPolicy, retry_after, send
+from tests.rawhttp import RawServer, Reply, http
 
 URL = "https://api.example.test/thing"
 FAST = RetryPolicy(attempts=4, backoff_base=0.001, backoff_cap=0.002)
@@ -138,7 +148,6 @@ def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():
 
 
 def test_an_untrusted_certificate_is_a_tls_error_saying_what_to_set(tmp_path):
-    from exporter.api import new_session
     from exporter.errors import TlsError
     from exporter.simulator import Inventory, Simulator
     from tests.helpers import private_ca
@@ -184,3 +193,230 @@ def test_an_untrusted_certificate_is_a_tls_error_saying_what_to_set(tmp_path):
         )
     assert str(caught.value).startswith("state: TLS handshake with 127.0.0.1 failed (wrong ")
     assert str(caught.value).endswith("does the URL's scheme and port speak HTTPS?")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["\xb2", "\u0663", "\uff13", "1\xb2", " \xb2 ", "1e3", "-5", "5.0", "0x10", "1_0", ""],
+)
+def test_retry_after_reads_ascii_digits_only(value):
+    response = requests.Response()
+    response.headers["Retry-After"] = value
+    assert retry_after(response) is None  # the usual backoff, never an exception
+
+
+def test_retry_after_bounds_what_it_reads():
+    response = requests.Response()
+    response.headers["Retry-After"] = "9" * 5000  # past int()'s 4,300 digits
+    assert retry_after(response) == 1e18
+    for date in (
+        "Wed, 21 Oct 2015 07:28:00 GMT" + " " * 20 + "x",
+        "Wed, 21 Oct 2015 07:28:00 GMT\xb2",
+    ):
+        response.headers["Retry-After"] = date
+        assert retry_after(response) is None
+
+
+# --- answers that came but cannot be read: a raw socket double sends the exact bytes ---------
+
+
+def raw_call(data: bytes, retry: RetryPolicy = FAST) -> tuple[Exception | None, list[str]]:
+    """GET against a raw double answering ``data`` to every request: (the error, the codes
+    counted). Each answer closes its connection."""
+    counted: list[str] = []
+    with RawServer(lambda request: Reply(data)) as server:
+        try:
+            send(
+                new_session(),
+                "GET",
+                server.url + "/thing",
+                endpoint="charging_stations",
+                what="stations",
+                on_response=lambda e, c: counted.append(c),
+                deadline=Deadline(10),
+                retry=retry,
+            )
+        except Exception as exc:  # the test looks at what it is
+            return exc, counted
+    return None, counted
+
+
+JSON = [("Content-Type", "application/json")]
+CHUNKED = [*JSON, ("Transfer-Encoding", "chunked")]
+UNREADABLE = {
+    "bad gzip stream": (
+        http(200, [*JSON, ("Content-Encoding", "gzip")], b"not gzip at all"),
+        "could not decode the answer (not a valid 'gzip' stream)",
+        "200",
+    ),
+    "bad deflate stream": (
+        http(200, [*JSON, ("Content-Encoding", "deflate")], b"\x00garbage"),
+        "could not decode the answer (not a valid 'deflate' stream)",
+        "200",
+    ),
+    "chunk size not hex": (
+        http(200, CHUNKED, b"zz\r\nabc\r\n0\r\n\r\n", length=False),
+        "could not read the answer (broken chunked encoding)",
+        "200",
+    ),
+    "negative chunk size": (
+        http(200, CHUNKED, b"-1\r\n" + b"x" * 100_000, length=False),
+        "could not read the answer (broken chunked encoding)",
+        "200",
+    ),
+    "chunk size line of 70 KB": (
+        http(200, CHUNKED, b"1" + b";" * 70_000 + b"\r\nx\r\n0\r\n\r\n", length=False),
+        "could not read the answer (broken chunked encoding)",
+        "200",
+    ),
+    "bad status line": (
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        "the answer is not HTTP/1.x (a bad status line)",
+        "error",
+    ),
+    "another protocol": (
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        "the answer is not HTTP/1.x (a bad status line)",
+        "error",
+    ),
+    "HTTP/2 status line": (
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        "the answer is not HTTP/1.x (its status line names another version)",
+        "error",
+    ),
+    "header line of 70 KB": (
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",
+        "the answer is not HTTP/1.x (a header line longer than 64 KiB)",
+        "error",
+    ),
+    "120 header lines": (
+        b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 120 + b"\r\n",
+        "the answer is not HTTP/1.x (more than 100 header lines)",
+        "error",
+    ),
+}
+
+
+@pytest.mark.parametrize("data, message, code", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_an_answer_that_cannot_be_read_is_a_parse_error_and_not_retried(data, message, code):
+    error, counted = raw_call(data)
+    assert isinstance(error, UnreadableAnswerError), repr(error)
+    assert error.reason == "parse"
+    assert str(error) == f"stations: {message}"
+    assert counted == [code]  # one attempt: the server would answer the same again
+
+
+BROKEN = {
+    "closed without an answer": (b"", "the server closed the connection without answering"),
+    "closed amid a Content-Length body": (
+        http(200, [*JSON, ("Content-Length", "100")], b'{"data": [', length=False),
+        "the connection broke before the answer was complete",
+    ),
+    "closed amid a chunk": (
+        http(200, CHUNKED, b"10\r\n{}", length=False),
+        "the connection broke before the answer was complete",
+    ),
+    "closed between chunks": (
+        http(200, CHUNKED, b"2\r\n{}\r\n", length=False),
+        "the connection broke before the answer was complete",
+    ),
+}
+
+
+@pytest.mark.parametrize("data, message", BROKEN.values(), ids=BROKEN.keys())
+def test_a_connection_that_broke_is_retried_and_says_so(data, message):
+    error, counted = raw_call(data)
+    assert isinstance(error, ApiConnectionError) and error.reason == "connection", repr(error)
+    assert str(error) == f"stations: {message}"
+    assert counted == ["error"] * 4
+
+
+def test_a_negative_chunk_size_does_not_read_the_stream_past_the_size_limit():
+    # urllib3 reads chunk size -1 as "read to the end", in one read past every limit
+    answer = http(200, CHUNKED, b"-1\r\n" + b"x" * (64 * 1024 * 1024), length=False)
+    tracemalloc.start()
+    try:
+        error, _ = raw_call(answer, retry=RetryPolicy(attempts=1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(error, UnreadableAnswerError), repr(error)
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated at the peak"
+
+
+@pytest.mark.parametrize("length", ["9" * 5000, "99999999999999999999"])
+def test_a_content_length_of_many_digits_is_refused_as_too_large(length):
+    data = http(200, [*JSON, ("Content-Length", length)], b"{}", length=False)
+    error, counted = raw_call(data)
+    assert isinstance(error, ResponseTooLargeError), repr(error)
+    assert counted == ["200"]
+
+
+@pytest.mark.parametrize("location", [b"http://[::1/x", b"http://[zz]/", b"/a\xff\xfe"])
+def test_a_redirect_to_a_location_that_is_not_a_url_is_refused(location):
+    error, counted = raw_call(http(302, [(b"Location", location)]))
+    assert isinstance(error, RedirectError), repr(error)
+    assert str(error).endswith(
+        "redirected (HTTP 302) to a Location that is not a URL: not followed"
+    )
+    assert counted == ["302"]
+
+
+def test_a_unicode_digit_in_retry_after_is_retried_with_the_usual_backoff():
+    answers = iter([http(503, [(b"Retry-After", b"\xb2")]), http(200, JSON, b"{}")])
+    counted: list[str] = []
+    with RawServer(lambda request: Reply(next(answers))) as server:
+        answer = send(
+            new_session(),
+            "GET",
+            server.url + "/thing",
+            endpoint="charging_stations",
+            what="stations",
+            on_response=lambda e, c: counted.append(c),
+            deadline=Deadline(10),
+            retry=FAST,
+        )
+    assert answer.status_code == 200
+    assert counted == ["503", "200"]
+
+
+def redirect_then_ok(first: bytes) -> tuple[list[str], RawServer]:
+    """A GET whose first answer is ``first`` (a redirect to /ok) and every other an empty
+    JSON object: the codes counted, and the double (for its requests)."""
+    counted: list[str] = []
+    answers = iter([first])
+    with RawServer(lambda request: Reply(next(answers, http(200, JSON, b"{}")))) as server:
+        answer = send(
+            new_session(),
+            "GET",
+            server.url + "/thing",
+            endpoint="charging_stations",
+            what="stations",
+            on_response=lambda e, c: counted.append(c),
+            deadline=Deadline(10),
+            retry=FAST,
+        )
+    assert answer.status_code == 200 and answer.body == b"{}"
+    return counted, server
+
+
+def test_a_redirect_body_is_not_read():
+    # requests would read it whole into memory, past --api.max-response-size: 64 MB here
+    answer = http(302, [("Location", "/ok")], b"x" * (64 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        counted, server = redirect_then_ok(answer)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counted == ["200"]  # one request of ours, the redirect followed within it
+    assert [r.path for r in server.requests] == ["/thing", "/ok"]
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated at the peak"
+
+
+def test_a_redirect_body_that_breaks_after_some_was_decoded_is_no_runtime_error():
+    part = gzip.compress(b"x" * 100_000)
+    headers = [("Location", "/ok"), ("Content-Encoding", "gzip"), ("Content-Length", "99999")]
+    counted, server = redirect_then_ok(http(302, headers, part[: len(part) // 2], length=False))
+    assert counted == ["200"]
+    assert [r.path for r in server.requests] == ["/thing", "/ok"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -239,4 +241,66 @@ def test_sighup_reads_new_users_and_a_new_certificate(
     assert "turning TLS off takes a restart; still serving HTTPS" in exporter.output
     assert served_certificate() == certs[1]
     assert status("bob") == 200
+    stop_within_5s(exporter)
+
+
+HOSTILE_CONFIGS = {
+    "nested 2,000 levels deep": "".join("  " * depth + "k:\n" for depth in range(2000)),
+    "nested 5,000 brackets deep": "a: " + "[" * 5000 + "]" * 5000,
+    "an integer of 5,000 digits": "page_limit: 1" + "0" * 5000 + "\n",
+    "a control character": "page_limit: 10\n\x01\n",
+}
+
+
+@pytest.mark.parametrize("which", ["config", "web config"])
+def test_no_content_of_a_config_file_ends_the_process(
+    which: str,
+    tmp_path: Path,
+    simulator_process: Callable[..., SimulatorProcess],
+    exporter_process: Callable[..., ExporterProcess],
+) -> None:
+    """A start exits 2 with one line naming the file; a reload keeps the running configuration."""
+    simulator = simulator_process("--stations", "4", "--client-secret", OLD_SECRET)
+    (tmp_path / "secret.txt").write_text(OLD_SECRET)
+    config = tmp_path / "exporter.yml"
+    good_config = "mandants:\n" + mandant_entry("north", simulator)
+    config.write_text(good_config)
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  alice: {bcrypt_hash('alice-pw')}\n")
+    args = ["--config.file", str(config), "--web.config.file", str(web), "--refresh-interval=1s"]
+    hostile_file = config if which == "config" else web
+    auth = ("alice", "alice-pw")
+
+    for name, content in HOSTILE_CONFIGS.items():
+        hostile_file.write_text(content)
+        started = subprocess.run(
+            [str(Path(sys.executable).with_name("beenergised-exporter")), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert started.returncode == 2, (name, started.stderr)
+        assert started.stderr.count("\n") == 1, (name, started.stderr)
+        assert f"{hostile_file}: not valid YAML" in started.stderr, (name, started.stderr)
+
+    config.write_text(good_config)
+    web.write_text(f"basic_auth_users:\n  alice: {bcrypt_hash('alice-pw')}\n")
+    exporter = exporter_process(args, {})
+    wait_until(
+        lambda: (
+            samples(exporter.get("/metrics", auth=auth).text).get(
+                key("beenergised_up", mandant="north")
+            )
+            == 1
+        ),
+        what="north up",
+    )
+    for name, content in HOSTILE_CONFIGS.items():
+        hostile_file.write_text(content)
+        reload(exporter)
+        errors = [line for line in exporter.lines if "reload failed" in line]
+        assert f"{hostile_file}: not valid YAML" in errors[-1], (name, errors)
+        text = exporter.get("/metrics", auth=auth).text
+        assert samples(text)[key("beenergised_config_last_reload_successful")] == 0, name
+    assert "Traceback" not in exporter.output
     stop_within_5s(exporter)

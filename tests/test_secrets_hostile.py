@@ -211,6 +211,12 @@ ODD_LIFETIMES = {
     "absurdly large": ("1e300", MAX_LIFETIME),
     "tiny": ("0.001", MIN_LIFETIME),
     "numeric string": ('" 1800"', 1800.0),
+    "decimal string": ('"1800.5"', 1800.5),
+    "full-width digits": ('"\uff13\uff16\uff10\uff10"', ASSUMED_LIFETIME),  # float() reads them
+    "superscript digit": ('"\u00b2"', ASSUMED_LIFETIME),
+    "underscores": ('"1_800"', ASSUMED_LIFETIME),
+    "exponent string": ('"1e3"', ASSUMED_LIFETIME),
+    "string of 5,000 digits": ('"' + "9" * 5000 + '"', ASSUMED_LIFETIME),
     "text": ('"soon"', ASSUMED_LIFETIME),
     "boolean": ("true", ASSUMED_LIFETIME),
 }

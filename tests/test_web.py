@@ -1,3 +1,4 @@
+import base64
 import gzip
 import http.client
 import logging
@@ -405,3 +406,26 @@ def test_optional_client_certificates_are_verified_when_given(start, pki):
     assert requests.get(url, verify=pki.ca, cert=str(pki.client), timeout=5).ok
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(url, verify=pki.ca, cert=str(pki.stranger), timeout=5)
+
+
+def test_new_users_replace_the_old_and_keep_the_queue_of_password_checks():
+    states = States()
+    states.value = ready_states()
+    app = ExporterApp(exposition_of(states), states, states.changelog, auth=BasicAuth(USERS))
+
+    def status(user: str | None) -> str:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/readyz", "REMOTE_ADDR": "192.0.2.1"}
+        if user is not None:
+            token = base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+            environ["HTTP_AUTHORIZATION"] = f"Basic {token}"
+        answered: list[str] = []
+        app(environ, lambda status, headers, exc_info=None: answered.append(status))
+        return answered[0]
+
+    assert status("prometheus") == "200 OK"
+    queue = app._auth._queue
+    app.set_users({"carol": USERS["prometheus"]})
+    assert app._auth._queue is queue  # one bcrypt run at a time, before and after
+    assert (status("prometheus"), status("carol")) == ("401 Unauthorized", "200 OK")
+    app.set_users({})
+    assert status(None) == "200 OK"

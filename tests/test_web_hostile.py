@@ -438,6 +438,11 @@ def slow_bcrypt(monkeypatch) -> Iterator[SlowBcrypt]:
     slow.hold.set()
 
 
+def waiting_in(auth: BasicAuth) -> int:
+    """How many password checks wait for their turn."""
+    return len(auth._queue._first) + len(auth._queue._last)
+
+
 def test_one_client_has_one_check_at_a_time_and_the_rest_get_refused_at_once(slow_bcrypt):
     auth = BasicAuth({"alice": HASH})
     first = threading.Thread(target=auth.check, args=(basic(b"alice:wrong-0"), "192.0.2.1"))
@@ -463,7 +468,7 @@ def test_the_queue_of_waiting_clients_is_bounded(slow_bcrypt):
     ]
     for thread in threads:
         thread.start()
-    wait_until(lambda: len(auth._queue._waiting) == waiting, what="a full queue")
+    wait_until(lambda: waiting_in(auth) == waiting, what="a full queue")
     with pytest.raises(TooManyLogins):
         auth.check(basic(b"alice:" + PASSWORD), "198.51.100.1")
     slow_bcrypt.hold.set()
@@ -501,13 +506,13 @@ def test_a_right_password_waits_for_one_check_per_other_client_however_big_the_f
     assert slow_bcrypt.running.wait(5)
     # Each flooding address has one check running or waiting; every other attempt gets 429.
     wait_until(lambda: answers.get(429, 0) >= 300, what="the flood to be refused 300 times")
-    wait_until(lambda: len(auth._queue._waiting) == len(flooders) - 1, what="a queue")
+    wait_until(lambda: waiting_in(auth) == len(flooders) - 1, what="a queue")
     right: list[int] = []
     client = threading.Thread(
         target=lambda: right.append(login(port, "127.0.0.5", b"alice:" + PASSWORD))
     )
     client.start()
-    wait_until(lambda: len(auth._queue._waiting) == len(flooders), what="the right login to wait")
+    wait_until(lambda: waiting_in(auth) == len(flooders), what="the right login to wait")
     slow_bcrypt.hold.set()
     client.join(10)
     assert right == [200]
@@ -553,4 +558,4 @@ def test_the_429_answer(start, slow_bcrypt):
     assert status == b"HTTP/1.0 200 OK"
     # the held wrong password, then the refused right one
     counts = {s.labels["reason"]: s.value for s in next(iter(refused.collect())).samples}
-    assert counts == {"unauthorized": 1, "too_many_logins": 1}
+    assert counts == {"unauthorized": 1, "too_many_logins": 1, "recent_wrong_password": 0}
