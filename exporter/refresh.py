@@ -63,16 +63,12 @@ class MandantRefresher:
         self._clock = clock
         self._requests = RequestCounter()
         self._serial_numbers = serial_numbers  # only the info metric shows them
-        self._connection = self._connect(mandant, page_limit, concurrency, max_stations, limits)
+        self._max_stations = max_stations  # what one refresh may hold of the listing
+        self._connection = self._connect(mandant, page_limit, concurrency, limits)
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
     def _connect(
-        self,
-        mandant: Mandant,
-        page_limit: int,
-        concurrency: int,
-        max_stations: int,
-        limits: Limits,
+        self, mandant: Mandant, page_limit: int, concurrency: int, limits: Limits
     ) -> tuple[TokenSource, CpoClient]:
         return connect(
             mandant,
@@ -82,7 +78,7 @@ class MandantRefresher:
             clock=self._clock,
             limits=limits,
             serial_numbers=self._serial_numbers,
-            max_stations=max_stations,
+            max_stations=self._max_stations,
         )
 
     def reconnect(
@@ -97,7 +93,8 @@ class MandantRefresher:
     ) -> None:
         """Use changed settings of the same mandant (a reload): a new HTTP session and token
         source from the next refresh on; the published state and its counters stay."""
-        self._connection = self._connect(mandant, page_limit, concurrency, max_stations, limits)
+        self._max_stations = max_stations
+        self._connection = self._connect(mandant, page_limit, concurrency, limits)
         self._timeout = timeout
         self.mandant = mandant
         self._publish(self.state)
