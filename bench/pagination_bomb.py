@@ -98,9 +98,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the attack runs")
     parser.add_argument("--interval", default="10s", help="--refresh-interval of the exporter")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between lines")
+    parser.add_argument("--workdir", type=Path, help="for the logs; default a new temporary one")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="pagination-bomb-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="pagination-bomb-"))
     simulator = [sys.executable, "-m", "exporter.simulator", "--port", "0"]
     listening = r"listening on (http://\S+)"
     hostile, found = start(
@@ -134,6 +135,7 @@ def main() -> None:
         print(
             f"exporter pid {pid}, settings at their defaults but --refresh-interval={args.interval}"
         )
+        print(f"logs in {work}")
         print(f"waiting for both fleets ({args.stations:,} hostile, {CALM_STATIONS:,} calm)")
         started = time.monotonic()
         wanted = {"hostile": str(args.stations), "calm": str(CALM_STATIONS)}
