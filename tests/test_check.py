@@ -207,6 +207,25 @@ def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
     assert list(mandant["firmware"].values()) == sorted(firmware.values(), reverse=True)
 
 
+def test_firmware_beyond_the_bound_is_reported_as_metrics_show_it(sim, capsys, monkeypatch):
+    firmware = expected_firmware(sim)
+    rarest = min(firmware, key=lambda version: (firmware[version], version))
+    code, out, err = run_check(
+        capsys,
+        monkeypatch,
+        mandant_env(sim),
+        "--output=json",
+        "--firmware.max-versions=1",
+        f"--target-firmware={rarest}",
+    )
+    assert code == 0, out + err
+    [mandant] = json.loads(out)["mandants"]
+    folded = STATIONS - firmware[rarest]
+    assert mandant["firmware"] == {"(other)": folded, rarest: firmware[rarest]}
+    assert mandant["data_issues"]["firmware_version_folded"] == folded
+    assert mandant["target"]["on_target"] == firmware[rarest]
+
+
 def test_pages_are_capped_by_the_apis_page_limit(sim, capsys, monkeypatch):
     code, out, _ = run_check(capsys, monkeypatch, mandant_env(sim), "--output=json")
     assert code == 0
