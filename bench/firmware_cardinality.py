@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, versions: int | None, work: Path) -> str:
         for name, size in sizes.items()
     }
     try:
-        lines = [f"refresh_interval: {args.refresh_interval}s", "page_limit: 1000"]
+        lines = ["page_limit: 1000"]
         if args.max_versions is not None:
             lines.append(f"firmware_max_versions: {args.max_versions}")
         lines.append("mandants:")
@@ -69,7 +69,11 @@ def run(args: argparse.Namespace, versions: int | None, work: Path) -> str:
         config = work / "firmware-cardinality.yml"
         config.write_text("\n".join(lines) + "\n")
         exporter, url = start_exporter(
-            [f"--config.file={config}"], work, f"exporter-{versions}", dict(os.environ)
+            # after start_exporter's own --refresh-interval, so this one counts
+            [f"--config.file={config}", f"--refresh-interval={args.refresh_interval}s"],
+            work,
+            f"exporter-{versions}",
+            dict(os.environ),
         )
         try:
             wait_for_fleet(url, sizes, time.monotonic(), exporter)
