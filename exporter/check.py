@@ -40,7 +40,7 @@ ISSUE_MEANINGS = {
     "invalid_text": "control characters or text not in UTF-8 (shown as U+FFFD)",
     "text_too_long": f"id or text longer than {MAX_TEXT_LENGTH} characters (cut)",
     "duplicate_station_id": "listed more than once by the API (counted once)",
-    "firmware_version_folded": f"firmware among the versions beyond --firmware.max-versions "
+    "firmware_version_folded": "firmware among the versions beyond --firmware.max-versions "
     f"(shown as {FOLDED_FIRMWARE})",
 }
 

@@ -31,8 +31,8 @@ with more versions than its bound). No version string looks like it; a station t
 exactly this is counted under it too, so the series always means "folded"."""
 
 DEFAULT_MAX_FIRMWARE_VERSIONS = 100
-"""Firmware versions per mandant with a series of their own (--firmware.max-versions): far
-above a real fleet's, and it bounds what an API inventing versions adds to /metrics."""
+"""Firmware versions per mandant with a series of their own (--firmware.max-versions): room
+for many vendors' versions at once, and a bound on what an API inventing versions adds."""
 
 DATA_ISSUES = (
     "no_firmware_version",

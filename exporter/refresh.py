@@ -216,15 +216,15 @@ class MandantRefresher:
             published = self.state.snapshot
             if firmware.folded and (published is None or published.firmware is not firmware):
                 LOG.warning(
-                    "mandant %s: %d firmware versions, more than --firmware.max-versions=%d: "
-                    'the %d stations on the %d least common are shown as firmware_version="%s" '
-                    "(data issue firmware_version_folded); raise it if the versions are real",
+                    'mandant %s: %d of %d firmware versions (%d stations) shown as "%s" (data '
+                    "issue firmware_version_folded): --firmware.max-versions=%d keeps the "
+                    "target's and the most common; raise it if the versions are real",
                     mandant.name,
-                    len(snapshot.by_firmware),
-                    mandant.firmware_max_versions,
-                    firmware.folded,
                     firmware.folded_versions,
+                    len(snapshot.by_firmware),
+                    firmware.folded,
                     FOLDED_FIRMWARE,
+                    mandant.firmware_max_versions,
                 )
         self.state = replace(state, snapshot=snapshot, firmware_target=mandant.target_firmware)
         self._on_publish()

@@ -286,10 +286,10 @@ def test_a_fleet_beyond_the_firmware_bound_is_folded_logged_once_and_refolded_on
         assert published[0].snapshot.firmware is published[1].snapshot.firmware
         warnings = [r.getMessage() for r in caplog.records if "--firmware.max-versions" in r.msg]
         assert warnings == [
-            f"mandant north: {distinct} firmware versions, more than "
-            f"--firmware.max-versions=5: the {snapshot.firmware.folded} stations on the "
-            f'{distinct - 5} least common are shown as firmware_version="(other)" (data '
-            "issue firmware_version_folded); raise it if the versions are real"
+            f"mandant north: {distinct - 5} of {distinct} firmware versions "
+            f'({snapshot.firmware.folded} stations) shown as "(other)" (data issue '
+            "firmware_version_folded): --firmware.max-versions=5 keeps the target's and the "
+            "most common; raise it if the versions are real"
         ]
         refresher.reconnect(
             replace(mandant, firmware_max_versions=100),
