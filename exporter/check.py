@@ -175,8 +175,10 @@ def firmware_rows(snapshot: Snapshot) -> list[tuple[str, int]]:
 
 
 def _on_target(mandant: Mandant, label: str) -> bool:
+    """Whether a row of the firmware table is on target; never the folded row, which may hold
+    versions on target and others alike."""
     target = mandant.target_firmware
-    return target is not None and target.matches_label(label)
+    return target is not None and label != FOLDED_FIRMWARE and target.matches_label(label)
 
 
 def _progress(on_target: int, stations: int) -> str:
