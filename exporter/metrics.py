@@ -4,9 +4,9 @@ Metrics are built fresh from the latest immutable states (the client library's c
 collector pattern), so a station that left the fleet leaves ``/metrics`` too. The fleet
 metrics show the last successful background refresh, not a live API call (see the HELP
 texts). Rendering a large fleet costs real CPU and memory, so ``Exposition`` renders each
-mandant's per-station info lines once per fleet it publishes, the small families once per
-published refresh, and a scrape only writes cached bytes (plus the few process metrics, which
-change).
+mandant's per-station info lines once per fleet it publishes, its firmware lines once per
+change of its firmware labels, the families of a few series per mandant once per published
+refresh, and a scrape only writes cached bytes (plus the few process metrics, which change).
 """
 
 from __future__ import annotations
@@ -637,7 +637,8 @@ class Exposition:
 
     def update(self) -> _Rendering:
         """Render the fleet metrics if the states changed since the last rendering, and
-        compress the info lines of changed fleets, as Prometheus will ask for them (gzip)."""
+        compress the firmware and info lines of changed fleets, as Prometheus will ask for them
+        (gzip)."""
         states = tuple(self._states())
         rendering = self._rendering
         if rendering is not None and _same(rendering.states, states):
