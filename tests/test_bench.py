@@ -44,3 +44,16 @@ def test_the_large_scenarios_run_and_write_their_tables(tmp_path):
     rows = [line for line in report.splitlines() if line.startswith(("| on |", "| off |"))]
     assert len(rows) == 2
     assert "| 3 | 40 | default |" in report
+
+
+def test_the_firmware_cardinality_measurement_runs_and_prints_its_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "firmware_cardinality.py"), "--stations", "300",
+         "--versions", "200", "--max-versions", "20", "--seconds", "1",
+         "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 300 |")]
+    assert rows[0].startswith("| 300 | usual mix | 3 | 3 |")
+    assert rows[1].startswith("| 300 | 200 | 21 | 3 |")  # 20 versions and (other)
