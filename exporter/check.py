@@ -23,7 +23,7 @@ from exporter.api import RequestCounter, connect
 from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser
 from exporter.errors import RefreshError
 from exporter.http import Deadline, Limits
-from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, Snapshot
+from exporter.model import DATA_ISSUES, FOLDED_FIRMWARE, MAX_TEXT_LENGTH, Snapshot
 
 LOG = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ ISSUE_MEANINGS = {
     "invalid_text": "control characters or text not in UTF-8 (shown as U+FFFD)",
     "text_too_long": f"id or text longer than {MAX_TEXT_LENGTH} characters (cut)",
     "duplicate_station_id": "listed more than once by the API (counted once)",
+    "firmware_version_folded": "firmware among the versions beyond --firmware.max-versions "
+    f"(shown as {FOLDED_FIRMWARE})",
 }
 
 _HTTP_STATUS_RE = re.compile(r"\bHTTP (\d{3})\b")
@@ -167,7 +169,12 @@ def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
     try:
         tokens.token(deadline)
         step = "stations"
-        snapshot = Snapshot.build(client.stations(deadline), time.time())
+        snapshot = Snapshot.build(
+            client.stations(deadline),
+            time.time(),
+            mandant.firmware_max_versions,
+            mandant.target_firmware,
+        )
     except RefreshError as exc:
         message = tokens.redact(str(exc))
         failure = Failure(exc.reason, message, hint(exc.reason, step, message))
@@ -190,13 +197,15 @@ def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
 
 
 def firmware_rows(snapshot: Snapshot) -> list[tuple[str, int]]:
-    """(version, stations), most stations first, then by version."""
-    return sorted(snapshot.by_firmware.items(), key=lambda row: (-row[1], row[0]))
+    """(version, stations) as /metrics shows them, most stations first, then by version."""
+    return sorted(snapshot.firmware.counts.items(), key=lambda row: (-row[1], row[0]))
 
 
 def _on_target(mandant: Mandant, label: str) -> bool:
+    """Whether a row of the firmware table is on target; never the folded row, which may hold
+    versions on target and others alike."""
     target = mandant.target_firmware
-    return target is not None and target.matches_label(label)
+    return target is not None and label != FOLDED_FIRMWARE and target.matches_label(label)
 
 
 def _progress(on_target: int, stations: int) -> str:

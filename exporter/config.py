@@ -264,7 +264,7 @@ def _reject_unknown_keys(mapping: dict[object, object], known: tuple[str, ...], 
             raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(known)}")
 
 
-def _file_mandants(config: _ConfigFile, auth_method: str) -> list[Mandant]:
+def _file_mandants(config: _ConfigFile, defaults: Mapping[str, Any]) -> list[Mandant]:
     """The mandants listed in the config file; names must be unique."""
     assert config.mandants is not None
     entries = config.mandants.value
@@ -279,7 +279,7 @@ def _file_mandants(config: _ConfigFile, auth_method: str) -> list[Mandant]:
             raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__}")
         _reject_unknown_keys(entry, FILE_MANDANT_KEYS, where)
         item = {key: _Given(value, f"{where}.{key}", base) for key, value in entry.items()}
-        mandant = _mandant(item, auth_method, where)
+        mandant = _mandant(item, defaults, where)
         if mandant.name in first_use:
             if "name" in item:
                 raise item["name"].fail(
@@ -323,9 +323,12 @@ def _missing(key: str, where: str | None, also: str | None = None) -> str:
     return f"{names[0]} (or {', or '.join(names[1:])})"
 
 
-def _mandant(item: Mapping[str, _Given], auth_method: str, where: str | None = None) -> Mandant:
+def _mandant(
+    item: Mapping[str, _Given], defaults: Mapping[str, Any], where: str | None = None
+) -> Mandant:
     """One mandant from its raw values keyed like a config-file entry (``where``; None for
-    flags and environment, which give one mandant). ``auth_method`` is the global default."""
+    flags and environment, which give one mandant). ``defaults`` holds the global values of the
+    settings a mandant may set for itself, by file key."""
     if item.get("api_url") is None or item["api_url"].value is None:
         hint = _NO_MANDANT_HINT if where is None else ""
         raise ConfigError(f"{_missing('api_url', where)}: missing: {_MISSING['api_url']}{hint}")
@@ -350,7 +353,7 @@ def _mandant(item: Mapping[str, _Given], auth_method: str, where: str | None = N
 
     def value(option: Option) -> Any:
         key = option.file_key or ""
-        return option.parse(item[key]) if key in item else option.default
+        return option.parse(item[key]) if key in item else defaults.get(key, option.default)
 
     return Mandant(
         name=name,
@@ -358,16 +361,15 @@ def _mandant(item: Mapping[str, _Given], auth_method: str, where: str | None = N
         token_url=value(OPTION["token-url"]),
         client_id=text(client_id),
         client_secret=secret,
-        token_auth_method=(
-            value(OPTION["token-auth-method"]) if "token_auth_method" in item else auth_method
-        ),
+        token_auth_method=value(OPTION["token-auth-method"]),
         target_firmware=value(OPTION["target-firmware"]),
         ca_file=value(OPTION["api.ca-file"]),
+        firmware_max_versions=value(OPTION["firmware.max-versions"]),
     )
 
 
 def _resolve_mandants(
-    sources: _Sources, config: _ConfigFile | None, auth_method: str
+    sources: _Sources, config: _ConfigFile | None, defaults: Mapping[str, Any]
 ) -> list[Mandant]:
     """One mandant from flags/environment, or the config file's list, or none in demo mode."""
     item = _flag_env_mandant(sources)
@@ -389,8 +391,8 @@ def _resolve_mandants(
                 f"{file_list.path} also lists mandants; choose one: remove {offender.where} "
                 "or the mandants: list"
             )
-        return _file_mandants(file_list, auth_method)
-    return [_mandant(item, auth_method)]
+        return _file_mandants(file_list, defaults)
+    return [_mandant(item, defaults)]
 
 
 def _format_seconds(seconds: float) -> str:
@@ -415,8 +417,10 @@ def load_settings(
     if config is not None:
         sources.file = config.globals
 
-    auth_method = sources.value(OPTION["token-auth-method"])
-    mandants = _resolve_mandants(sources, config, auth_method)
+    defaults = {
+        o.file_key: sources.value(o) for o in GLOBAL_OPTIONS if o.per_mandant and o.file_key
+    }
+    mandants = _resolve_mandants(sources, config, defaults)
     environment_ca = sources.environment_ca_file()
     if environment_ca is not None:
         mandants = [m if m.ca_file else replace(m, ca_file=environment_ca) for m in mandants]

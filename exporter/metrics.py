@@ -4,9 +4,9 @@ Metrics are built fresh from the latest immutable states (the client library's c
 collector pattern), so a station that left the fleet leaves ``/metrics`` too. The fleet
 metrics show the last successful background refresh, not a live API call (see the HELP
 texts). Rendering a large fleet costs real CPU and memory, so ``Exposition`` renders each
-mandant's per-station info lines once per fleet it publishes, the small families once per
-published refresh, and a scrape only writes cached bytes (plus the few process metrics, which
-change).
+mandant's per-station info lines once per fleet it publishes, its firmware lines once per
+change of its firmware labels, the families of a few series per mandant once per published
+refresh, and a scrape only writes cached bytes (plus the few process metrics, which change).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from functools import partial
+from typing import NamedTuple, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,9 +28,17 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.errors import FAILURE_REASONS
-from exporter.model import DATA_ISSUES, MAX_TEXT_LENGTH, MandantState, Station
+from exporter.model import (
+    DATA_ISSUES,
+    FOLDED_FIRMWARE,
+    MAX_TEXT_LENGTH,
+    FirmwareLabels,
+    MandantState,
+    Station,
+)
 
 LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
 CACHED = " (from the last successful refresh of the API)"
 INFO_NAME = "beenergised_charging_station_info"
 INFO_HELP = "One series per charging station with its identifying labels; value 1" + CACHED + "."
@@ -96,6 +105,28 @@ def _info_lines(mandant: str, stations: Iterable[Station]) -> Iterator[bytes]:
         yield "".join(chunk).encode(errors="replace")
 
 
+def _firmware_family(fleets: Iterable[tuple[str, FirmwareLabels]] = ()) -> Metric:
+    """Stations per firmware label of each (mandant, labels); without any, the family's HELP
+    and TYPE."""
+    family = GaugeMetricFamily(
+        "beenergised_charging_stations_by_firmware",
+        "Charging stations per firmware version; 'unknown' when the API gives none, "
+        f"'{FOLDED_FIRMWARE}' for the versions beyond --firmware.max-versions" + CACHED + ".",
+        labels=["mandant", "firmware_version"],
+    )
+    for mandant, labels in fleets:
+        for firmware, count in sorted(labels.counts.items()):
+            family.add_metric([mandant, firmware], count)
+    return family
+
+
+def _firmware_lines(mandant: str, labels: FirmwareLabels) -> Iterator[bytes]:
+    """One mandant's samples of the firmware family, the same bytes in both text formats,
+    without the family's HELP and TYPE (rendered with the station counts)."""
+    header = _generate(generate_latest, [_firmware_family()])
+    yield _generate(generate_latest, [_firmware_family([(mandant, labels)])]).removeprefix(header)
+
+
 class FleetCollector(Collector):
     """Yields every ``beenergised_*`` metric from the states handed over by ``states()``."""
 
@@ -126,18 +157,24 @@ class FleetCollector(Collector):
 
     def fleet_families(self, states: list[MandantState]) -> Iterator[Metric]:
         """The station counts, which come before the per-station info family."""
+        yield self.stations_family(states)
+        yield _firmware_family(
+            (s.name, s.snapshot.firmware) for s in states if s.snapshot is not None
+        )
+        yield from self.target_and_issue_families(states)
+
+    def stations_family(self, states: list[MandantState]) -> Metric:
         stations = GaugeMetricFamily(
             "beenergised_charging_stations",
             "Charging stations of the mandant" + CACHED + ".",
             labels=["mandant"],
         )
-        by_firmware = GaugeMetricFamily(
-            "beenergised_charging_stations_by_firmware",
-            "Charging stations per firmware version; 'unknown' when the API gives none"
-            + CACHED
-            + ".",
-            labels=["mandant", "firmware_version"],
-        )
+        for state in states:
+            if state.snapshot is not None:  # no successful refresh yet: no data, not a false 0
+                stations.add_metric([state.name], len(state.snapshot))
+        return stations
+
+    def target_and_issue_families(self, states: list[MandantState]) -> Iterator[Metric]:
         on_target = GaugeMetricFamily(
             "beenergised_charging_stations_firmware_target",
             "Charging stations on the mandant's target firmware (exact version or /regex/, as "
@@ -150,22 +187,20 @@ class FleetCollector(Collector):
             "imsi empty), duplicate_charge_box_identity (every station sharing one), "
             "invalid_text (control characters or text not in UTF-8, shown as U+FFFD), "
             f"text_too_long (cut to {MAX_TEXT_LENGTH} characters), duplicate_station_id (listed "
-            "more than once, shown once)" + CACHED + ".",
+            "more than once, shown once), firmware_version_folded (firmware shown as "
+            f"'{FOLDED_FIRMWARE}')" + CACHED + ".",
             labels=["mandant", "issue"],
         )
         for state in states:
             snapshot = state.snapshot
-            if snapshot is None:  # no successful refresh yet: no data, rather than a false 0
+            if snapshot is None:
                 continue
-            stations.add_metric([state.name], len(snapshot))
-            for firmware, count in sorted(snapshot.by_firmware.items()):
-                by_firmware.add_metric([state.name, firmware], count)
             target = state.firmware_target
             if target is not None:
                 on_target.add_metric([state.name, target.text], target.stations_on_target(snapshot))
             for issue in DATA_ISSUES:
                 issues.add_metric([state.name, issue], snapshot.data_issues[issue])
-        yield from (stations, by_firmware, on_target, issues)
+        yield from (on_target, issues)
 
     def other_families(self, states: list[MandantState]) -> Iterator[Metric]:
         """The change counters, the exporter's health and its build info."""
@@ -477,18 +512,22 @@ class _GzipStart:
 
 
 class _Rendering:
-    """The fleet metrics of one set of states as pieces: the station counts (and the HELP and
-    TYPE of the info family), each mandant's cached info lines, the other families. Each
-    variant (OpenMetrics, gzip) is made when first asked for, then kept."""
+    """The fleet metrics of one set of states as pieces: the station counts and the HELP and
+    TYPE of the firmware family, each mandant's cached firmware lines, the target and data
+    issue families (and the HELP and TYPE of the info family), each mandant's cached info
+    lines, the other families. Each variant (OpenMetrics, gzip) is made when first asked for,
+    then kept."""
 
     def __init__(
         self,
         collector: FleetCollector,
         states: tuple[MandantState, ...],
+        firmware: tuple[_Piece, ...],
         info: tuple[_Piece, ...],
     ) -> None:
         self.states = states
         self._collector = collector
+        self.firmware = firmware  # each mandant's firmware lines
         self.info = info  # each mandant's info lines
         self._pieces = {False: self._render(openmetrics=False)}
         self._gzip: dict[bool, _GzipStart] = {}
@@ -517,12 +556,20 @@ class _Rendering:
         return variant
 
     def _render(self, *, openmetrics: bool) -> tuple[_Piece, ...]:
-        states = list(self.states)
+        """The pieces of every publish: these families are a few series per mandant."""
+        states, collector = list(self.states), self._collector
         generate = generate_openmetrics if openmetrics else generate_latest
-        header = _INFO_HEADER if self._collector.station_info else b""
-        fleet = (_generate(generate, list(self._collector.fleet_families(states))), header)
-        other = (_generate(generate, list(self._collector.other_families(states))),)
-        return (_Piece(lambda: fleet), *self.info, _Piece(lambda: other))
+        counts = (_generate(generate, [collector.stations_family(states), _firmware_family()]),)
+        header = _INFO_HEADER if collector.station_info else b""
+        issues = (_generate(generate, list(collector.target_and_issue_families(states))), header)
+        other = (_generate(generate, list(collector.other_families(states))),)
+        return (
+            _Piece(lambda: counts),
+            *self.firmware,
+            _Piece(lambda: issues),
+            *self.info,
+            _Piece(lambda: other),
+        )
 
 
 def _generate(generate: Callable[[_Families], bytes], families: list[Metric]) -> bytes:
@@ -545,20 +592,36 @@ def _encodable(text: str) -> str:
     return text.encode(errors="replace").decode()
 
 
-class _Info:
-    """One mandant's cached info lines and the fleet they were rendered from."""
+class _Lines:
+    """One mandant's cached lines of a family, and the object they were rendered from."""
 
-    def __init__(self, mandant: str, stations: Mapping[str, Station]) -> None:
-        self.stations = stations
-        self.piece = _Piece(lambda: _info_lines(mandant, stations.values()))
+    def __init__(self, source: object, render: Callable[[], Iterable[bytes]]) -> None:
+        self.source = source
+        self.piece = _Piece(render)
+
+
+def _reuse(
+    cache: dict[str, _Lines], sources: Mapping[str, _T], lines: Callable[[str, _T], Iterable[bytes]]
+) -> tuple[_Piece, ...]:
+    """Each mandant's piece: from ``cache`` where its source is the same object, else the
+    ``lines`` of the mandant and its source, made when first asked for. Entries of another
+    source leave the cache first, so that at most one mandant's lines are held twice while
+    they are rendered again."""
+    for name in [name for name, entry in cache.items() if sources.get(name) is not entry.source]:
+        del cache[name]
+    for name, source in sources.items():
+        if name not in cache:
+            cache[name] = _Lines(source, partial(lines, name, source))
+    return tuple(cache[name].piece for name in sources)
 
 
 class Exposition:
     """What ``/metrics`` serves: the cached fleet rendering followed by the live metrics.
 
     A mandant's info lines are rendered again only when its refresh published another fleet
-    (a refresh that found it unchanged publishes the same ``stations`` mapping). Gzip bodies
-    are one gzip member (see :class:`_GzipStart`).
+    (a refresh that found it unchanged publishes the same ``stations`` mapping), its firmware
+    lines only when it published other firmware labels; so one mandant's refresh costs the
+    others nothing. Gzip bodies are one gzip member (see :class:`_GzipStart`).
     """
 
     def __init__(
@@ -571,12 +634,14 @@ class Exposition:
         self._states = states
         self._live = live
         self._rendering: _Rendering | None = None
-        self._info: dict[str, _Info] = {}
+        self._info: dict[str, _Lines] = {}
+        self._firmware: dict[str, _Lines] = {}
         self._lock = threading.Lock()
 
     def update(self) -> _Rendering:
         """Render the fleet metrics if the states changed since the last rendering, and
-        compress the info lines of changed fleets, as Prometheus will ask for them (gzip)."""
+        compress the firmware and info lines of changed fleets, as Prometheus will ask for them
+        (gzip)."""
         states = tuple(self._states())
         rendering = self._rendering
         if rendering is not None and _same(rendering.states, states):
@@ -587,9 +652,14 @@ class Exposition:
                 # mandant's lines are held twice while they are rendered again (a scrape in
                 # flight keeps the chunks it has).
                 self._rendering = rendering = None
-                self._rendering = _Rendering(self._collector, states, self._info_pieces(states))
+                self._rendering = _Rendering(
+                    self._collector,
+                    states,
+                    self._firmware_pieces(states),
+                    self._info_pieces(states),
+                )
             rendering = self._rendering
-        for piece in rendering.info:  # outside the lock: a scrape of another fleet goes on
+        for piece in (*rendering.firmware, *rendering.info):  # outside the lock: a scrape goes on
             piece.segment()
         return rendering
 
@@ -602,18 +672,17 @@ class Exposition:
         fleet = rendering.gzipped(openmetrics)
         return (*fleet.chunks, fleet.finish(live))
 
+    def _firmware_pieces(self, states: tuple[MandantState, ...]) -> tuple[_Piece, ...]:
+        """Each mandant's firmware lines, from the cache where its labels are the same object."""
+        labels = {s.name: s.snapshot.firmware for s in states if s.snapshot is not None}
+        return _reuse(self._firmware, labels, _firmware_lines)
+
     def _info_pieces(self, states: tuple[MandantState, ...]) -> tuple[_Piece, ...]:
         """Each mandant's info lines, from the cache where its fleet is the same object."""
         if not self._collector.station_info:
             return ()
         fleets = {s.name: s.snapshot.stations for s in states if s.snapshot is not None}
-        self._info = {
-            name: info for name, info in self._info.items() if fleets.get(name) is info.stations
-        }
-        for name, stations in fleets.items():
-            if name not in self._info:
-                self._info[name] = _Info(name, stations)
-        return tuple(self._info[name].piece for name in fleets)
+        return _reuse(self._info, fleets, lambda name, fleet: _info_lines(name, fleet.values()))
 
 
 def _same(old: tuple[MandantState, ...], new: tuple[MandantState, ...]) -> bool:

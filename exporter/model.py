@@ -11,7 +11,8 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from heapq import nsmallest
 from itertools import chain
 from operator import attrgetter, countOf, is_
 from pathlib import Path
@@ -24,6 +25,15 @@ _T = TypeVar("_T")
 UNKNOWN_FIRMWARE = "unknown"
 """The firmware label used when a station reports no (or an empty) firmware version."""
 
+FOLDED_FIRMWARE = "(other)"
+"""The firmware label shared by the stations whose version gets no series of its own (a mandant
+with more versions than its bound). No version string looks like it; a station that reports
+exactly this is counted under it too, so the series always means "folded"."""
+
+DEFAULT_MAX_FIRMWARE_VERSIONS = 100
+"""Firmware versions per mandant with a series of their own (--firmware.max-versions): room
+for many vendors' versions at once, and a bound on what an API inventing versions adds."""
+
 DATA_ISSUES = (
     "no_firmware_version",
     "no_sim_data",
@@ -31,6 +41,7 @@ DATA_ISSUES = (
     "invalid_text",
     "text_too_long",
     "duplicate_station_id",
+    "firmware_version_folded",
 )
 """The fixed set of values of the ``issue`` label of the data-quality metric."""
 
@@ -117,28 +128,44 @@ class Snapshot:
     """The fleet of one mandant as read by one successful refresh; never changed afterwards."""
 
     stations: Mapping[str, Station]
-    by_firmware: Mapping[str, int]
+    by_firmware: Mapping[str, int]  # every firmware label, exact
+    firmware: FirmwareLabels  # the labels /metrics shows, at most a bounded number
     data_issues: Mapping[str, int]
     taken_at: float
 
     @classmethod
-    def build(cls, stations: Iterable[Station], taken_at: float) -> Snapshot:
-        """Index stations by id (the first of duplicate ids wins), count them per firmware and
-        count their data issues."""
+    def build(
+        cls,
+        stations: Iterable[Station],
+        taken_at: float,
+        max_versions: int = DEFAULT_MAX_FIRMWARE_VERSIONS,
+        target: FirmwareTarget | None = None,
+    ) -> Snapshot:
+        """Index stations by id (the first of duplicate ids wins), count them per firmware,
+        fold the firmware labels (``FirmwareLabels.fold``) and count their data issues."""
         rows = stations if isinstance(stations, list) else list(stations)
         by_id: dict[str, Station] = {}
         for station in rows:
             by_id.setdefault(station.id, station)
         repeated_ids = len(repeated(rows, attrgetter("id"))) if len(by_id) < len(rows) else 0
-        firmware = Counter(map(attrgetter("firmware_version"), by_id.values()))
-        if "" in firmware:
-            firmware[UNKNOWN_FIRMWARE] += firmware.pop("")
+        counter = Counter(map(attrgetter("firmware_version"), by_id.values()))
+        if "" in counter:
+            counter[UNKNOWN_FIRMWARE] += counter.pop("")
+        by_firmware = MappingProxyType(dict(counter))
+        firmware = FirmwareLabels.fold(by_firmware, max_versions, target)
+        issues = data_issues(by_id.values(), repeated_ids, firmware.folded)
         return cls(
-            MappingProxyType(by_id),
-            MappingProxyType(dict(firmware)),
-            MappingProxyType(data_issues(by_id.values(), repeated_ids)),
-            taken_at,
+            MappingProxyType(by_id), by_firmware, firmware, MappingProxyType(issues), taken_at
         )
+
+    def folded(self, max_versions: int, target: FirmwareTarget | None) -> Snapshot:
+        """This fleet with its firmware labels folded for ``max_versions`` and ``target`` (a
+        reload may change them); itself when they are the ones it was folded for."""
+        if (self.firmware.max_versions, self.firmware.target) == (max_versions, target):
+            return self
+        firmware = FirmwareLabels.fold(self.by_firmware, max_versions, target)
+        issues = {**self.data_issues, "firmware_version_folded": firmware.folded}
+        return replace(self, firmware=firmware, data_issues=MappingProxyType(issues))
 
     def __len__(self) -> int:
         return len(self.stations)
@@ -159,11 +186,14 @@ def _identity(station: Station) -> str:
     return station.charge_box_identity
 
 
-def data_issues(stations: Collection[Station], repeated_ids: int = 0) -> dict[str, int]:
+def data_issues(
+    stations: Collection[Station], repeated_ids: int = 0, folded: int = 0
+) -> dict[str, int]:
     """Stations per data issue: no firmware version; no SIM data (iccid or imsi empty); a
     charge box identity that another station of the fleet has too (every one of them counts;
     an empty identity is never a duplicate); text that parsing repaired (``Station.repairs``);
-    and ``repeated_ids``, the ids the listing gave more than once (each station counts once)."""
+    ``repeated_ids``, the ids the listing gave more than once (each station counts once); and
+    ``folded``, the stations shown under FOLDED_FIRMWARE (``FirmwareLabels``)."""
     own = Counter(chain.from_iterable(map(attrgetter("issues"), stations)))
     return {
         "no_firmware_version": countOf(map(attrgetter("firmware_version"), stations), ""),
@@ -171,6 +201,7 @@ def data_issues(stations: Collection[Station], repeated_ids: int = 0) -> dict[st
         "duplicate_charge_box_identity": sum(repeated(stations, _identity).values()),
         **{issue: own[issue] for issue in TEXT_ISSUES},
         "duplicate_station_id": repeated_ids,
+        "firmware_version_folded": folded,
     }
 
 
@@ -285,6 +316,42 @@ class FirmwareTarget:
         return sum(
             count for label, count in snapshot.by_firmware.items() if self.matches_label(label)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareLabels:
+    """A mandant's stations per firmware label as /metrics shows them: at most ``max_versions``
+    labels of their own, and the stations of every other version together under
+    FOLDED_FIRMWARE, so that the counts still add up to the fleet."""
+
+    counts: Mapping[str, int]  # label -> stations; FOLDED_FIRMWARE only when it has any
+    folded: int  # stations under FOLDED_FIRMWARE (the data issue firmware_version_folded)
+    folded_versions: int  # distinct labels among them
+    max_versions: int
+    target: FirmwareTarget | None  # the target the labels were chosen for
+
+    @classmethod
+    def fold(
+        cls, by_firmware: Mapping[str, int], max_versions: int, target: FirmwareTarget | None
+    ) -> FirmwareLabels:
+        """``by_firmware`` (label -> stations) with at most ``max_versions`` labels kept: those
+        on ``target`` first (the rollout metric and panels follow them), then the most common,
+        ties by label; the same fleet always keeps the same labels. A label that is exactly
+        FOLDED_FIRMWARE is never kept."""
+        if len(by_firmware) <= max_versions and FOLDED_FIRMWARE not in by_firmware:
+            return cls(by_firmware, 0, 0, max_versions, target)
+
+        def rank(label: str) -> tuple[bool, int, str]:
+            on_target = target is not None and target.matches_label(label)
+            return not on_target, -by_firmware[label], label
+
+        candidates = (label for label in by_firmware if label != FOLDED_FIRMWARE)
+        counts = {label: by_firmware[label] for label in nsmallest(max_versions, candidates, rank)}
+        folded = sum(by_firmware.values()) - sum(counts.values())
+        if folded:
+            counts[FOLDED_FIRMWARE] = folded
+        folded_versions = len(by_firmware) - len(counts) + (1 if folded else 0)
+        return cls(MappingProxyType(counts), folded, folded_versions, max_versions, target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +471,7 @@ class Mandant:
     token_auth_method: str  # one of TOKEN_AUTH_METHODS
     target_firmware: FirmwareTarget | None = None  # the rollout target, if any
     ca_file: str | None = None  # CA bundle (file, or directory from the environment) to trust
+    firmware_max_versions: int = DEFAULT_MAX_FIRMWARE_VERSIONS  # firmware labels of their own
 
     def __post_init__(self) -> None:
         # A plain str here would print itself in every repr of the settings.

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from exporter import version_text
 from exporter.errors import ConfigError
-from exporter.model import TOKEN_AUTH_METHODS
+from exporter.model import DEFAULT_MAX_FIRMWARE_VERSIONS, TOKEN_AUTH_METHODS
 from exporter.values import (
     DEFAULT_PORT,
     Given,
@@ -181,6 +181,18 @@ OPTIONS: tuple[Option, ...] = (
         metavar="VERSION",
         file_key="target_firmware",
         mandant=True,
+    ),
+    Option(
+        "firmware.max-versions",
+        positive_int,
+        "firmware versions of a mandant with a series of their own in "
+        "beenergised_charging_stations_by_firmware: the target firmware's first, then the most "
+        'common; the stations of the others are counted under firmware_version="(other)" and '
+        "as the data issue firmware_version_folded",
+        metavar="N",
+        default=DEFAULT_MAX_FIRMWARE_VERSIONS,
+        file_key="firmware_max_versions",
+        per_mandant=True,
     ),
     Option(
         "name",

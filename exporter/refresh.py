@@ -24,7 +24,7 @@ from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
 from exporter.errors import PaginationError, RefreshError
 from exporter.http import DEFAULT_LIMITS, Deadline, Limits
-from exporter.model import Mandant, MandantState, Snapshot, diff
+from exporter.model import FOLDED_FIRMWARE, Mandant, MandantState, Snapshot, diff
 
 LOG = logging.getLogger(__name__)
 
@@ -178,7 +178,10 @@ class MandantRefresher:
             if candidate is not None and candidate.listed_by(rows):
                 # The same fleet object stays: no second copy, and /metrics keeps its rendering.
                 return replace(candidate, taken_at=self._clock())
-            snapshot = Snapshot.build(rows, self._clock())
+            mandant = self.mandant
+            snapshot = Snapshot.build(
+                rows, self._clock(), mandant.firmware_max_versions, mandant.target_firmware
+            )
             del rows
             if candidate is not None and snapshot.stations == candidate.stations:
                 return snapshot
@@ -218,9 +221,27 @@ class MandantRefresher:
 
     def _publish(self, state: MandantState) -> None:
         """Swap in the new state whole, then tell the exposition to render it. The firmware
-        target is the mandant's as of now, so a refresh that ran across a reload keeps the
-        reloaded one."""
-        self.state = replace(state, firmware_target=self.mandant.target_firmware)
+        target and the firmware labels' bound are the mandant's as of now, so a refresh that
+        ran across a reload keeps the reloaded ones."""
+        mandant = self.mandant
+        snapshot = state.snapshot
+        if snapshot is not None:
+            snapshot = snapshot.folded(mandant.firmware_max_versions, mandant.target_firmware)
+            firmware = snapshot.firmware
+            published = self.state.snapshot
+            if firmware.folded and (published is None or published.firmware is not firmware):
+                LOG.warning(
+                    'mandant %s: %d of %d firmware versions (%d stations) shown as "%s" (data '
+                    "issue firmware_version_folded): --firmware.max-versions=%d keeps the "
+                    "target's and the most common; raise it if the versions are real",
+                    mandant.name,
+                    firmware.folded_versions,
+                    len(snapshot.by_firmware),
+                    firmware.folded,
+                    FOLDED_FIRMWARE,
+                    mandant.firmware_max_versions,
+                )
+        self.state = replace(state, snapshot=snapshot, firmware_target=mandant.target_firmware)
         self._on_publish()
 
     def _finish(self, state: MandantState, started: float) -> None:

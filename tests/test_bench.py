@@ -56,3 +56,16 @@ def test_the_pagination_bomb_runs_and_reports_the_failure(tmp_path):
     assert "peak RSS (VmHWM): " in result.stdout
     assert "more than the page[limit]=100 asked for" in result.stdout
     assert "calm mandant: " in result.stdout
+
+
+def test_the_firmware_cardinality_measurement_runs_and_prints_its_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "firmware_cardinality.py"), "--stations", "300",
+         "--versions", "200", "--max-versions", "20", "--seconds", "1",
+         "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 300 |")]
+    assert rows[0].startswith("| 300 | usual mix | 3 | 3 |")
+    assert rows[1].startswith("| 300 | 200 | 21 | 3 |")  # 20 versions and (other)

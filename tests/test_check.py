@@ -208,6 +208,39 @@ def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
     assert list(mandant["firmware"].values()) == sorted(firmware.values(), reverse=True)
 
 
+def test_firmware_beyond_the_bound_is_reported_as_metrics_show_it(sim, capsys, monkeypatch):
+    firmware = expected_firmware(sim)
+    rarest = min(firmware, key=lambda version: (firmware[version], version))
+    code, out, err = run_check(
+        capsys,
+        monkeypatch,
+        mandant_env(sim),
+        "--output=json",
+        "--firmware.max-versions=1",
+        f"--target-firmware={rarest}",
+    )
+    assert code == 0, out + err
+    [mandant] = json.loads(out)["mandants"]
+    folded = STATIONS - firmware[rarest]
+    assert mandant["firmware"] == {"(other)": folded, rarest: firmware[rarest]}
+    assert mandant["data_issues"]["firmware_version_folded"] == folded
+    assert mandant["target"]["on_target"] == firmware[rarest]
+
+
+def test_the_folded_row_is_never_marked_on_target(sim, capsys, monkeypatch):
+    env = mandant_env(sim)
+    code, out, err = run_check(
+        capsys, monkeypatch, env, "--firmware.max-versions=1", "--target-firmware=/.*/"
+    )
+    assert code == 0, out + err
+    table = {row.split()[0]: row.split()[1:] for row in rows(out)["firmware"]}
+    most_common = max(expected_firmware(sim).items(), key=lambda item: item[1])
+    assert table == {
+        most_common[0]: [str(most_common[1]), "on", "target"],
+        "(other)": [str(STATIONS - most_common[1])],
+    }
+
+
 def test_pages_are_capped_by_the_apis_page_limit(sim, capsys, monkeypatch):
     code, out, _ = run_check(capsys, monkeypatch, mandant_env(sim), "--output=json")
     assert code == 0

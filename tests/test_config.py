@@ -54,6 +54,7 @@ FLAGS_AND_ENV = [
     ("--api.request-timeout", "BEENERGISED_API_REQUEST_TIMEOUT"),
     ("--api.max-response-size", "BEENERGISED_API_MAX_RESPONSE_SIZE"),
     ("--api.max-stations", "BEENERGISED_API_MAX_STATIONS"),
+    ("--firmware.max-versions", "BEENERGISED_FIRMWARE_MAX_VERSIONS"),
 ]
 
 
@@ -223,6 +224,16 @@ PRECEDENCE = {
         "query",
         "post",
         "basic",
+    ),
+    "firmware_max_versions": Case(
+        ["--firmware.max-versions", "7"],
+        ("BEENERGISED_FIRMWARE_MAX_VERSIONS", "8"),
+        "firmware_max_versions: 9",
+        lambda s: s.mandants[0].firmware_max_versions,
+        7,
+        8,
+        9,
+        100,
     ),
     "changes_max_entries": Case(
         ["--changes.max-entries", "50"],
@@ -927,6 +938,27 @@ def test_target_firmware_per_mandant_in_the_config_file(tmp_path: Path) -> None:
     assert north.target_firmware is not None and north.target_firmware.matches("5.2.10")
     assert south.target_firmware is not None and south.target_firmware.text == "2.4.1-b"
     assert east.target_firmware is None
+
+
+def test_firmware_max_versions_per_mandant_in_the_config_file(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    entry = f"  - api_url: {{url}}\n    client_id: a\n    client_secret_file: {path}\n"
+    config = write(
+        tmp_path,
+        "firmware_max_versions: 20\nmandants:\n"
+        + entry.format(url="https://north.example")
+        + "    firmware_max_versions: 500\n"
+        + entry.format(url="https://south.example"),
+    )
+    north, south = load(["--config.file", str(config)], {}).mandants
+    assert (north.firmware_max_versions, south.firmware_max_versions) == (500, 20)
+    flag = ["--firmware.max-versions", "3", "--config.file", str(config)]
+    assert [m.firmware_max_versions for m in load(flag, {}).mandants] == [500, 3]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_firmware_max_versions_must_be_a_positive_number(value: str) -> None:
+    assert error(["--firmware.max-versions", value]).startswith("--firmware.max-versions: ")
 
 
 @pytest.mark.parametrize(

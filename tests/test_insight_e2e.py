@@ -213,6 +213,7 @@ def test_data_issue_counts_match_a_fleet_with_known_problems(simulator_process, 
         "invalid_text": 0,
         "text_too_long": 0,
         "duplicate_station_id": 0,
+        "firmware_version_folded": 0,
     }
 
 

@@ -103,9 +103,9 @@ class CountingCollector(FleetCollector):
         super().__init__(lambda: states.value)
         self.renders = 0
 
-    def fleet_families(self, states):
+    def stations_family(self, states):
         self.renders += 1
-        return super().fleet_families(states)
+        return super().stations_family(states)
 
 
 class Box:

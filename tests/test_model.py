@@ -1,4 +1,5 @@
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -6,6 +7,7 @@ from hypothesis import strategies as st
 
 from exporter.model import (
     DATA_ISSUES,
+    FOLDED_FIRMWARE,
     UNKNOWN_FIRMWARE,
     Change,
     FirmwareTarget,
@@ -75,6 +77,7 @@ def test_data_issues_count_each_station_with_a_problem():
         "invalid_text": 0,
         "text_too_long": 0,
         "duplicate_station_id": 0,
+        "firmware_version_folded": 0,
     }
 
 
@@ -155,7 +158,7 @@ def test_a_station_keeps_its_texts_apart_in_one_string():
 
 def test_an_unchanged_fleet_has_no_changes():
     fleet = Snapshot.build([station("a")], 0.0)
-    assert diff(fleet, Snapshot(fleet.stations, fleet.by_firmware, fleet.data_issues, 1.0)) == ()
+    assert diff(fleet, replace(fleet, taken_at=1.0)) == ()
 
 
 @given(st.lists(st.sampled_from(["", "cp_1", "cp_2", "cp_3", "Ä", "cp_10"]), max_size=40))
@@ -178,3 +181,95 @@ def test_identities_that_only_share_a_bit_of_the_bitmap_are_not_counted(monkeypa
 def test_repeated_counts_exactly_the_keys_that_come_more_than_once(keys):
     counts = Counter(key for key in keys if key)
     assert repeated(keys, str) == {key: n for key, n in counts.items() if n > 1}
+
+
+# --- firmware labels beyond the bound (issue 19) ---------------------------------------------
+
+
+def versions(*counts: tuple[str, int]) -> list[Station]:
+    """Stations with the versions and counts given, ids unique."""
+    return [station(f"{version}-{i}", version) for version, n in counts for i in range(n)]
+
+
+def test_a_fleet_within_the_bound_keeps_every_version_and_folds_nothing():
+    snapshot = Snapshot.build(versions(("1.0", 3), ("2.0", 1), ("", 2)), 0.0, max_versions=3)
+    assert snapshot.firmware.counts is snapshot.by_firmware
+    assert (snapshot.firmware.folded, snapshot.data_issues["firmware_version_folded"]) == (0, 0)
+
+
+def test_versions_beyond_the_bound_fold_into_one_label_and_are_counted():
+    fleet = versions(("a", 5), ("b", 4), ("c", 4), ("d", 2), ("e", 1), ("", 3))
+    snapshot = Snapshot.build(fleet, 0.0, max_versions=3)
+    assert dict(snapshot.firmware.counts) == {"a": 5, "b": 4, "c": 4, FOLDED_FIRMWARE: 6}
+    assert sum(snapshot.firmware.counts.values()) == len(snapshot) == 19
+    assert snapshot.data_issues["firmware_version_folded"] == snapshot.firmware.folded == 6
+    assert snapshot.firmware.folded_versions == 3  # d, e and unknown
+    assert dict(snapshot.by_firmware)["d"] == 2  # the exact counts stay
+
+
+def test_ties_at_the_bound_are_broken_by_name_whatever_the_order_the_api_lists():
+    fleet = versions(("z", 2), ("m", 2), ("b", 2), ("k", 2))
+    for rows in (fleet, fleet[::-1], fleet[2:] + fleet[:2]):
+        assert set(Snapshot.build(rows, 0.0, max_versions=2).firmware.counts) == {
+            "b",
+            "k",
+            FOLDED_FIRMWARE,
+        }
+
+
+def test_the_target_version_keeps_its_series_even_when_it_is_the_rarest():
+    fleet = versions(("1.0", 50), ("1.1", 40), ("1.2", 30), ("2.0", 1))
+    snapshot = Snapshot.build(fleet, 0.0, 2, FirmwareTarget.parse("2.0"))
+    assert dict(snapshot.firmware.counts) == {"2.0": 1, "1.0": 50, FOLDED_FIRMWARE: 70}
+
+
+def test_versions_on_a_regex_target_come_first_and_the_target_count_stays_exact():
+    fleet = versions(("5.2.1", 1), ("5.2.2", 2), ("5.2.3", 3), ("4.0", 100))
+    target = FirmwareTarget.parse(r"/5\.2\..*/")
+    snapshot = Snapshot.build(fleet, 0.0, 2, target)
+    assert dict(snapshot.firmware.counts) == {"5.2.3": 3, "5.2.2": 2, FOLDED_FIRMWARE: 101}
+    assert target.stations_on_target(snapshot) == 6  # 5.2.1 is folded, yet on target
+
+
+def test_a_version_that_is_literally_the_folded_label_is_counted_as_folded():
+    snapshot = Snapshot.build(versions(("1.0", 2), (FOLDED_FIRMWARE, 3)), 0.0, max_versions=5)
+    assert dict(snapshot.firmware.counts) == {"1.0": 2, FOLDED_FIRMWARE: 3}
+    assert snapshot.data_issues["firmware_version_folded"] == 3
+
+
+@given(
+    st.lists(st.sampled_from(["1", "2", "3", "4", "5", "", FOLDED_FIRMWARE]), max_size=60),
+    st.integers(min_value=1, max_value=6),
+    st.sampled_from([None, "4", "/[12]/"]),
+    st.randoms(use_true_random=False),
+)
+def test_folding_is_exact_bounded_and_independent_of_the_order(labels, bound, target, random):
+    fleet = [station(str(i), label) for i, label in enumerate(labels)]
+    parsed = FirmwareTarget.parse(target) if target else None
+    snapshot = Snapshot.build(fleet, 0.0, bound, parsed)
+    counts = dict(snapshot.firmware.counts)
+    assert sum(counts.values()) == len(fleet)
+    assert len(set(counts) - {FOLDED_FIRMWARE}) <= bound
+    assert counts.get(FOLDED_FIRMWARE, 0) == snapshot.data_issues["firmware_version_folded"]
+    random.shuffle(fleet)
+    assert dict(Snapshot.build(fleet, 0.0, bound, parsed).firmware.counts) == counts
+    kept = [n for label, n in counts.items() if label != FOLDED_FIRMWARE]
+    folded = [
+        n
+        for label, n in snapshot.by_firmware.items()
+        if label not in counts and not (parsed and parsed.matches_label(label))
+    ]
+    if folded and not parsed:
+        assert min(kept) >= max(folded)  # never a rarer version kept over a more common one
+
+
+def test_a_snapshot_is_folded_again_only_for_other_settings():
+    snapshot = Snapshot.build(versions(("a", 3), ("b", 2), ("c", 1)), 0.0, max_versions=2)
+    assert snapshot.folded(2, None) is snapshot
+    wider = snapshot.folded(3, None)
+    assert dict(wider.firmware.counts) == {"a": 3, "b": 2, "c": 1}
+    assert wider.data_issues["firmware_version_folded"] == 0
+    assert wider.stations is snapshot.stations
+    targeted = snapshot.folded(2, FirmwareTarget.parse("c"))
+    assert set(targeted.firmware.counts) == {"c", "a", FOLDED_FIRMWARE}
+    assert targeted.data_issues["firmware_version_folded"] == 2

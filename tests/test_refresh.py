@@ -1,13 +1,15 @@
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from exporter.api import RequestCounter
 from exporter.changelog import ChangeLog
 from exporter.http import DEFAULT_LIMITS
-from exporter.model import Mandant, Secret, Station
+from exporter.model import Mandant, MandantState, Secret, Station
 from exporter.refresh import MandantRefresher, start_scheduler
 from exporter.simulator import Inventory, Simulator
+from exporter.simulator.inventory import spread_mix
 from tests.helpers import wait_until
 
 
@@ -261,3 +263,45 @@ def test_a_refresh_leaves_no_idle_connection_open(simulator):
     refresher.refresh()  # and the next refresh opens new ones
     assert refresher.state.up and refresher.state.snapshot is not None
     assert len(pools) == 0
+
+
+def test_a_fleet_beyond_the_firmware_bound_is_folded_logged_once_and_refolded_on_reload(
+    caplog: pytest.LogCaptureFixture,
+):
+    inventory = Inventory(size=40, firmware_mix=spread_mix(30), seed=3)
+    with Simulator(inventory, max_page_limit=100) as sim:
+        mandant = replace(mandant_for(sim), firmware_max_versions=5)
+        published: list[MandantState] = []
+        refresher = MandantRefresher(
+            mandant,
+            page_limit=100,
+            timeout=30,
+            on_publish=lambda: published.append(refresher.state),
+        )
+        refresher.refresh()
+        refresher.refresh()  # unchanged: the same labels, no second warning
+        snapshot = refresher.state.snapshot
+        distinct = len(inventory.firmware_counts())
+        assert len(snapshot.firmware.counts) == 6 and distinct > 6
+        assert snapshot.data_issues["firmware_version_folded"] == 40 - sum(
+            sorted(inventory.firmware_counts().values())[-5:]
+        )
+        assert published[0].snapshot.firmware is published[1].snapshot.firmware
+        warnings = [r.getMessage() for r in caplog.records if "--firmware.max-versions" in r.msg]
+        assert warnings == [
+            f"mandant north: {distinct - 5} of {distinct} firmware versions "
+            f'({snapshot.firmware.folded} stations) shown as "(other)" (data issue '
+            "firmware_version_folded): --firmware.max-versions=5 keeps the target's and the "
+            "most common; raise it if the versions are real"
+        ]
+        refresher.reconnect(
+            replace(mandant, firmware_max_versions=100),
+            page_limit=100,
+            concurrency=1,
+            timeout=30,
+            limits=DEFAULT_LIMITS,
+        )
+        reloaded = refresher.state.snapshot
+        assert reloaded.stations is snapshot.stations
+        assert dict(reloaded.firmware.counts) == inventory.firmware_counts()
+        assert reloaded.data_issues["firmware_version_folded"] == 0

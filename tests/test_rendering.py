@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from exporter import metrics
 from exporter.metrics import Exposition, FleetCollector
-from exporter.model import MandantState, Snapshot, Station
+from exporter.model import FirmwareLabels, MandantState, Snapshot, Station
 
 
 def fleet(prefix: str, size: int) -> Snapshot:
@@ -73,6 +73,9 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(metrics, "_info_lines", counting)
     return calls
+
+
+FIRMWARE_SAMPLE = "beenergised_charging_stations_by_firmware"
 
 
 def info_line(name: str) -> str:
@@ -163,6 +166,54 @@ def test_mandants_keep_their_order_after_one_is_rendered_again(openmetrics):
     generate = generate_openmetrics if openmetrics else generate_latest
     expected = generate(library).removesuffix(b"# EOF\n")
     assert world.body(openmetrics=openmetrics).startswith(expected + b"# HELP live_value")
+
+
+def many_versions(name: str, size: int) -> MandantState:
+    """A mandant whose every station has a firmware version of its own."""
+    stations = [Station(f"{name}-{i}", f"S {i}", f"cp_{i}", f"9.0.{i}", "") for i in range(size)]
+    return MandantState(name=name, snapshot=Snapshot.build(stations, 0.0), up=True)
+
+
+@pytest.fixture
+def firmware_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The mandants whose firmware lines were rendered, in order."""
+    calls: list[str] = []
+    original = metrics._firmware_lines
+
+    def counting(name: str, labels: FirmwareLabels) -> Iterator[bytes]:
+        calls.append(name)
+        return original(name, labels)
+
+    monkeypatch.setattr(metrics, "_firmware_lines", counting)
+    return calls
+
+
+def test_firmware_lines_are_rendered_once_per_change_of_their_own_mandant(firmware_renders):
+    world = World([many_versions("a", 3000), mandant("b", 5)])
+    for variant in ({}, {"openmetrics": True}, {"gzipped": True}):
+        assert world.body(**variant)
+    assert firmware_renders == ["a", "b", "a", "b"]  # compressed when published, then as text
+    world.publish(refreshed(world.states[0]), mandant("b", 4))
+    for variant in ({"gzipped": True}, {"openmetrics": True, "gzipped": True}, {}):
+        assert world.body(**variant)
+    body = world.body(openmetrics=True).decode()
+    assert firmware_renders[4:] == ["b", "b"]  # b's refresh costs a nothing
+    firmware = [line for line in body.splitlines() if line.startswith(FIRMWARE_SAMPLE)]
+    assert len(firmware) == 102  # a: 100 versions and (other); b: one version
+    assert f'{FIRMWARE_SAMPLE}{{firmware_version="(other)",mandant="a"}} 2900.0' in firmware
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_folded_firmware_is_rendered_as_the_client_library_renders_it(openmetrics):
+    world = World([many_versions("a", 250), MandantState(name="b"), mandant("c", 3)])
+    world.body(openmetrics=openmetrics)
+    library = CollectorRegistry()
+    library.register(FleetCollector(lambda: world.states))
+    generate = generate_openmetrics if openmetrics else generate_latest
+    expected = generate(library).removesuffix(b"# EOF\n")
+    plain = world.body(openmetrics=openmetrics)
+    assert plain.startswith(expected + b"# HELP live_value")
+    assert one_member(world.body(openmetrics=openmetrics, gzipped=True)) == plain
 
 
 def one_member(body: bytes) -> bytes:

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from exporter.simulator import FIRMWARE_MIX, Inventory, RequestRecord, Simulator
+from exporter.simulator.inventory import spread_mix
 
 STATIONS = "/api/cpoapi/v1/charging_stations/"
 GRANT = {"grant_type": "client_credentials"}
@@ -385,6 +386,14 @@ def test_stations_are_well_formed_and_follow_the_mix() -> None:
     assert [s["attributes"]["label"] for s in stations[:2]] == ["Station 1", "Station 2"]
     assert inventory.firmware_counts() == {"1.0": 50}
     assert set(Inventory(size=100).firmware_counts()) == set(FIRMWARE_MIX)
+
+
+def test_a_spread_mix_gives_a_fleet_of_many_firmware_versions() -> None:
+    assert spread_mix(3) == {"9.0.0": 1.0, "9.0.1": 1.0, "9.0.2": 1.0}
+    with pytest.raises(ValueError, match="versions must be >= 1"):
+        spread_mix(0)
+    counts = Inventory(size=20_000, firmware_mix=spread_mix(2_000), seed=1).firmware_counts()
+    assert 1_990 < len(counts) <= 2_000 and sum(counts.values()) == 20_000
 
 
 def test_add_remove_rollout() -> None:

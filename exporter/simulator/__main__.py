@@ -7,7 +7,7 @@ import argparse
 import signal
 import threading
 
-from exporter.simulator.inventory import Inventory
+from exporter.simulator.inventory import Inventory, spread_mix
 from exporter.simulator.server import Simulator
 
 
@@ -20,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--stations", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--firmware-versions",
+        type=int,
+        help="draw firmware from this many distinct versions, equally likely (default: a mix "
+        "of three)",
+    )
     parser.add_argument("--max-page-limit", type=int, default=100)
     parser.add_argument("--default-page-limit", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per API request")
@@ -35,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
+    versions = args.firmware_versions
+    mix = None if versions is None else spread_mix(versions)
     simulator = Simulator(
-        Inventory(size=args.stations, seed=args.seed),
+        Inventory(size=args.stations, firmware_mix=mix, seed=args.seed),
         host=args.host,
         port=args.port,
         client_id=args.client_id,

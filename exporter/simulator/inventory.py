@@ -11,10 +11,19 @@ import threading
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
+from itertools import accumulate
 from typing import Any
 
 FIRMWARE_MIX: dict[str, float] = {"2.4.1": 0.6, "2.5.0": 0.3, "3.0.0-rc1": 0.1}
 HISTORY_LENGTH = 1000
+
+
+def spread_mix(versions: int) -> dict[str, float]:
+    """A firmware mix of ``versions`` distinct, equally likely versions (``9.0.0``, ``9.0.1``,
+    ...): a fleet whose firmware label has that many values, for the cardinality bound."""
+    if versions < 1:
+        raise ValueError(f"versions must be >= 1, got {versions}")
+    return dict.fromkeys((f"9.0.{index}" for index in range(versions)), 1.0)
 
 
 def _version_key(version: str) -> tuple[tuple[int, ...], bool, str]:
@@ -87,6 +96,8 @@ class Inventory:
         if not mix or any(weight < 0 for weight in mix.values()) or sum(mix.values()) <= 0:
             raise ValueError(f"firmware_mix needs non-negative weights with a positive sum: {mix}")
         self._mix = mix
+        # Drawing with cumulative weights is a bisection, not a pass over every version.
+        self._versions, self._cumulative = list(mix), list(accumulate(mix.values()))
         self._rng = random.Random(seed)
         self._lock = _ChangeLock(self._record_change)
         self._stations: list[dict[str, Any]] = []
@@ -111,7 +122,7 @@ class Inventory:
     def _new_station(self) -> dict[str, Any]:
         rng = self._rng
         self._serial += 1
-        firmware = rng.choices(list(self._mix), weights=list(self._mix.values()))[0]
+        firmware = rng.choices(self._versions, cum_weights=self._cumulative)[0]
         return {
             "type": "charging_stations",
             "id": self._new_id(),
