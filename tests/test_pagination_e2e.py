@@ -111,9 +111,10 @@ def stack(
     return start
 
 
-def assert_contained(stack: Stack, reason: str) -> None:
-    """The attack fails the hostile mandant's refreshes with ``reason``, again and again, in
-    flat memory; its last good fleet stays, and the calm mandant is refreshed as before."""
+def assert_contained(stack: Stack, reason: str, logged_from: int) -> None:
+    """The attack (on since log line ``logged_from``) fails the hostile mandant's refreshes
+    with ``reason``, again and again, in flat memory and one log line each; its last good
+    fleet stays, and the calm mandant is refreshed as before."""
     before = stack.failures(reason)
     wait_until(lambda: stack.failures(reason) > before, what=f"a {reason} failure")
     assert stack.value("beenergised_up") == 0
@@ -127,13 +128,23 @@ def assert_contained(stack: Stack, reason: str) -> None:
     assert stack.value("beenergised_charging_stations", CALM) == CALM_STATIONS
     peak = peak_rss(stack.exporter.popen.pid)
     assert peak < PEAK_RSS_BOUND, f"peak RSS {peak / 2**20:.0f} MiB"
+    failed = stack.failures(reason) - before
+    host = stack.hostile.url.removeprefix("http://")
+    logged = [
+        line
+        for line in stack.exporter.lines[logged_from:]
+        if ("level=info" in line or "level=warn" in line) and (HOSTILE in line or host in line)
+    ]
+    assert all(f"{HOSTILE} failed ({reason})" in line for line in logged), logged
+    assert failed - 1 <= len(logged) <= failed, (failed, logged)
 
 
 def test_rows_beyond_page_limit_fail_the_refresh_at_the_first_page(stack):
     """The issue's attack at the default settings: 10,000 rows a page, never a last page."""
     stack = stack()
+    logged_from = len(stack.exporter.lines)
     stack.fault(kind="endless", per_page=10_000)
-    assert_contained(stack, "pagination")
+    assert_contained(stack, "pagination", logged_from)
     [line, *_] = stack.failure_lines("pagination")
     assert "10000 rows at page[offset]=0, more than the page[limit]=100 asked for" in line
 
@@ -141,8 +152,9 @@ def test_rows_beyond_page_limit_fail_the_refresh_at_the_first_page(stack):
 def test_a_listing_that_keeps_page_limit_but_never_ends_stops_at_max_stations(stack):
     """Every page full (100 rows), no total, never a last page: the read stops at the bound."""
     stack = stack(BEENERGISED_API_MAX_STATIONS="2000")
+    logged_from = len(stack.exporter.lines)
     stack.fault(kind="endless")
-    assert_contained(stack, "too_large")
+    assert_contained(stack, "too_large", logged_from)
     [line, *_] = stack.failure_lines("too_large")
     assert (
         "more than 2000 stations in one refresh (2100 received that it did not hold before, "
