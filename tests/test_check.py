@@ -374,6 +374,25 @@ def test_a_token_that_cannot_be_sent_gets_a_hint_about_the_token_endpoint_not_th
     assert "client id and secret" not in text
 
 
+@pytest.mark.parametrize(
+    ("reason", "message", "in_hint"),
+    [
+        ("too_large", "h: more than 9 stations listed (12 rows received in 4 pages); raise "
+         "--api.max-stations if the fleet is that large", "raise --api.max-stations"),
+        ("too_large", "h: no last page after 10000 pages (500 rows), and one read fetches at "
+         "most 10000 pages; raise --page-limit if the fleet is that large", "raise --page-limit"),
+        ("too_large", "h: answer larger than 8 MiB, refused; raise --api.max-response-size if "
+         "answers this large are genuine", "--api.max-response-size"),
+        ("pagination", "h: 101 rows at page[offset]=0, more than the page[limit]=100 asked for",
+         "more stations a page than page[limit] asks for"),
+        ("pagination", "h: listing inconsistent twice in a row (total went from 4 to 5)",
+         "changed while it was read"),
+    ],
+)  # fmt: skip
+def test_a_listing_too_long_or_off_its_pages_gets_the_hint_of_its_bound(reason, message, in_hint):
+    assert in_hint in hint(reason, "stations", message)
+
+
 def test_an_unexpected_error_is_one_failure_without_traceback_or_secret(sim, capsys, monkeypatch):
     def broken(*args: object) -> None:
         raise RuntimeError(f"boom near {SECRET}")
