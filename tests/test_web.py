@@ -275,6 +275,7 @@ def start() -> Iterator[Callable[..., int]]:
 @pytest.fixture
 def web_log(caplog) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="exporter.web")
+    caplog.set_level(logging.DEBUG, logger="exporter.webserver")
     return caplog
 
 
