@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
-from prometheus_client.exposition import choose_encoder
-
 from exporter import __version__
 from exporter.changelog import ChangeEntry, ChangeLog
 from exporter.metrics import Exposition, RefusedRequests
@@ -48,6 +46,8 @@ _MAX_LIMIT_DIGITS = 9
 _METHODS = "GET, HEAD"
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2
 _JSON_HEADERS = [("Content-Type", "application/json")]
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 class BadRequest(ValueError):
@@ -136,12 +136,10 @@ class ExporterApp:
         return _respond(start_response, "404 Not Found", b"not found\n")
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        openmetrics = accepts_openmetrics(environ.get("HTTP_ACCEPT", ""))
         gzipped = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
-        body = self._exposition.body(
-            openmetrics=content_type.startswith("application/openmetrics-text"), gzipped=gzipped
-        )
-        headers = [("Content-Type", content_type)]
+        body = self._exposition.body(openmetrics=openmetrics, gzipped=gzipped)
+        headers = [("Content-Type", OPENMETRICS if openmetrics else TEXT_FORMAT)]
         if gzipped:
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept, Accept-Encoding"))
@@ -262,6 +260,28 @@ def _change_row(entry: ChangeEntry) -> str:
         firmware,
     ]
     return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
+
+
+def accepts_openmetrics(header: str) -> bool:
+    """Whether an Accept value asks for OpenMetrics 1 before the text format, in the order
+    prometheus_client reads it: ``application/openmetrics-text`` without a version or with a
+    1.x one wins, ``text/plain`` with a version other than 0.0.4 loses, anything else is
+    passed over (q-values are not weighed). Unlike prometheus_client's choose_encoder, no
+    value raises, and the version the answer names is always the one it is in."""
+    for element in header.split(","):
+        media, *params = (part.strip() for part in element.split(";"))
+        versions = [
+            value.strip()
+            for name, _, value in (param.partition("=") for param in params)
+            if name.strip().lower() == "version"
+        ]
+        version = versions[0] if versions else None
+        media = media.lower()
+        if media == "application/openmetrics-text" and (version is None or version[:2] == "1."):
+            return True
+        if media == "text/plain" and version not in (None, "0.0.4"):
+            return False
+    return False
 
 
 def accepts_gzip(header: str) -> bool:

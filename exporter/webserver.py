@@ -34,6 +34,7 @@ from typing import IO, Any, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from exporter.metrics import RefusedRequests
+from exporter.webauth import client_key
 
 LOG = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class _Waiting:
     conn: socket.socket  # an ssl.SSLSocket once the handshake has started
     fd: int  # its file descriptor, which wrapping it in TLS keeps
     address: Any
+    key: str  # who the client is: its IPv4 address or IPv6 /64
     deadline: float
     context: ssl.SSLContext | None  # TLS still to start
     shaking: bool = False  # in the TLS handshake
@@ -226,6 +228,8 @@ class RequestHandler(WSGIRequestHandler):
     """Answers one :class:`Request` whose head is read already; logs at debug level instead of
     printing every request to stderr."""
 
+    default_request_version = "HTTP/1.0"  # "GET /" without a version: answer with a status line
+
     def setup(self) -> None:
         request = self.request
         assert isinstance(request, Request)
@@ -249,11 +253,27 @@ class RequestHandler(WSGIRequestHandler):
         handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back pointer
         handler.run(self.server.get_app())  # type: ignore[attr-defined]
 
+    def parse_request(self) -> bool:
+        """BaseHTTPRequestHandler's, but an empty request line gets 400 instead of no answer,
+        and HTTP/0.9, whose answers have no status line, gets 505."""
+        if not str(self.raw_requestline, "iso-8859-1").split():  # as parse_request splits it
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(400, "Empty request line")
+            return False
+        if not super().parse_request():
+            return False
+        if self.request_version != "HTTP/0.9":
+            return True
+        self.send_error(505, "HTTP/0.9 is not supported")
+        return False
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """An answer of the HTTP parser to a head it cannot use (400, 414, 431, 505)."""
         server = self.server
         assert isinstance(server, Server)
         server.refused.record("bad_request")
+        if self.request_version == "HTTP/0.9":  # which would leave out the status line
+            self.request_version = "HTTP/1.0"
         super().send_error(code, message, explain)
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -309,6 +329,7 @@ class Server(WSGIServer):
         """Connections in their handshake or head at most; a new one closes the oldest."""
         self._workers = _Workers(limits.max_requests, self._serve)
         self._waiting: dict[int, _Waiting] = {}  # by file descriptor, oldest first
+        self._clients: dict[str, dict[int, _Waiting]] = {}  # the same, by client key
         self._reserve: int | None = None
         self._paused_until: float | None = None
         self._warnings = _Warnings()
@@ -384,20 +405,25 @@ class Server(WSGIServer):
             self._make_room()
         fd = conn.fileno()
         deadline = time.monotonic() + self.limits.header_timeout
-        waiting = _Waiting(conn, fd, address, deadline, self.ssl_context)
+        waiting = _Waiting(conn, fd, address, client_key(address[0]), deadline, self.ssl_context)
         self._selector.register(fd, waiting.events, waiting)
         self._waiting[fd] = waiting
+        self._clients.setdefault(waiting.key, {})[fd] = waiting
 
     def _make_room(self) -> None:
-        """Close the connection that has been sending its head the longest."""
-        oldest = next(iter(self._waiting.values()))
+        """Close the connection that has been sending its head the longest, of the client
+        that has the most of them: a crowd from one host or network cannot push out others."""
+        busiest = max(self._clients.values(), key=len)
+        oldest, held = next(iter(busiest.values())), len(busiest)
         LOG.debug("%s still sending its request head; closed to make room", oldest.client)
         self._refuse(oldest, "too_many_connections")
         self._warnings.warn(
             "too_many_connections",
-            "%d connections are still sending their request head (the most the open-file "
-            "limit allows: ulimit -n); closed the oldest to make room",
+            "%d connections are sending their request head, the most the open-file limit "
+            "allows (ulimit -n); closed the oldest of %s, which had %d of them",
             self.max_waiting,
+            oldest.key,
+            held,
         )
 
     def _out_of_descriptors(self, error: OSError) -> None:
@@ -417,15 +443,16 @@ class Server(WSGIServer):
         if self._reserve is not None:
             os.close(self._reserve)
             self._reserve = None
+            conn: socket.socket | None
             try:
                 conn, _ = self.socket.accept()
-            except OSError:
-                pass
-            else:
+            except OSError:  # nothing to accept after all, or still no descriptor
+                conn = None
+            if conn is not None:
                 self.refused.record("out_of_file_descriptors")
                 _close(conn, _BUSY_ANSWER)
             self._reserve = _reserve()
-            if self._reserve is not None:
+            if conn is not None and self._reserve is not None:
                 return
         self._pause()
 
@@ -530,6 +557,11 @@ class Server(WSGIServer):
                 return
             start = max(0, len(head) - 2)
             head += data
+            if head.startswith(
+                (b"\r", b"\n")
+            ):  # empty lines before the request line (RFC 9112 2.2)
+                del head[: len(head) - len(head.lstrip(b"\r\n"))]
+                start = 0
             if _HEAD_END.search(head, start):
                 self._dispatch(waiting)
                 return
@@ -585,6 +617,10 @@ class Server(WSGIServer):
         waiting.done = True
         self._selector.unregister(waiting.fd)
         del self._waiting[waiting.fd]
+        same_client = self._clients[waiting.key]
+        del same_client[waiting.fd]
+        if not same_client:
+            del self._clients[waiting.key]
 
     def _drop(self, waiting: _Waiting, answer: bytes = b"") -> None:
         self._forget(waiting)
