@@ -148,9 +148,10 @@ class _Workers:
     """At most ``size`` daemon threads, started as needed; ``submit`` says False when all are
     busy instead of queueing."""
 
-    def __init__(self, size: int, work: Callable[[Request], None]) -> None:
+    def __init__(self, size: int, work: Callable[[Request], None], name: str) -> None:
         self._size = size
         self._work = work
+        self._name = name
         self._jobs: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._busy = 0
@@ -162,7 +163,7 @@ class _Workers:
                 return False
             if self._busy == self._threads:
                 try:
-                    threading.Thread(target=self._run, name="http-worker", daemon=True).start()
+                    threading.Thread(target=self._run, name=self._name, daemon=True).start()
                 except RuntimeError:  # the system has no thread to give
                     return False
                 self._threads += 1
@@ -327,7 +328,9 @@ class Server(WSGIServer):
             8, min(MAX_WAITING, _open_files_limit() - limits.max_requests - FD_SPARE)
         )
         """Connections in their handshake or head at most; a new one closes the oldest."""
-        self._workers = _Workers(limits.max_requests, self._serve)
+        self.worker_name = f"http-{self.server_address[1]}"
+        """The name of the worker threads."""
+        self._workers = _Workers(limits.max_requests, self._serve, self.worker_name)
         self._waiting: dict[int, _Waiting] = {}  # by file descriptor, oldest first
         self._clients: dict[str, dict[int, _Waiting]] = {}  # the same, by client key
         self._reserve: int | None = None
@@ -557,9 +560,8 @@ class Server(WSGIServer):
                 return
             start = max(0, len(head) - 2)
             head += data
-            if head.startswith(
-                (b"\r", b"\n")
-            ):  # empty lines before the request line (RFC 9112 2.2)
+            # Empty lines before the request line are skipped (RFC 9112, 2.2).
+            if head.startswith((b"\r", b"\n")):
                 del head[: len(head) - len(head.lstrip(b"\r\n"))]
                 start = 0
             if _HEAD_END.search(head, start):
@@ -606,8 +608,8 @@ class Server(WSGIServer):
                 oldest.client,
                 self.limits.header_timeout,
             )
-            shaken = oldest.context is None and not oldest.shaking
-            self._refuse(oldest, "header_timeout", _TIMEOUT_ANSWER if shaken else b"")
+            in_head = oldest.context is None and not oldest.shaking  # past any TLS handshake
+            self._refuse(oldest, "header_timeout", _TIMEOUT_ANSWER if in_head else b"")
 
     def _refuse(self, waiting: _Waiting, reason: str, answer: bytes = b"") -> None:
         self.refused.record(reason)

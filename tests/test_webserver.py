@@ -140,7 +140,7 @@ def test_one_request_more_than_max_requests_gets_503_at_once(start):
     assert time.monotonic() - began < 1.0
     assert answer.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
     assert b"Retry-After: 1\r\n" in answer
-    workers = [t for t in threading.enumerate() if t.name == "http-worker"]
+    workers = [t for t in threading.enumerate() if t.name == server.worker_name]
     assert len(workers) == 2
     app.release.set()
     for holder in holders:
@@ -158,7 +158,7 @@ def test_threads_stay_within_max_requests_however_many_ask(start):
         asker.start()
     wait_until(lambda: app.waiting == 3, timeout=5, what="three requests in the app")
     wait_until(lambda: len(answers) == 17, timeout=5, what="the others refused")
-    assert len([t for t in threading.enumerate() if t.name == "http-worker"]) == 3
+    assert len([t for t in threading.enumerate() if t.name == server.worker_name]) == 3
     app.release.set()
     for asker in askers:
         asker.join(5)
