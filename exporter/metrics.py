@@ -344,7 +344,7 @@ class RefusedRequests(Collector):
         "unauthorized",  # 401: no, unknown or wrong credentials
         "too_many_logins",  # 429: its own check running or waiting, too many waiting, too long
         "recent_wrong_password",  # 429: the client sent a wrong password lately; others first
-        "too_many_requests",  # 503: --web.max-requests requests being answered already
+        "too_many_requests",  # 503: --web.max-requests answered, as many waiting, or too long
         "too_many_connections",  # closed while sending its head, to make room for a new one
         "header_timeout",  # TLS handshake and head not done within --web.read-header-timeout
         "header_too_large",  # 431: a request head over 32 KiB

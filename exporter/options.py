@@ -307,7 +307,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "web.max-requests",
         positive_int,
-        "requests answered at once; one more gets HTTP 503 at once "
+        "requests answered at once; as many more wait up to a second for a free worker, any "
+        "more get HTTP 503 at once "
         '(beenergised_web_requests_refused_total{reason="too_many_requests"})',
         metavar="N",
         default=DEFAULT_WEB_MAX_REQUESTS,

@@ -4,7 +4,8 @@ One thread accepts connections and, without blocking, does their TLS handshakes 
 request heads: a client that trickles its head costs a file descriptor and a few bytes, never a
 thread, and is cut ``header_timeout`` seconds after it connected (Go's ReadHeaderTimeout), however
 steadily it sends. A complete head goes to one of at most ``max_requests`` worker threads
-(node_exporter's --web.max-requests); with all of them busy the client gets 503 at once.
+(node_exporter's --web.max-requests); as many more wait up to QUEUE_WAIT for one, and any
+more get 503 at once.
 Connections still in their head are capped below the open-file limit and a new one closes the
 oldest, so a crowd of slow clients cannot keep a scraper out. Out of file descriptors, accepting
 backs off instead of spinning. Each refusal is counted by reason and warned about once a minute
@@ -18,7 +19,6 @@ import errno
 import io
 import logging
 import os
-import queue
 import re
 import resource
 import selectors
@@ -27,6 +27,7 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -53,6 +54,8 @@ MAX_WAITING = 1024
 FD_SPARE = 64
 """File descriptors left to everything else (API connections, logs, the listening socket)
 when the open-file limit sets how many connections may wait for their head."""
+QUEUE_WAIT = 1.0
+"""Seconds a complete request may wait for a free worker before it gets 503."""
 ACCEPT_BATCH = 64
 """Connections accepted in a row before the others get their turn."""
 ACCEPT_PAUSE = 0.1
@@ -145,45 +148,69 @@ class _Warnings:
 
 
 class _Workers:
-    """At most ``size`` daemon threads, started as needed; ``submit`` says False when all are
-    busy instead of queueing."""
+    """At most ``size`` daemon threads, started as needed, and a queue of as many requests
+    for them: a request finds a worker free within moments when the workers are merely busy
+    finishing (a client may send its next request before the worker of its last has closed).
+    ``submit`` says False when the queue is full, ``stale`` gives back what waited too long."""
 
     def __init__(self, size: int, work: Callable[[Request], None], name: str) -> None:
         self._size = size
         self._work = work
         self._name = name
-        self._jobs: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._queue: deque[tuple[float, Request]] = deque()  # (since when, request)
+        self._ready = threading.Condition()
         self._busy = 0
         self._threads = 0
+        self._closing = False
 
     def submit(self, job: Request) -> bool:
-        with self._lock:
-            if self._busy >= self._size:
+        with self._ready:
+            if len(self._queue) >= self._size:
                 return False
-            if self._busy == self._threads:
+            if self._busy + len(self._queue) >= self._threads < self._size:
                 try:
                     threading.Thread(target=self._run, name=self._name, daemon=True).start()
-                except RuntimeError:  # the system has no thread to give
-                    return False
-                self._threads += 1
-            self._busy += 1
-        self._jobs.put(job)
+                except RuntimeError:  # the system has no thread to give: the others will do
+                    if self._threads == 0:
+                        return False
+                else:
+                    self._threads += 1
+            self._queue.append((time.monotonic(), job))
+            self._ready.notify()
         return True
 
-    def close(self) -> None:
-        """Let every thread end once it is done with its job."""
-        with self._lock:
-            for _ in range(self._threads):
-                self._jobs.put(None)
-            self._threads = 0
+    def stale(self) -> list[Request]:
+        """The requests that have waited QUEUE_WAIT seconds for a worker, out of the queue."""
+        too_old = time.monotonic() - QUEUE_WAIT
+        with self._ready:
+            gone = []
+            while self._queue and self._queue[0][0] <= too_old:
+                gone.append(self._queue.popleft()[1])
+            return gone
+
+    def close(self) -> list[Request]:
+        """Let every thread end once it is done with its job; the requests still queued."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
+            gone = [job for _, job in self._queue]
+            self._queue.clear()
+            return gone
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closing:
+                    self._ready.wait()
+                if not self._queue:
+                    self._threads -= 1
+                    return
+                job = self._queue.popleft()[1]
+                self._busy += 1
             try:
                 self._work(job)
             finally:
-                with self._lock:
+                with self._ready:
                     self._busy -= 1
 
 
@@ -352,13 +379,16 @@ class Server(WSGIServer):
                     elif not key.data.done:  # not closed by an earlier event of this round
                         self._advance(key.data)
                 self._expire()
+                for request in self._workers.stale():
+                    self._refuse_busy(request)
                 self._resume()
         finally:
             for waiting in list(self._waiting.values()):
                 self._drop(waiting)
             if self._reserve is not None:
                 os.close(self._reserve)
-            self._workers.close()
+            for request in self._workers.close():
+                _close(request.conn)
             self._stopped.set()
 
     def server_close(self) -> None:
@@ -582,20 +612,19 @@ class Server(WSGIServer):
     def _dispatch(self, waiting: _Waiting) -> None:
         self._forget(waiting)
         request = Request(waiting.conn, waiting.address, bytes(waiting.head))
-        if self._workers.submit(request):
-            return
-        LOG.debug(
-            "%s: %d requests are being answered; answered 503",
-            waiting.client,
-            self.limits.max_requests,
-        )
+        if not self._workers.submit(request):
+            self._refuse_busy(request)
+
+    def _refuse_busy(self, request: Request) -> None:
+        """Answer 503: every worker busy, and the queue full or too slow."""
+        LOG.debug("%s: all workers busy; answered 503", request.address[0])
         self.refused.record("too_many_requests")
         self._warnings.warn(
             "too_many_requests",
-            "%d requests are being answered already (--web.max-requests): answered 503",
+            "%d requests are being answered and as many wait (--web.max-requests): answered 503",
             self.limits.max_requests,
         )
-        _close(waiting.conn, _BUSY_ANSWER)
+        _close(request.conn, _BUSY_ANSWER)
 
     def _expire(self) -> None:
         now = time.monotonic()

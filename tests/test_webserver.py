@@ -19,7 +19,7 @@ import trustme
 
 from exporter import webserver
 from exporter.metrics import RefusedRequests
-from exporter.webserver import ACCEPT_PAUSE, Server, ServerLimits
+from exporter.webserver import ACCEPT_PAUSE, QUEUE_WAIT, Server, ServerLimits
 from tests.helpers import wait_until
 
 App = Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]
@@ -128,25 +128,57 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def test_one_request_more_than_max_requests_gets_503_at_once(start):
+def test_requests_beyond_max_requests_wait_a_moment_and_beyond_that_get_503(start):
     app = Held()
     server = start(app, max_requests=2)
-    holders = [threading.Thread(target=get, args=(server,)) for _ in range(2)]
-    for holder in holders:
+    answers: list[tuple[float, bytes]] = []
+
+    def timed_get() -> None:
+        began = time.monotonic()
+        answer = get(server)
+        answers.append((time.monotonic() - began, answer))
+
+    holders = [threading.Thread(target=timed_get) for _ in range(4)]
+    for holder in holders[:2]:
         holder.start()
     wait_until(lambda: app.waiting == 2, timeout=5, what="two requests in the app")
+    for holder in holders[2:]:
+        holder.start()
+    wait_until(lambda: len(server._workers._queue) == 2, timeout=5, what="two requests queued")
     began = time.monotonic()
-    answer = get(server)
-    assert time.monotonic() - began < 1.0
+    answer = get(server)  # the queue is full: at once
+    assert time.monotonic() - began < QUEUE_WAIT
     assert answer.startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
     assert b"Retry-After: 1\r\n" in answer
-    workers = [t for t in threading.enumerate() if t.name == server.worker_name]
-    assert len(workers) == 2
+    # The two queued get 503 once they have waited QUEUE_WAIT; the app still holds its two.
+    wait_until(lambda: len(answers) == 2, timeout=5, what="the queued requests refused")
+    assert all(took >= QUEUE_WAIT * 0.9 and a.startswith(b"HTTP/1.0 503") for took, a in answers)
+    assert [t.name for t in threading.enumerate()].count(server.worker_name) == 2
     app.release.set()
     for holder in holders:
         holder.join(5)
+    assert [a.split(b"\r\n", 1)[0] for _, a in answers[2:]] == [b"HTTP/1.0 200 OK"] * 2
     assert get(server).startswith(b"HTTP/1.0 200 OK\r\n")
-    assert counts(server) == {"too_many_requests": 1}
+    assert counts(server) == {"too_many_requests": 3}
+
+
+def test_a_request_waits_for_a_worker_that_is_finishing(start):
+    """A client that sends its next request before the worker of its last one is done waits for
+    that worker instead of getting 503."""
+    app = Held()
+    server = start(app, max_requests=1)
+    first = threading.Thread(target=get, args=(server,))
+    first.start()
+    wait_until(lambda: app.waiting == 1, timeout=5, what="a request in the app")
+    second: list[bytes] = []
+    asker = threading.Thread(target=lambda: second.append(get(server)))
+    asker.start()
+    wait_until(lambda: len(server._workers._queue) == 1, timeout=5, what="a request queued")
+    app.release.set()
+    first.join(5)
+    asker.join(5)
+    assert second[0].startswith(b"HTTP/1.0 200 OK\r\n")
+    assert counts(server) == {}
 
 
 def test_threads_stay_within_max_requests_however_many_ask(start):
@@ -157,6 +189,7 @@ def test_threads_stay_within_max_requests_however_many_ask(start):
     for asker in askers:
         asker.start()
     wait_until(lambda: app.waiting == 3, timeout=5, what="three requests in the app")
+    # 14 refused at once, 3 after waiting in the queue
     wait_until(lambda: len(answers) == 17, timeout=5, what="the others refused")
     assert len([t for t in threading.enumerate() if t.name == server.worker_name]) == 3
     app.release.set()
