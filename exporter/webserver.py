@@ -352,9 +352,10 @@ class Server(WSGIServer):
         self.refused = refused or RefusedRequests()
         self.ssl_context: ssl.SSLContext | None = None
         self.max_waiting = max(
-            8, min(MAX_WAITING, _open_files_limit() - limits.max_requests - FD_SPARE)
+            8, min(MAX_WAITING, _open_files_limit() - 2 * limits.max_requests - FD_SPARE)
         )
-        """Connections in their handshake or head at most; a new one closes the oldest."""
+        """Connections in their handshake or head at most; a new one closes the oldest. With
+        the requests answered and queued, clients hold FD_SPARE less than the limit at most."""
         self.worker_name = f"http-{self.server_address[1]}"
         """The name of the worker threads."""
         self._workers = _Workers(limits.max_requests, self._serve, self.worker_name)

@@ -225,7 +225,7 @@ def test_a_new_connection_closes_the_oldest_of_the_client_with_the_most(start, c
 
 def test_waiting_connections_follow_the_open_file_limit(monkeypatch, start):
     monkeypatch.setattr(webserver, "_open_files_limit", lambda: 256)
-    assert start(max_requests=40).max_waiting == 256 - 40 - webserver.FD_SPARE
+    assert start(max_requests=40).max_waiting == 256 - 2 * 40 - webserver.FD_SPARE
     monkeypatch.setattr(webserver, "_open_files_limit", lambda: 1 << 20)
     assert start().max_waiting == webserver.MAX_WAITING
     monkeypatch.setattr(webserver, "_open_files_limit", lambda: 64)
