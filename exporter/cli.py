@@ -33,9 +33,10 @@ from exporter.refresh import (
     schedule,
     start_scheduler,
 )
-from exporter.web import ExporterApp, ThreadingServer, listen_address, serve
+from exporter.web import ExporterApp, listen_address, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
+from exporter.webserver import Server, ServerLimits
 
 LOG = logging.getLogger("exporter")
 
@@ -94,7 +95,7 @@ class Reloader:
         new_refresher: Callable[[Mandant, Settings], MandantRefresher],
         scheduler: BackgroundScheduler,
         app: ExporterApp,
-        server: ThreadingServer,
+        server: Server,
         exposition: Exposition,
         status: ReloadStatus,
     ) -> None:
@@ -315,7 +316,8 @@ def serve_until_stopped(
         refused=refused,
     )
     try:
-        server, _ = serve(app, settings.listen_host, settings.listen_port, web_config)
+        limits = ServerLimits(settings.web_max_requests, settings.web_read_header_timeout)
+        server, _ = serve(app, settings.listen_host, settings.listen_port, web_config, limits)
     except OSError as exc:
         LOG.error(
             "cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, exc.strerror

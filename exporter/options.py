@@ -49,6 +49,8 @@ DEFAULT_REFRESH_TIMEOUT = 600.0
 concurrency 4 and 300 s page by page; a hung request is cut after --api.request-timeout."""
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_SIZE = 8 * 1024 * 1024
+DEFAULT_WEB_MAX_REQUESTS = 40
+DEFAULT_WEB_READ_HEADER_TIMEOUT = 10.0
 ENV_PREFIX = "BEENERGISED_"
 
 
@@ -301,6 +303,27 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATH",
         shown="none: plain HTTP, no auth",
         setting="web_config_file",
+    ),
+    Option(
+        "web.max-requests",
+        positive_int,
+        "requests answered at once; as many more wait up to a second for a free worker, any "
+        "more get HTTP 503 at once "
+        '(beenergised_web_requests_refused_total{reason="too_many_requests"})',
+        metavar="N",
+        default=DEFAULT_WEB_MAX_REQUESTS,
+        setting="web_max_requests",
+    ),
+    Option(
+        "web.read-header-timeout",
+        duration,
+        "time a client has from connecting to the end of its request head, TLS handshake "
+        "included, however steadily it sends; then it is cut off "
+        '(beenergised_web_requests_refused_total{reason="header_timeout"})',
+        metavar="DURATION",
+        default=DEFAULT_WEB_READ_HEADER_TIMEOUT,
+        shown="10s",
+        setting="web_read_header_timeout",
     ),
     Option(
         "log.level",
