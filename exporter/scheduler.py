@@ -77,16 +77,21 @@ class SteadyScheduler(BackgroundScheduler):  # type: ignore[misc]  # APScheduler
         self._wall = wall
         self._monotonic = monotonic
         self._offset = wall() - monotonic()
+        self._next_look = monotonic()
         self._lines: deque[float] = deque(maxlen=REPORT_LINES)  # when the last lines were logged
         self._unreported: list[float] = []  # steps since then that no line told of
         super().__init__(**options)
 
     def _process_jobs(self) -> float:
         """APScheduler's round (run what is due, return the seconds until the next is), after a
-        look at the clocks; rounds follow each other at most LOOK_PERIOD apart."""
-        self.look()
+        look at the clocks once LOOK_PERIOD has passed since the last: a round comes then at
+        the latest, and a clock that steps at every reading costs one look a period."""
+        if self._monotonic() >= self._next_look:
+            self._next_look = self._monotonic() + LOOK_PERIOD
+            self.look()
         wait: float | None = super()._process_jobs()
-        return LOOK_PERIOD if wait is None else min(wait, LOOK_PERIOD)
+        until_look = max(0.0, self._next_look - self._monotonic())
+        return until_look if wait is None else min(wait, until_look)
 
     def look(self) -> None:
         """Compare the clocks (the scheduler thread does before each round); after a step of

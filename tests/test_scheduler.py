@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -48,10 +49,12 @@ def nothing() -> None:
     """A job that does nothing; these schedulers never run one."""
 
 
-def scheduler_with_jobs(clocks: Clocks, *plans: float | None) -> SteadyScheduler:
+def scheduler_with_jobs(
+    clocks: Clocks, *plans: float | None, wall: Callable[[], float] | None = None
+) -> SteadyScheduler:
     """A scheduler (not started: it runs nothing) with one job per plan: the seconds until its
     next run as its trigger planned it, or None for a job added but never planned."""
-    scheduler = SteadyScheduler(wall=clocks.wall, monotonic=clocks.monotonic)
+    scheduler = SteadyScheduler(wall=wall or clocks.wall, monotonic=clocks.monotonic)
     for number, plan in enumerate(plans):
         trigger = SteadyInterval(60.0, monotonic=clocks.monotonic)
         if plan is not None:
@@ -185,3 +188,26 @@ def test_the_running_scheduler_looks_at_the_clocks_at_least_once_a_second():
         wait_until(lambda: looks >= before + 3, 3 * steady.LOOK_PERIOD + 3.0, "three looks")
     finally:
         scheduler.shutdown()
+
+
+def test_a_clock_that_steps_at_every_reading_costs_one_look_a_second(caplog):
+    """Each re-plan wakes the scheduler for another round: without a limit, a clock that
+    steps at every reading would keep it re-planning without pause."""
+    clocks = Clocks()
+    readings = 0
+
+    def wall() -> float:
+        nonlocal readings
+        readings += 1
+        return clocks.wall.now + 10.0 * readings
+
+    scheduler = scheduler_with_jobs(clocks, 20.0, wall=wall)
+    before = readings
+    with caplog.at_level(logging.WARNING, "exporter.scheduler"):
+        for _ in range(100):
+            scheduler._process_jobs()  # the rounds of one second
+        assert readings - before == 2  # one look and its re-plan
+        clocks.advance(steady.LOOK_PERIOD)
+        scheduler._process_jobs()
+    assert readings - before == 4
+    assert len(caplog.messages) == 2
