@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -33,6 +32,7 @@ from exporter.refresh import (
     schedule,
     start_scheduler,
 )
+from exporter.scheduler import SteadyScheduler
 from exporter.web import ExporterApp, listen_address, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
@@ -93,7 +93,7 @@ class Reloader:
         running: Running,
         *,
         new_refresher: Callable[[Mandant, Settings], MandantRefresher],
-        scheduler: BackgroundScheduler,
+        scheduler: SteadyScheduler,
         app: ExporterApp,
         server: Server,
         exposition: Exposition,

@@ -52,6 +52,7 @@ TOOL_PACKAGES = {
     "debootstrap": "debootstrap",
     "systemd-analyze": "systemd",
     "kubectl": "kubernetes-client",
+    "faketime": "faketime",
 }
 """Debian packages of the external tools the tests use, where not 'prometheus'."""
 
@@ -66,6 +67,37 @@ def require_tool(name: str) -> str:
     if IN_CI:
         pytest.fail(message + " but CI=true requires it")
     pytest.skip(message)
+
+
+class SteppedClock:
+    """The wall clock of the child processes given ``environment()``, stepped while they run.
+
+    libfaketime reads the offset from a file at every clock reading. CLOCK_MONOTONIC stays
+    real, as in an NTP step or an operator's ``date -s``: only the wall clock jumps.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        require_tool("faketime")
+        found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+        if not found:
+            pytest.fail("faketime is installed but /usr/lib/*/faketime/libfaketime.so.1 is not")
+        self.library = found[0]
+        self.file = directory / "faketime.rc"
+        self.set(0)
+
+    def set(self, offset: float) -> None:
+        """Make the wall clock ``offset`` seconds off the real one, in one step."""
+        partial = self.file.with_suffix(".partial")
+        partial.write_text(f"{offset:+.0f}\n")
+        partial.replace(self.file)  # a reader never sees a half-written file
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "LD_PRELOAD": str(self.library),
+            "FAKETIME_TIMESTAMP_FILE": str(self.file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
 
 
 class Process:
