@@ -99,7 +99,8 @@ def _unusable(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    """An access token and the wall-clock times it expires and should be renewed."""
+    """An access token, the wall-clock time it expires (for the metrics) and the monotonic
+    time it should be renewed (a step of the wall clock does not move that)."""
 
     value: str
     expires_at: float
@@ -125,6 +126,7 @@ class TokenSource:
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._token_url = token_url
         self._client_id = client_id
@@ -140,6 +142,7 @@ class TokenSource:
         )
         self._proxies = environment_proxies(token_url)
         self._clock = clock
+        self._monotonic = monotonic
         self._token: Token | None = None
         # Tuples, replaced whole: redact() may read them while a fetch goes on.
         self._recent: tuple[str, ...] = ()
@@ -155,11 +158,11 @@ class TokenSource:
     def token(self, deadline: Deadline) -> str:
         """A token that is not due for renewal, fetching a new one when needed."""
         token = self._token
-        if token and self._clock() < token.renew_at:
+        if token and self._monotonic() < token.renew_at:
             return token.value
         with self._fetch_lock:
             token = self._token
-            if token and self._clock() < token.renew_at:
+            if token and self._monotonic() < token.renew_at:
                 return token.value
             self._token = self._fetch_rotated(deadline)
             self._recent = (*self._recent, self._token.value)[-RECENT_TOKENS:]
@@ -257,10 +260,13 @@ class TokenSource:
                 "token endpoint %s sent no usable expires_in; assuming %ds", host, ASSUMED_LIFETIME
             )
             lifetime = ASSUMED_LIFETIME
-        now = self._clock()
         margin = min(RENEW_MARGIN_MAX, 0.1 * lifetime)
         LOG.debug("new access token from %s, valid for %ds", host, lifetime)
-        return Token(value=value, expires_at=now + lifetime, renew_at=now + lifetime - margin)
+        return Token(
+            value=value,
+            expires_at=self._clock() + lifetime,
+            renew_at=self._monotonic() + lifetime - margin,
+        )
 
     def _remote_text(self, value: object, limit: int = DESCRIPTION_LENGTH) -> str:
         """A text field of the token endpoint's answer, made safe to show (or '')."""

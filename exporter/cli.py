@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -33,9 +32,11 @@ from exporter.refresh import (
     schedule,
     start_scheduler,
 )
-from exporter.web import ExporterApp, ThreadingServer, listen_address, serve
+from exporter.scheduler import SteadyScheduler
+from exporter.web import ExporterApp, listen_address, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
+from exporter.webserver import Server, ServerLimits
 
 LOG = logging.getLogger("exporter")
 
@@ -92,9 +93,9 @@ class Reloader:
         running: Running,
         *,
         new_refresher: Callable[[Mandant, Settings], MandantRefresher],
-        scheduler: BackgroundScheduler,
+        scheduler: SteadyScheduler,
         app: ExporterApp,
-        server: ThreadingServer,
+        server: Server,
         exposition: Exposition,
         status: ReloadStatus,
     ) -> None:
@@ -318,7 +319,8 @@ def serve_until_stopped(
         refused=refused,
     )
     try:
-        server, _ = serve(app, settings.listen_host, settings.listen_port, web_config)
+        limits = ServerLimits(settings.web_max_requests, settings.web_read_header_timeout)
+        server, _ = serve(app, settings.listen_host, settings.listen_port, web_config, limits)
     except OSError as exc:
         LOG.error(
             "cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, exc.strerror

@@ -36,6 +36,8 @@ from exporter.options import (
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_TELEMETRY_PATH,
     DEFAULT_TOKEN_URL,
+    DEFAULT_WEB_MAX_REQUESTS,
+    DEFAULT_WEB_READ_HEADER_TIMEOUT,
     FILE_GLOBAL_KEYS,
     FILE_MANDANT_KEYS,
     GLOBAL_OPTIONS,
@@ -73,6 +75,8 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_TELEMETRY_PATH",
     "DEFAULT_TOKEN_URL",
+    "DEFAULT_WEB_MAX_REQUESTS",
+    "DEFAULT_WEB_READ_HEADER_TIMEOUT",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "SHORT_REFRESH_INTERVAL",
@@ -120,6 +124,8 @@ class Settings:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # wall-clock seconds per request, > 0
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE  # bytes per answer, >= 1
     max_stations: int = DEFAULT_MAX_STATIONS  # rows one read of a listing may hold, >= 1
+    web_max_requests: int = DEFAULT_WEB_MAX_REQUESTS  # requests answered at once, >= 1
+    web_read_header_timeout: float = DEFAULT_WEB_READ_HEADER_TIMEOUT  # seconds to a whole head
 
 
 def _read_secret_file(given: _Given, path: Path) -> Secret:

@@ -336,14 +336,21 @@ class ReloadStatus(Collector):
 
 
 class RefusedRequests(Collector):
-    """Requests that basic auth refused, by reason: ``unauthorized`` (HTTP 401: no, unknown or
-    wrong credentials), and HTTP 429, the password check not run: ``recent_wrong_password``
-    (the client sent a wrong password lately, so others went first) or ``too_many_logins``
-    (any other client: its own check was still running or waiting, too many others waited,
-    or it waited too long). A rising count is a scraper with a stale password, or someone
-    guessing; ``too_many_logins`` means right logins may be turned away."""
+    """Requests and connections the web server refused, by reason. A rising count is a scraper
+    with a stale password, someone guessing, or more (or slower) clients than the limits let
+    in; README.md's metrics table says what each reason means."""
 
-    REASONS = ("unauthorized", "too_many_logins", "recent_wrong_password")
+    REASONS = (
+        "unauthorized",  # 401: no, unknown or wrong credentials
+        "too_many_logins",  # 429: its own check running or waiting, too many waiting, too long
+        "recent_wrong_password",  # 429: the client sent a wrong password lately; others first
+        "too_many_requests",  # 503: --web.max-requests answered, as many waiting, or too long
+        "too_many_connections",  # closed while sending its head, to make room for a new one
+        "header_timeout",  # TLS handshake and head not done within --web.read-header-timeout
+        "header_too_large",  # 431: a request head over 32 KiB
+        "bad_request",  # an answer of the HTTP parser: 400, 414, 431 (over 100 fields), 505
+        "out_of_file_descriptors",  # 503 through the reserve descriptor: the open-file limit
+    )
 
     def __init__(self) -> None:
         self._counts = dict.fromkeys(self.REASONS, 0)
@@ -356,9 +363,9 @@ class RefusedRequests(Collector):
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "beenergised_web_requests_refused",
-            "Requests refused by basic auth: unauthorized (HTTP 401); HTTP 429, password "
-            "checks waiting: recent_wrong_password (the client sent a wrong password lately), "
-            "too_many_logins (any other client).",
+            "Requests refused by basic auth or the web server's limits, by reason: "
+            + ", ".join(self.REASONS)
+            + ".",
             labels=["reason"],
         )
         for reason in self.REASONS:

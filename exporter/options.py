@@ -53,6 +53,8 @@ DEFAULT_MAX_STATIONS = 1_000_000
 """10,000 pages of the default --page-limit: the size the exporter is benchmarked at. Each
 station held costs about 300 bytes and a refresh may hold a published fleet and two reads, so
 about 1 GB at most with a million stations on either side."""
+DEFAULT_WEB_MAX_REQUESTS = 40
+DEFAULT_WEB_READ_HEADER_TIMEOUT = 10.0
 ENV_PREFIX = "BEENERGISED_"
 
 
@@ -316,6 +318,27 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATH",
         shown="none: plain HTTP, no auth",
         setting="web_config_file",
+    ),
+    Option(
+        "web.max-requests",
+        positive_int,
+        "requests answered at once; as many more wait up to a second for a free worker, any "
+        "more get HTTP 503 at once "
+        '(beenergised_web_requests_refused_total{reason="too_many_requests"})',
+        metavar="N",
+        default=DEFAULT_WEB_MAX_REQUESTS,
+        setting="web_max_requests",
+    ),
+    Option(
+        "web.read-header-timeout",
+        duration,
+        "time a client has from connecting to the end of its request head, TLS handshake "
+        "included, however steadily it sends; then it is cut off "
+        '(beenergised_web_requests_refused_total{reason="header_timeout"})',
+        metavar="DURATION",
+        default=DEFAULT_WEB_READ_HEADER_TIMEOUT,
+        shown="10s",
+        setting="web_read_header_timeout",
     ),
     Option(
         "log.level",

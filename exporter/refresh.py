@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter.api import MAX_STATIONS, CpoClient, RequestCounter, connect
 from exporter.auth import TokenSource
@@ -25,6 +23,7 @@ from exporter.changelog import ChangeLog
 from exporter.errors import PaginationError, RefreshError
 from exporter.http import DEFAULT_LIMITS, Deadline, Limits
 from exporter.model import FOLDED_FIRMWARE, Mandant, MandantState, Snapshot, diff
+from exporter.scheduler import SteadyInterval, SteadyScheduler
 
 LOG = logging.getLogger(__name__)
 
@@ -262,13 +261,14 @@ class MandantRefresher:
         self._publish(state)
 
 
-def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> BackgroundScheduler:
+def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> SteadyScheduler:
     """Refresh every mandant now, then every ``interval`` seconds, each in its own job.
 
     Jobs never overlap themselves (max_instances=1), missed runs are coalesced into one, and a
-    little jitter keeps several exporters from hitting the API in lockstep.
+    little jitter keeps several exporters from hitting the API in lockstep. The intervals are
+    kept on the monotonic clock: a step of the wall clock does not move them.
     """
-    scheduler = BackgroundScheduler(
+    scheduler = SteadyScheduler(
         # Threads start when needed, so the bound costs nothing with few mandants and leaves
         # room for mandants a reload adds.
         executors={"default": ThreadPoolExecutor(max_workers=MAX_REFRESH_THREADS)},
@@ -280,11 +280,11 @@ def start_scheduler(refreshers: list[MandantRefresher], interval: float) -> Back
     return scheduler
 
 
-def schedule(scheduler: BackgroundScheduler, refresher: MandantRefresher, interval: float) -> None:
+def schedule(scheduler: SteadyScheduler, refresher: MandantRefresher, interval: float) -> None:
     """Refresh the mandant now, then every ``interval`` seconds (with a little jitter)."""
     scheduler.add_job(
         refresher.refresh,
-        IntervalTrigger(seconds=interval, jitter=min(interval * 0.1, 30.0)),
+        SteadyInterval(interval, jitter=min(interval * 0.1, 30.0)),
         id=job_id(refresher.mandant.name),
         name=f"refresh {refresher.mandant.name}",
         next_run_time=datetime.now(UTC),

@@ -12,38 +12,27 @@ import json
 import logging
 import re
 import socket
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.changelog import ChangeEntry, ChangeLog
 from exporter.metrics import Exposition, RefusedRequests
 from exporter.model import CHANGE_KINDS, MandantState
 from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
+from exporter.webserver import DEFAULT_LIMITS, Server, ServerLimits
 
 LOG = logging.getLogger(__name__)
 
-CLIENT_TIMEOUT = 10.0
-"""Seconds a client may stay silent: in the TLS handshake and in each read or write after."""
 REALM = "beenergised-exporter"
 _UNAUTHORIZED_HEADERS = [
     ("Content-Type", "text/plain; charset=utf-8"),
     ("WWW-Authenticate", f'Basic realm="{REALM}"'),
 ]
-_TLS_HANDSHAKE_RECORD = 0x16  # the first byte a TLS client sends
-_PLAIN_HTTP_ANSWER = (
-    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
-)
 
 StartResponse = Callable[..., Any]
 
@@ -57,6 +46,8 @@ _MAX_LIMIT_DIGITS = 9
 _METHODS = "GET, HEAD"
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2
 _JSON_HEADERS = [("Content-Type", "application/json")]
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 class BadRequest(ValueError):
@@ -77,7 +68,8 @@ class ExporterApp:
         refused: RefusedRequests | None = None,
     ) -> None:
         self._exposition = exposition
-        self._refused = refused or RefusedRequests()
+        self.refused = refused or RefusedRequests()
+        """Requests refused, by the app (basic auth) and by the server it runs in."""
         self._states = states
         self._changelog = changelog
         self._telemetry_path = telemetry_path
@@ -111,9 +103,7 @@ class ExporterApp:
                     environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
                 )
             except TooManyLogins as error:
-                self._refused.record(
-                    "recent_wrong_password" if error.suspect else "too_many_logins"
-                )
+                self.refused.record("recent_wrong_password" if error.suspect else "too_many_logins")
                 LOG.debug("429: %s", error)
                 return _respond(
                     start_response,
@@ -122,7 +112,7 @@ class ExporterApp:
                     [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1")],
                 )
             if not allowed:
-                self._refused.record("unauthorized")
+                self.refused.record("unauthorized")
                 return _respond(
                     start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
                 )
@@ -146,12 +136,10 @@ class ExporterApp:
         return _respond(start_response, "404 Not Found", b"not found\n")
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        _, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        openmetrics = accepts_openmetrics(environ.get("HTTP_ACCEPT", ""))
         gzipped = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
-        body = self._exposition.body(
-            openmetrics=content_type.startswith("application/openmetrics-text"), gzipped=gzipped
-        )
-        headers = [("Content-Type", content_type)]
+        body = self._exposition.body(openmetrics=openmetrics, gzipped=gzipped)
+        headers = [("Content-Type", OPENMETRICS if openmetrics else TEXT_FORMAT)]
         if gzipped:
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept, Accept-Encoding"))
@@ -274,6 +262,28 @@ def _change_row(entry: ChangeEntry) -> str:
     return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
 
 
+def accepts_openmetrics(header: str) -> bool:
+    """Whether an Accept value asks for OpenMetrics 1 before the text format, in the order
+    prometheus_client reads it: ``application/openmetrics-text`` without a version or with a
+    1.x one wins, ``text/plain`` with a version other than 0.0.4 loses, anything else is
+    passed over (q-values are not weighed). Unlike prometheus_client's choose_encoder, no
+    value raises, and the version the answer names is always the one it is in."""
+    for element in header.split(","):
+        media, *params = (part.strip() for part in element.split(";"))
+        versions = [
+            value.strip()
+            for name, _, value in (param.partition("=") for param in params)
+            if name.strip().lower() == "version"
+        ]
+        version = versions[0] if versions else None
+        media = media.lower()
+        if media == "application/openmetrics-text" and (version is None or version[:2] == "1."):
+            return True
+        if media == "text/plain" and version not in (None, "0.0.4"):
+            return False
+    return False
+
+
 def accepts_gzip(header: str) -> bool:
     """Whether an Accept-Encoding value accepts gzip: ``gzip`` (or ``x-gzip``) with a q-value
     above 0, or else ``*`` with one; names are case-insensitive, a broken q-value counts as 0."""
@@ -314,72 +324,11 @@ def _respond(
     return chunks
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Request handler that logs at debug level instead of printing every request to stderr."""
-
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
-    timeout = CLIENT_TIMEOUT
-
-    def log_message(self, format: str, *args: Any) -> None:
-        LOG.debug("%s %s", self.address_string(), format % args)
-
-
-class ThreadingServer(ThreadingMixIn, WSGIServer):
-    """One thread per connection; with ``ssl_context`` set, the TLS handshake runs there too,
-    so a client that connects and says nothing holds up only its own thread."""
-
-    daemon_threads = True
-    # The default backlog of 5 drops connections when many scrapers arrive at once, and a
-    # dropped SYN costs the client a 1 s (then 3 s) retransmission wait.
-    request_queue_size = 128
-    ssl_context: ssl.SSLContext | None = None
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is not None:
-            request = self._start_tls(self.ssl_context, request, client_address)
-            if request is None:
-                return
-        super().process_request_thread(request, client_address)
-
-    def _start_tls(
-        self, context: ssl.SSLContext, conn: socket.socket, client_address: Any
-    ) -> ssl.SSLSocket | None:
-        """The connection after a TLS handshake, or None (and closed) if there was none."""
-        client = client_address[0]
-        conn.settimeout(CLIENT_TIMEOUT)
-        tls = None
-        try:
-            first = conn.recv(1, socket.MSG_PEEK)
-            if not first:
-                LOG.debug("%s closed the connection before the TLS handshake", client)
-            elif first[0] != _TLS_HANDSHAKE_RECORD:
-                LOG.debug("%s sent plain HTTP (or no TLS) to the TLS port; answered 400", client)
-                conn.recv(65536)  # the request head: unread input would turn our close into a reset
-                conn.sendall(_PLAIN_HTTP_ANSWER)
-            else:
-                tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-                tls.do_handshake()
-                return tls
-        except OSError as e:  # ssl.SSLError, TimeoutError, resets
-            LOG.debug("TLS handshake with %s failed: %s", client, e)
-        # wrap_socket took over the socket, so close what is left of the connection.
-        self.shutdown_request(tls if tls is not None else conn)
-        return None
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that times out or goes away is routine: one debug line, no traceback."""
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):
-            LOG.debug("connection from %s ended: %s", client_address[0], error)
-        else:
-            LOG.error("error serving %s", client_address[0], exc_info=error)
-
-
-class _ThreadingServerV6(ThreadingServer):
+class _ServerV6(Server):
     address_family = socket.AF_INET6
 
 
-class _DualStackServer(_ThreadingServerV6):
+class _DualStackServer(_ServerV6):
     """Listens on every IPv6 and IPv4 address (IPv4 clients appear as ::ffff:a.b.c.d)."""
 
     def server_bind(self) -> None:
@@ -391,26 +340,31 @@ _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
 def serve(
-    app: ExporterApp, host: str, port: int, web_config: WebConfig | None = None
-) -> tuple[ThreadingServer, threading.Thread]:
-    """Start serving ``app`` on host:port in a daemon thread.
+    app: ExporterApp,
+    host: str,
+    port: int,
+    web_config: WebConfig | None = None,
+    limits: ServerLimits = DEFAULT_LIMITS,
+) -> tuple[Server, threading.Thread]:
+    """Start serving ``app`` on host:port within ``limits`` in a daemon thread.
 
     An empty host listens on every interface, IPv6 and IPv4 on one socket as node_exporter
     does, or IPv4 only on a machine without IPv6. With a web config that has TLS, every
     connection must speak TLS; basic auth is the app's (``ExporterApp(auth=...)``), as it
-    leaves /healthz open.
+    leaves /healthz open. The server counts its refusals where the app does.
     """
-    server: ThreadingServer | None = None
+    server: Server | None = None
     if not host:
         try:
-            server = make_server("::", port, app, _DualStackServer, handler_class=_QuietHandler)
+            server = _DualStackServer(("::", port), limits=limits, refused=app.refused)
         except OSError as e:
             if e.errno not in _NO_IPV6:
                 raise
             LOG.info("no IPv6 on this machine (%s): listening on IPv4 only", e.strerror)
     if server is None:
-        server_class = _ThreadingServerV6 if ":" in host else ThreadingServer
-        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        server_class = _ServerV6 if ":" in host else Server
+        server = server_class((host, port), limits=limits, refused=app.refused)
+    server.set_app(app)
     if web_config is not None:
         server.ssl_context = web_config.ssl_context
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
@@ -418,7 +372,7 @@ def serve(
     return server, thread
 
 
-def listen_address(server: WSGIServer) -> str:
+def listen_address(server: Server) -> str:
     """Where ``server`` listens, as HOST:PORT with IPv6 hosts in brackets: ``[::]:10140``
     (every address, IPv6 and IPv4), ``0.0.0.0:10140``, ``127.0.0.1:10140``."""
     host, port = server.server_address[:2]

@@ -115,7 +115,7 @@ class BasicAuth:
         if self._cached(digest):
             return True
         hashed = self._hash_of(user)
-        key = _client_key(client)
+        key = client_key(client)
         with self._queue.turn(key):
             matches = bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], hashed or self._dummy)
             right = matches and hashed is not None
@@ -161,7 +161,7 @@ class _Waiter:
 
 
 class _FairQueue:
-    """One bcrypt run at a time; whose turn it is, by client (see :func:`_client_key`).
+    """One bcrypt run at a time; whose turn it is, by client (see :func:`client_key`).
 
     - At most one run running or waiting per client: a client asking for another gets
       TooManyLogins at once, so one address cannot fill the queue.
@@ -271,7 +271,7 @@ def _put_last(recent: OrderedDict[_Key, None], key: _Key, size: int) -> None:
         recent.popitem(last=False)
 
 
-def _client_key(address: str) -> str:
+def client_key(address: str) -> str:
     """Who a client is for :class:`_FairQueue`: its IPv4 address (also when it comes mapped
     into IPv6 by a dual-stack socket) or its IPv6 /64, which one host usually holds whole."""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -51,6 +52,7 @@ TOOL_PACKAGES = {
     "debootstrap": "debootstrap",
     "systemd-analyze": "systemd",
     "kubectl": "kubernetes-client",
+    "faketime": "faketime",
 }
 """Debian packages of the external tools the tests use, where not 'prometheus'."""
 
@@ -67,12 +69,52 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+class SteppedClock:
+    """The wall clock of the child processes given ``environment()``, stepped while they run.
+
+    libfaketime reads the offset from a file at every clock reading. CLOCK_MONOTONIC stays
+    real, as in an NTP step or an operator's ``date -s``: only the wall clock jumps.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        require_tool("faketime")
+        found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+        if not found:
+            pytest.fail("faketime is installed but /usr/lib/*/faketime/libfaketime.so.1 is not")
+        self.library = found[0]
+        self.file = directory / "faketime.rc"
+        self.set(0)
+
+    def set(self, offset: float) -> None:
+        """Make the wall clock ``offset`` seconds off the real one, in one step."""
+        partial = self.file.with_suffix(".partial")
+        partial.write_text(f"{offset:+.0f}\n")
+        partial.replace(self.file)  # a reader never sees a half-written file
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "LD_PRELOAD": str(self.library),
+            "FAKETIME_TIMESTAMP_FILE": str(self.file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+
+
 class Process:
-    """A child process whose output is collected by a reader thread, so it never blocks."""
+    """A child process whose output is collected by a reader thread, so it never blocks;
+    ``open_files`` lowers its open-file limit (ulimit -n)."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        open_files: int | None = None,
     ) -> None:
+        def limit() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.popen = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
@@ -80,6 +122,7 @@ class Process:
             text=True,
             env=env,
             cwd=cwd,
+            preexec_fn=limit if open_files is not None else None,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -137,18 +180,114 @@ class SimulatorProcess(Process):
 class ExporterProcess(Process):
     """The real ``beenergised-exporter`` console script, listening on a free loopback port."""
 
-    def __init__(self, args: list[str], env: dict[str, str], scheme: str = "http") -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        scheme: str = "http",
+        open_files: int | None = None,
+    ) -> None:
         script = str(Path(sys.executable).with_name("beenergised-exporter"))
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEENERGISED_")}
         full_env |= env
         super().__init__(
-            [script, "--web.listen-address=127.0.0.1:0", "--log.level=debug", *args], full_env
+            [script, "--web.listen-address=127.0.0.1:0", "--log.level=debug", *args],
+            full_env,
+            open_files=open_files,
         )
         match = self.wait_for_line(r"listening on 127\.0\.0\.1:(\d+)")
         self.url = f"{scheme}://127.0.0.1:{match.group(1)}"
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
         return requests.get(self.url + path, timeout=5, **kwargs)
+
+
+def proc_threads(pid: int) -> int:
+    """The number of threads of process ``pid``, from /proc/<pid>/status."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE).group(1))
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process ``pid`` has used, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class SlowHeads:
+    """A crowd of ``count`` connections to 127.0.0.1:``port``, each sending one more byte of a
+    request head that never ends every ``interval`` seconds (slowloris); a connection the
+    server closes is opened again at its next turn. One thread, non-blocking sockets; runs
+    until ``stop``, which is also its context manager's exit."""
+
+    HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+    def __init__(self, port: int, count: int, interval: float) -> None:
+        self.port, self.count, self.interval = port, count, interval
+        self.opened = 0  # connections opened
+        self.reopened = 0  # of them, opened again because the server had closed the last
+        self.sent = 0  # bytes sent
+        self._socks: list[tuple[socket.socket, int] | None] = [None] * count
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-heads", daemon=True)
+
+    def __enter__(self) -> SlowHeads:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for entry in self._socks:
+            if entry is not None:
+                entry[0].close()
+
+    def _open(self) -> tuple[socket.socket, int]:
+        self.opened += 1
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", self.port))  # in progress; a full backlog retries the SYN
+        return sock, 0
+
+    def _closed_by_server(self, sock: socket.socket) -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK) is not None  # EOF (b"") or an answer
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _run(self) -> None:
+        step = self.interval / self.count
+        turn = 0
+        while not self._stop.wait(step if turn >= self.count else 0.001):
+            index = turn % self.count
+            turn += 1
+            entry = self._socks[index]
+            if entry is None:
+                self._socks[index] = self._open()
+                continue
+            sock, offset = entry
+            if self._closed_by_server(sock):
+                sock.close()
+                self.reopened += 1
+                self._socks[index] = self._open()
+                continue
+            byte = self.HEAD[offset : offset + 1] or b"a"
+            try:
+                self.sent += sock.send(byte)
+            except BlockingIOError:  # still connecting, or waiting in the backlog
+                continue
+            except OSError:
+                sock.close()
+                self.reopened += 1
+                self._socks[index] = self._open()
+                continue
+            self._socks[index] = (sock, offset + 1)
 
 
 def private_ca(directory: Path) -> tuple[Path, Path]:

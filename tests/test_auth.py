@@ -22,14 +22,18 @@ class Clock:
         return self.now
 
 
-def make_source(method: str = "basic", clock: Clock | None = None, calls=None) -> TokenSource:
+def make_source(
+    method: str = "basic", clock: Clock | None = None, calls=None, monotonic: Clock | None = None
+) -> TokenSource:
+    clock = clock or Clock()  # the monotonic clock too, unless one of its own is given
     return TokenSource(
         token_url=TOKEN_URL,
         client_id="my-client",
         client_secret=Secret(SECRET),
         auth_method=method,
         session=requests.Session(),
-        clock=clock or Clock(),
+        clock=clock,
+        monotonic=monotonic or clock,
         on_response=(lambda e, c: calls.append((e, c))) if calls is not None else None,
         retry=RetryPolicy(attempts=1),  # retries are tested in test_http.py
     )
@@ -85,6 +89,26 @@ def test_token_is_cached_until_shortly_before_expiry():
     clock.now += 2  # inside the margin: renew before it runs out
     assert source.token(Deadline(60)) == "tok-2"
     assert len(responses.calls) == 2
+
+
+@responses.activate
+@pytest.mark.parametrize("step", [-3600.0, 3600.0], ids=["back", "forward"])
+def test_a_step_of_the_wall_clock_does_not_move_the_renewal(step):
+    """Stepped back, a wall-clock deadline kept a token an hour past its end (each refresh
+    then met a 401 first); stepped forward, it dropped a good one."""
+    responses.post(TOKEN_URL, json=token_reply("tok-1", 3600))
+    responses.post(TOKEN_URL, json=token_reply("tok-2", 3600))
+    wall, monotonic = Clock(), Clock()
+    source = make_source(clock=wall, monotonic=monotonic)
+    assert source.token(Deadline(60)) == "tok-1"
+    wall.now += step  # the wall clock steps alone
+    for clock in (wall, monotonic):
+        clock.now += 3600 - 301  # still more than the 300 s renewal margin left
+    assert source.token(Deadline(60)) == "tok-1"
+    for clock in (wall, monotonic):
+        clock.now += 2  # inside the margin
+    assert source.token(Deadline(60)) == "tok-2"
+    assert source.expires_at == wall.now + 3600  # the metric shows the wall-clock time
 
 
 @responses.activate

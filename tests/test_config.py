@@ -55,6 +55,8 @@ FLAGS_AND_ENV = [
     ("--api.max-response-size", "BEENERGISED_API_MAX_RESPONSE_SIZE"),
     ("--api.max-stations", "BEENERGISED_API_MAX_STATIONS"),
     ("--firmware.max-versions", "BEENERGISED_FIRMWARE_MAX_VERSIONS"),
+    ("--web.max-requests", "BEENERGISED_WEB_MAX_REQUESTS"),
+    ("--web.read-header-timeout", "BEENERGISED_WEB_READ_HEADER_TIMEOUT"),
 ]
 
 
@@ -1245,6 +1247,23 @@ def test_time_and_size_bounds_have_defaults_independent_of_the_interval() -> Non
     assert settings.request_timeout == 30.0
     assert settings.max_response_size == 8 * 1024 * 1024
     assert settings.max_stations == 1_000_000
+    assert (settings.web_max_requests, settings.web_read_header_timeout) == (40, 10.0)
+
+
+def test_the_web_server_limits_from_flags_and_environment() -> None:
+    settings = load(["--web.max-requests=5", "--web.read-header-timeout=2500ms"])
+    assert (settings.web_max_requests, settings.web_read_header_timeout) == (5, 2.5)
+    env = ENV | {"BEENERGISED_WEB_MAX_REQUESTS": "100", "BEENERGISED_WEB_READ_HEADER_TIMEOUT": "1m"}
+    settings = load([], env)
+    assert (settings.web_max_requests, settings.web_read_header_timeout) == (100, 60.0)
+
+
+def test_the_web_server_defaults_are_the_servers() -> None:
+    from exporter.webserver import DEFAULT_LIMITS
+
+    settings = load()
+    assert DEFAULT_LIMITS.max_requests == settings.web_max_requests
+    assert DEFAULT_LIMITS.header_timeout == settings.web_read_header_timeout
 
 
 def test_max_stations_from_flag_environment_and_file(tmp_path: Path) -> None:
@@ -1279,6 +1298,9 @@ def test_time_and_size_bounds_from_flags_environment_and_file(tmp_path: Path) ->
         (["--api.max-response-size=-5"], "--api.max-response-size: not a size"),
         (["--api.request-timeout=0"], "--api.request-timeout: must be positive"),
         (["--refresh.timeout=soon"], "--refresh.timeout: not a duration"),
+        (["--web.max-requests=0"], "--web.max-requests: "),
+        (["--web.max-requests=many"], "--web.max-requests: "),
+        (["--web.read-header-timeout=0s"], "--web.read-header-timeout: must be positive"),
     ],
 )
 def test_bad_time_and_size_bounds_name_the_setting(argv: list[str], message: str) -> None:

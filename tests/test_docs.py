@@ -181,3 +181,19 @@ def test_every_metric_is_in_the_readme():
     readme = README.read_text()
     missing = sorted(name for name in names if f"`{name}" not in readme)
     assert not missing, f"README.md's metrics table does not name {missing}"
+
+
+def test_every_test_the_table_of_bounds_names_exists():
+    """docs/failure-behaviour.md's bounds name their proofs; a renamed test must not leave a
+    proof behind that no longer runs. ``::name`` after a file name means the same file."""
+    text = (ROOT / "docs" / "failure-behaviour.md").read_text()
+    bounds = text[text.index("## Bounds") : text.index("## What it does")]
+    named = 0
+    for cell in re.findall(r"\| ([^|]*test_[^|]*) \|$", bounds, re.MULTILINE):
+        module = None
+        for file, name in re.findall(r"`(?:(test_\w+\.py))?::(test_\w+)`", cell):
+            module = file or module
+            assert module, f"{name}: no test file before it in {cell!r}"
+            assert f"def {name}(" in (ROOT / "tests" / module).read_text(), f"{module}::{name}"
+            named += 1
+    assert named > 40

@@ -305,3 +305,40 @@ def test_a_fleet_beyond_the_firmware_bound_is_folded_logged_once_and_refolded_on
         assert reloaded.stations is snapshot.stations
         assert dict(reloaded.firmware.counts) == inventory.firmware_counts()
         assert reloaded.data_issues["firmware_version_folded"] == 0
+
+
+def test_at_most_max_refresh_threads_mandants_refresh_at_once():
+    """A hundred mandants whose API hangs hold 32 threads, not a hundred."""
+    import threading
+    from types import SimpleNamespace
+
+    from exporter.refresh import MAX_REFRESH_THREADS
+
+    release = threading.Event()
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0, "done": 0}
+
+    def hanging_refresh() -> None:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        release.wait(30)
+        with lock:
+            running["now"] -= 1
+            running["done"] += 1
+
+    refreshers = [
+        SimpleNamespace(refresh=hanging_refresh, mandant=SimpleNamespace(name=f"m{i}"))
+        for i in range(100)
+    ]
+    scheduler = start_scheduler(refreshers, interval=3600)  # type: ignore[arg-type]
+    try:
+        wait_until(lambda: running["now"] == MAX_REFRESH_THREADS, what="32 hanging refreshes")
+        threads = threading.active_count()
+        release.set()
+        wait_until(lambda: running["done"] == 100, what="every mandant refreshed once")
+        assert running["most"] == MAX_REFRESH_THREADS
+        assert threads < MAX_REFRESH_THREADS + 20
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)

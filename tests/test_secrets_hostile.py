@@ -124,13 +124,15 @@ def source(
     clock: Clock | None = None,
     on_response: RequestCounter | None = None,
 ) -> TokenSource:
+    clock = clock or Clock()  # the wall clock and the monotonic clock, moving together
     return TokenSource(
         token_url=TOKEN_URL,
         client_id=CLIENT,
         client_secret=secret or Secret(SECRET),
         auth_method=method,
         session=requests.Session(),
-        clock=clock or Clock(),
+        clock=clock,
+        monotonic=clock,
         retry=RetryPolicy(attempts=1),
         **({"on_response": on_response} if on_response else {}),
     )

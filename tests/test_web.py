@@ -275,6 +275,7 @@ def start() -> Iterator[Callable[..., int]]:
 @pytest.fixture
 def web_log(caplog) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="exporter.web")
+    caplog.set_level(logging.DEBUG, logger="exporter.webserver")
     return caplog
 
 
@@ -341,7 +342,7 @@ def test_plain_http_to_the_tls_port_gets_400_and_the_server_keeps_serving(
 def test_a_silent_client_does_not_stall_the_others(start, pki):
     port = start(tls_config(pki), auth=False)
     with socket.create_connection(("127.0.0.1", port), timeout=5):
-        # Accepted first, says nothing: its handshake waits in its own thread, not in accept.
+        # Accepted first, says nothing: its handshake waits without holding up the others.
         response = requests.get(f"https://127.0.0.1:{port}/healthz", verify=pki.ca, timeout=5)
         assert response.status_code == 200
 
