@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
@@ -24,7 +25,13 @@ import requests
 
 from exporter import __version__
 from exporter.auth import TokenSource
-from exporter.errors import ApiHttpError, AuthError, PaginationError, ParseError
+from exporter.errors import (
+    ApiHttpError,
+    AuthError,
+    ListingTooLargeError,
+    PaginationError,
+    ParseError,
+)
 from exporter.http import (
     DEFAULT_LIMITS,
     DEFAULT_RETRY,
@@ -50,7 +57,11 @@ LOG = logging.getLogger(__name__)
 
 STATIONS_PATH = "/api/cpoapi/v1/charging_stations/"
 MAX_PAGES = 10_000
-"""Upper bound of pages per listing, so a server that never says "last page" cannot loop us."""
+"""Upper bound of pages per read of the listing, so a server that sends a row or two a page and
+never says "last page" cannot loop us (nor fill memory with the pages' lists)."""
+MAX_STATIONS = 1_000_000
+"""Default upper bound of the rows one read of the listing holds (--api.max-stations): 10,000
+pages of the default 100 rows, the size the exporter is benchmarked at."""
 REPLACEMENT = "\ufffd"
 _INVALID_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """What no label may hold: C0 controls (tab, newline, CR, ESC, ...), DEL and C1 controls, which
@@ -214,17 +225,27 @@ def _total(pagination: dict[str, Any]) -> int | None:
     return _int_or_none(pagination.get("total"))
 
 
-def _is_last(pagination: dict[str, Any], offset: int, total: int | None) -> bool:
-    """Whether the page ending at ``offset`` ends the listing (an empty page is checked apart)."""
-    return pagination.get("lastPage") is True or (total is not None and offset >= total)
+def _is_last(pagination: dict[str, Any], offset: int, totals: set[int]) -> bool:
+    """Whether the page ending at ``offset`` ends the listing (an empty page is checked apart);
+    ``totals`` are the totals announced so far."""
+    return pagination.get("lastPage") is True or any(offset >= total for total in totals)
 
 
-def _inconsistency(rows: list[Station], totals: set[int]) -> str:
-    """What makes one walk through the pages inconsistent, or '' when it is not."""
+def _torn(offset: int, totals: set[int]) -> str:
+    """What already makes a walk through the pages inconsistent after ``offset`` rows, with
+    the totals announced so far, or '' when nothing does yet."""
     if len(totals) > 1:
         return f"total went from {min(totals)} to {max(totals)}"
-    if totals and len(rows) != next(iter(totals)):
-        return f"{len(rows)} rows received for a total of {next(iter(totals))}"
+    if totals and offset > (total := next(iter(totals))):
+        return f"{offset} rows received for a total of {total}"
+    return ""
+
+
+def _short(offset: int, totals: set[int]) -> str:
+    """What makes a whole walk of ``offset`` rows inconsistent beyond ``_torn``: fewer rows
+    than the total announced, or '' when it is complete."""
+    if totals and offset < (total := next(iter(totals))):
+        return f"{offset} rows received for a total of {total}"
     return ""
 
 
@@ -260,6 +281,36 @@ class _Gate:
             self._changed.notify_all()
 
 
+class StationBudget:
+    """The stations one refresh may create: ``stations``, over all its reads and pages. A
+    station a read returns as the object already held costs nothing; a new or changed one is
+    held beside the published fleet until the refresh ends, and a listing that shows a new
+    fleet in each read would otherwise make a refresh hold it once per read. Thread-safe:
+    pages fetched concurrently spend from it as they arrive."""
+
+    def __init__(self, stations: int) -> None:
+        self.stations = stations
+        self.created = 0
+        self._lock = threading.Lock()
+
+    def spend(self, count: int) -> bool:
+        """Count ``count`` stations created; False once more than ``stations`` were."""
+        with self._lock:
+            self.created += count
+            return self.created <= self.stations
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """What the pages of one read of the listing share."""
+
+    deadline: Deadline
+    gate: _Gate
+    limit: int  # page[limit] asked for
+    known: Mapping[str, Station] | None  # the stations already held, reused where unchanged
+    budget: StationBudget
+
+
 class CpoClient:
     """Reads every page of one mandant's charging station list."""
 
@@ -272,6 +323,7 @@ class CpoClient:
         page_limit: int,
         concurrency: int = 1,
         max_pages: int = MAX_PAGES,
+        max_stations: int = MAX_STATIONS,
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
@@ -284,14 +336,22 @@ class CpoClient:
         self._page_limit = page_limit
         self._concurrency = concurrency
         self._max_pages = max_pages
+        self._max_stations = max_stations
         self._on_response = on_response or (lambda endpoint, code: None)
         self._retry = retry
         self._limits = limits
         self._proxies = environment_proxies(self._url)
         self._serial_numbers = serial_numbers  # kept only where the info metric shows them
 
+    def budget(self) -> StationBudget:
+        """A new budget of the stations one refresh may create (--api.max-stations)."""
+        return StationBudget(self._max_stations)
+
     def stations(
-        self, deadline: Deadline, known: Mapping[str, Station] | None = None
+        self,
+        deadline: Deadline,
+        known: Mapping[str, Station] | None = None,
+        budget: StationBudget | None = None,
     ) -> list[Station]:
         """Every station of the listing, in the order the API gave them.
 
@@ -305,15 +365,23 @@ class CpoClient:
         size, while a station the API itself lists twice stays. The same ids twice in both reads
         are the API's data: returned as listed (``Snapshot.build`` keeps the first row of an id
         and counts the id); other repeats are a torn read.
+
+        A read holds at most ``max_stations`` rows and a page, and is dropped before the next
+        one starts; every station a read creates (one not in ``known``) is spent from
+        ``budget``, which a refresh shares between its calls (a new one per call without it).
         """
+        budget = budget or self.budget()
         rows, problem, page_size = self._read_listing(
-            deadline, self._concurrency, self._page_limit, known
+            _Walk(deadline, _Gate(self._concurrency), self._page_limit, known, budget)
         )
         if problem:
             LOG.info(
                 "listing of %s changed while reading (%s); reading it again", self._host, problem
             )
-            rows, problem, page_size = self._read_listing(deadline, 1, self._page_limit, known)
+            del rows
+            rows, problem, page_size = self._read_listing(
+                _Walk(deadline, _Gate(1), self._page_limit, known, budget)
+            )
             if problem:
                 raise PaginationError(
                     f"charging stations of {self._host}: listing inconsistent twice in a row "
@@ -322,6 +390,7 @@ class CpoClient:
         twice = _repeated_ids(rows, known)
         if not twice:
             return rows
+        del rows
         other_size = page_size - 1 if page_size > 1 else 2
         LOG.info(
             "listing of %s has %d station(s) listed twice; reading it again in pages of %d",
@@ -329,7 +398,9 @@ class CpoClient:
             len(twice),
             other_size,
         )
-        again, problem, _ = self._read_listing(deadline, self._concurrency, other_size, known)
+        again, problem, _ = self._read_listing(
+            _Walk(deadline, _Gate(self._concurrency), other_size, known, budget)
+        )
         repeated_again = _repeated_ids(again, known)
         if not problem and repeated_again and repeated_again != twice:
             problem = f"other stations listed twice in pages of {other_size} than of {page_size}"
@@ -349,61 +420,70 @@ class CpoClient:
             )
         return again
 
-    def _read_listing(
-        self,
-        deadline: Deadline,
-        concurrency: int,
-        limit: int,
-        known: Mapping[str, Station] | None,
-    ) -> tuple[list[Station], str, int]:
-        """All rows of one walk through pages of ``limit`` (or fewer, as the server clamps it),
-        what makes it inconsistent ('' if OK) and the rows of its first page."""
-        gate = _Gate(concurrency)
-        stations, pagination = self._parse(self._get_page(0, deadline, gate, limit), known)
-        pages = [(stations, pagination)]
+    def _read_listing(self, walk: _Walk) -> tuple[list[Station], str, int]:
+        """All rows of one walk through pages of ``walk.limit`` (or fewer, as the server clamps
+        it), what makes it inconsistent ('' if OK) and the rows of its first page.
+
+        The walk stops as soon as it is inconsistent (a total moved, or more rows came than
+        the total), and fails once it holds more than ``max_stations`` rows or needs more than
+        ``max_pages`` pages, so it never holds more than ``max_stations`` rows and a page.
+        """
+        pages = [self._page(walk, 0)]
+        stations, pagination = pages[0]
         step = len(stations)
-        total = _int_or_none(pagination.get("total"))
-        if concurrency > 1 and total is not None and not _is_last(pagination, step, total):
+        total = _total(pagination)
+        if total is not None and total > self._max_stations:
+            raise ListingTooLargeError(
+                f"charging stations of {self._host}: the API announces {total} stations, more "
+                f"than a refresh may hold ({self._max_stations}); raise --api.max-stations if "
+                "the fleet is that large"
+            )
+        if walk.gate.limit > 1 and total is not None and not _is_last(pagination, step, {total}):
             offsets = range(step, total, step) if step else range(0)
             if step and total > step * self._max_pages:  # len(offsets) overflows past 2**63
-                raise ParseError(
-                    f"charging stations of {self._host}: {total} stations in pages of {step} "
-                    f"is more than {self._max_pages} pages"
-                )
-            pages += self._fetch_concurrently(offsets, deadline, gate, limit, known)
+                raise self._too_many_pages(f"{total} stations in pages of {step} announced", total)
+            # Asked for ``step`` rows each, the pages can hold no more than the total and a page.
+            pages += self._fetch_concurrently(replace(walk, limit=step), offsets)
         offset = sum(len(page) for page, _ in pages)
-        while pages[-1][0] and not _is_last(pages[-1][1], offset, _total(pages[-1][1])):
-            if len(pages) == self._max_pages:
-                raise ParseError(
-                    f"charging stations of {self._host}: no last page after {len(pages)} pages"
-                )
-            stations, pagination = self._parse(self._get_page(offset, deadline, gate, limit), known)
-            pages.append((stations, pagination))
-            offset += len(stations)
-        LOG.debug("read %d rows from %s in %d page(s)", offset, self._host, len(pages))
         totals = {total for _, p in pages if (total := _total(p)) is not None}
+        problem = _torn(offset, totals)
+        while not problem and pages[-1][0] and not _is_last(pages[-1][1], offset, totals):
+            if len(pages) == self._max_pages:
+                raise self._too_many_pages(
+                    f"no last page after {len(pages)} pages ({offset} rows)", offset
+                )
+            pages.append(self._page(walk, offset))
+            offset += len(pages[-1][0])
+            if offset > self._max_stations:
+                raise ListingTooLargeError(
+                    f"charging stations of {self._host}: more than {self._max_stations} "
+                    f"stations listed ({offset} rows received in {len(pages)} pages); raise "
+                    "--api.max-stations if the fleet is that large"
+                )
+            if (total := _total(pages[-1][1])) is not None:
+                totals.add(total)
+            problem = _torn(offset, totals)
+        LOG.debug("read %d rows from %s in %d page(s)", offset, self._host, len(pages))
         rows: list[Station] = []
         pages.reverse()
         while pages:  # each page's list goes as soon as its rows are in ``rows``
             rows += pages.pop()[0]
-        return rows, _inconsistency(rows, totals), step
+        return rows, problem or _short(offset, totals), step
+
+    def _too_many_pages(self, what: str, stations: int) -> ListingTooLargeError:
+        """The read needs more pages than ``max_pages`` for ``stations`` rows at least."""
+        also = " and --api.max-stations" if stations >= self._max_stations else ""
+        return ListingTooLargeError(
+            f"charging stations of {self._host}: {what}, and one read fetches at most "
+            f"{self._max_pages} pages; raise --page-limit{also} if the fleet is that large"
+        )
 
     def _fetch_concurrently(
-        self,
-        offsets: range,
-        deadline: Deadline,
-        gate: _Gate,
-        limit: int,
-        known: Mapping[str, Station] | None,
+        self, walk: _Walk, offsets: range
     ) -> list[tuple[list[Station], dict[str, Any]]]:
-        """The pages at ``offsets``, fetched by up to ``gate.limit`` threads, in order."""
-        with ThreadPoolExecutor(gate.limit, thread_name_prefix="page") as pool:
-            futures = [
-                pool.submit(
-                    lambda o: self._parse(self._get_page(o, deadline, gate, limit), known), offset
-                )
-                for offset in offsets
-            ]
+        """The pages at ``offsets``, fetched by up to ``walk.gate.limit`` threads, in order."""
+        with ThreadPoolExecutor(walk.gate.limit, thread_name_prefix="page") as pool:
+            futures = [pool.submit(self._page, walk, offset) for offset in offsets]
             try:
                 return [future.result() for future in futures]
             except BaseException:
@@ -415,10 +495,30 @@ class CpoClient:
         """Close the idle connections; the next request opens new ones."""
         self._session.close()
 
-    def _parse(
-        self, document: Any, known: Mapping[str, Station] | None
-    ) -> tuple[list[Station], dict[str, Any]]:
-        return parse_page(document, known, serial_numbers=self._serial_numbers)
+    def _page(self, walk: _Walk, offset: int) -> tuple[list[Station], dict[str, Any]]:
+        """The page at ``offset`` of ``walk.limit`` rows, parsed; the stations it created are
+        spent from the walk's budget. More rows than asked for break the paging contract: the
+        read could not tell where the next page starts, and a server that ignores page[limit]
+        could send any number of rows a page."""
+        document = self._get_page(offset, walk.deadline, walk.gate, walk.limit)
+        data = document.get("data") if isinstance(document, dict) else None
+        if isinstance(data, list) and len(data) > walk.limit:
+            raise PaginationError(
+                f"charging stations of {self._host}: {len(data)} rows at page[offset]={offset}, "
+                f"more than the page[limit]={walk.limit} asked for: the API does not keep to "
+                "the paging contract"
+            )
+        stations, pagination = parse_page(document, walk.known, serial_numbers=self._serial_numbers)
+        known = walk.known
+        created = sum(1 for s in stations if known.get(s.id) is not s) if known else len(stations)
+        if not walk.budget.spend(created):
+            raise ListingTooLargeError(
+                f"charging stations of {self._host}: more than {walk.budget.stations} stations "
+                f"in one refresh ({walk.budget.created} received that it did not hold before, "
+                f"the last at page[offset]={offset}); raise --api.max-stations if the fleet is "
+                "that large"
+            )
+        return stations, pagination
 
     def _get_page(self, offset: int, deadline: Deadline, gate: _Gate, limit: int) -> Any:
         params = {"page[limit]": limit, "page[offset]": offset}
@@ -528,6 +628,7 @@ def connect(
     clock: Callable[[], float] = time.time,
     limits: Limits = DEFAULT_LIMITS,
     serial_numbers: bool = True,
+    max_stations: int = MAX_STATIONS,
 ) -> tuple[TokenSource, CpoClient]:
     """The token source and API client of one mandant, sharing one new HTTP session."""
     session = new_session(concurrency, mandant.ca_file)
@@ -547,6 +648,7 @@ def connect(
         session=session,
         page_limit=page_limit,
         concurrency=concurrency,
+        max_stations=max_stations,
         on_response=on_response,
         limits=limits,
         serial_numbers=serial_numbers,

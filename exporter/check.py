@@ -94,6 +94,16 @@ def hint(reason: str, step: str, message: str) -> str:
             "firewall drop the packets? A request may take --api.request-timeout, a refresh "
             "--refresh.timeout"
         )
+    if reason == "too_large" and "--api.max-stations" in message:
+        return (
+            f"{url} lists more stations than one read may hold: raise --api.max-stations if "
+            "the fleet is that large; if it is not, the API's listing does not end"
+        )
+    if reason == "too_large" and "--page-limit" in message:
+        return (
+            f"{url} lists more pages than one read fetches: raise --page-limit if the fleet "
+            "is that large; if it is not, the API's listing does not end"
+        )
     if reason == "too_large":
         return (
             f"the answer of {url} is larger than a page of stations should be: is {url} "
@@ -129,6 +139,11 @@ def hint(reason: str, step: str, message: str) -> str:
             f"the answer is not what the CPO API sends: is {url} right, and not a web page, "
             "a login page or a proxy's error page?"
         )
+    if reason == "pagination" and "page[limit]" in message:
+        return (
+            f"{url} sends more stations a page than page[limit] asks for, so its pages cannot "
+            f"be told apart: is {url} the CPO API? If it is, report it to be.ENERGISED"
+        )
     if reason == "pagination":
         return "the station list changed while it was read; run the check again"
     return f"a bug of the exporter: run again with --log.level=debug and report what {PROG} logs"
@@ -139,7 +154,12 @@ def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
     counter = RequestCounter()
     limits = Limits(settings.request_timeout, settings.max_response_size)
     tokens, client = connect(
-        mandant, settings.page_limit, settings.concurrency, counter, limits=limits
+        mandant,
+        settings.page_limit,
+        settings.concurrency,
+        counter,
+        limits=limits,
+        max_stations=settings.max_stations,
     )
     deadline = Deadline(settings.refresh_timeout)
     step = "token"

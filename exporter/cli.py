@@ -177,6 +177,7 @@ class Reloader:
                     mandant,
                     page_limit=settings.page_limit,
                     concurrency=settings.concurrency,
+                    max_stations=settings.max_stations,
                     timeout=settings.refresh_timeout,
                     limits=_limits(settings),
                 )
@@ -226,6 +227,7 @@ def _connection_settings(settings: Settings) -> tuple[object, ...]:
     return (
         settings.page_limit,
         settings.concurrency,
+        settings.max_stations,
         settings.refresh_timeout,
         settings.request_timeout,
         settings.max_response_size,
@@ -297,6 +299,7 @@ def serve_until_stopped(
             mandant,
             page_limit=settings.page_limit,
             concurrency=settings.concurrency,
+            max_stations=settings.max_stations,
             timeout=settings.refresh_timeout,
             interval=settings.refresh_interval,
             limits=_limits(settings),

@@ -29,6 +29,7 @@ from exporter.options import (
     DEFAULT_CHANGES_MAX_ENTRIES,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RESPONSE_SIZE,
+    DEFAULT_MAX_STATIONS,
     DEFAULT_PAGE_LIMIT,
     DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_TIMEOUT,
@@ -66,6 +67,7 @@ __all__ = [
     "DEFAULT_CHANGES_MAX_ENTRIES",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_RESPONSE_SIZE",
+    "DEFAULT_MAX_STATIONS",
     "DEFAULT_PAGE_LIMIT",
     "DEFAULT_PORT",
     "DEFAULT_REFRESH_INTERVAL",
@@ -121,6 +123,7 @@ class Settings:
     refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT  # seconds one refresh may take, > 0
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # wall-clock seconds per request, > 0
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE  # bytes per answer, >= 1
+    max_stations: int = DEFAULT_MAX_STATIONS  # rows one read of a listing may hold, >= 1
     web_max_requests: int = DEFAULT_WEB_MAX_REQUESTS  # requests answered at once, >= 1
     web_read_header_timeout: float = DEFAULT_WEB_READ_HEADER_TIMEOUT  # seconds to a whole head
 

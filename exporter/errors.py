@@ -109,6 +109,13 @@ class ResponseTooLargeError(RefreshError):
         self.status = status
 
 
+class ListingTooLargeError(RefreshError):
+    """The listing has more stations, or pages, than one read may hold (--api.max-stations,
+    MAX_PAGES): the read stops there and nothing of it is published."""
+
+    reason = "too_large"
+
+
 FAILURE_REASONS = tuple(_REASONS)
 """The fixed set of values of the ``reason`` label of the failure counter, in the order the
 classes above first give them (the golden exposition pins it): append new kinds at the end."""

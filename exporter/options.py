@@ -49,6 +49,10 @@ DEFAULT_REFRESH_TIMEOUT = 600.0
 concurrency 4 and 300 s page by page; a hung request is cut after --api.request-timeout."""
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_SIZE = 8 * 1024 * 1024
+DEFAULT_MAX_STATIONS = 1_000_000
+"""10,000 pages of the default --page-limit: the size the exporter is benchmarked at. Each
+station held costs about 300 bytes and a refresh may hold a published fleet and two reads, so
+about 1 GB at most with a million stations on either side."""
 DEFAULT_WEB_MAX_REQUESTS = 40
 DEFAULT_WEB_READ_HEADER_TIMEOUT = 10.0
 ENV_PREFIX = "BEENERGISED_"
@@ -244,6 +248,17 @@ OPTIONS: tuple[Option, ...] = (
         shown="8MiB",
         file_key="api_max_response_size",
         setting="max_response_size",
+    ),
+    Option(
+        "api.max-stations",
+        positive_int,
+        "most charging stations one read of a mandant's listing may hold: a listing that "
+        "announces or sends more fails the refresh with reason too_large, and the last good "
+        "fleet stays served. It bounds the memory a refresh takes, about 300 bytes a station",
+        metavar="N",
+        default=DEFAULT_MAX_STATIONS,
+        file_key="api_max_stations",
+        setting="max_stations",
     ),
     Option(
         "page-limit",

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from exporter.api import CpoClient, RequestCounter, connect
+from exporter.api import MAX_STATIONS, CpoClient, RequestCounter, connect
 from exporter.auth import TokenSource
 from exporter.changelog import ChangeLog
 from exporter.errors import PaginationError, RefreshError
@@ -44,6 +44,7 @@ class MandantRefresher:
         page_limit: int,
         timeout: float,
         concurrency: int = 1,
+        max_stations: int = MAX_STATIONS,
         interval: float | None = None,
         limits: Limits = DEFAULT_LIMITS,
         cancel: threading.Event | None = None,
@@ -61,6 +62,7 @@ class MandantRefresher:
         self._clock = clock
         self._requests = RequestCounter()
         self._serial_numbers = serial_numbers  # only the info metric shows them
+        self._max_stations = max_stations  # what one refresh may hold of the listing
         self._connection = self._connect(mandant, page_limit, concurrency, limits)
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
@@ -75,13 +77,22 @@ class MandantRefresher:
             clock=self._clock,
             limits=limits,
             serial_numbers=self._serial_numbers,
+            max_stations=self._max_stations,
         )
 
     def reconnect(
-        self, mandant: Mandant, *, page_limit: int, concurrency: int, timeout: float, limits: Limits
+        self,
+        mandant: Mandant,
+        *,
+        page_limit: int,
+        concurrency: int,
+        timeout: float,
+        limits: Limits,
+        max_stations: int = MAX_STATIONS,
     ) -> None:
         """Use changed settings of the same mandant (a reload): a new HTTP session and token
         source from the next refresh on; the published state and its counters stay."""
+        self._max_stations = max_stations
         self._connection = self._connect(mandant, page_limit, concurrency, limits)
         self._timeout = timeout
         self.mandant = mandant
@@ -158,10 +169,11 @@ class MandantRefresher:
         stations added and removed.
         """
         deadline = Deadline(self._timeout, self._cancel)
+        budget = client.budget()  # the stations all reads together may create
         candidate = published
         for _ in range(MAX_READS):
             known = candidate.stations if candidate is not None else None
-            rows = client.stations(deadline, known)
+            rows = client.stations(deadline, known, budget)
             if candidate is not None and candidate.listed_by(rows):
                 # The same fleet object stays: no second copy, and /metrics keeps its rendering.
                 return replace(candidate, taken_at=self._clock())

@@ -6,9 +6,23 @@ import pytest
 import requests
 import responses
 
-from exporter.api import STATIONS_PATH, CpoClient, _Gate, parse_page, parse_station
+from exporter.api import (
+    STATIONS_PATH,
+    CpoClient,
+    StationBudget,
+    _Gate,
+    parse_page,
+    parse_station,
+)
 from exporter.auth import TokenSource
-from exporter.errors import ApiHttpError, ApiTimeoutError, AuthError, PaginationError, ParseError
+from exporter.errors import (
+    ApiHttpError,
+    ApiTimeoutError,
+    AuthError,
+    ListingTooLargeError,
+    PaginationError,
+    ParseError,
+)
 from exporter.http import Deadline, RetryPolicy
 from exporter.model import Secret
 from tests.helpers import wait_until
@@ -75,7 +89,12 @@ def serve_fleet(
 
 
 def make_client(
-    page_limit: int = 2, max_pages: int = 100, calls=None, concurrency: int = 1, retry=None
+    page_limit: int = 2,
+    max_pages: int = 100,
+    calls=None,
+    concurrency: int = 1,
+    retry=None,
+    max_stations: int = 1000,
 ) -> CpoClient:
     session = requests.Session()
     hook = (lambda e, c: calls.append((e, c))) if calls is not None else None
@@ -94,6 +113,7 @@ def make_client(
         session=session,
         page_limit=page_limit,
         max_pages=max_pages,
+        max_stations=max_stations,
         concurrency=concurrency,
         on_response=hook,
         retry=retry or RetryPolicy(attempts=1),
@@ -167,7 +187,8 @@ def test_a_server_that_never_ends_is_cut_off_by_the_page_bound():
     responses.add_callback(
         responses.GET, STATIONS_URL, callback=endless, content_type="application/json"
     )
-    with pytest.raises(ParseError, match="no last page after 5 pages"):
+    message = r"no last page after 5 pages \(5 rows\), .* at most 5 pages; raise --page-limit if"
+    with pytest.raises(ListingTooLargeError, match=message):
         make_client(max_pages=5).stations(Deadline(60))
     assert len(offsets_requested()) == 5
 
@@ -179,8 +200,9 @@ def test_a_total_of_more_pages_than_the_bound_is_refused_before_any_other_page(t
     add_tokens("tok")
     page = {"data": [row("a"), row("b")], "meta": {"pagination": {"total": total}}}
     responses.get(STATIONS_URL, body=json.dumps(page), content_type="application/json")
-    with pytest.raises(ParseError, match=rf"{total} stations in pages of 2 is more than 5 pages"):
-        make_client(max_pages=5, concurrency=4).stations(Deadline(60))
+    message = rf"{total} stations in pages of 2 announced, and one read fetches at most 5 pages"
+    with pytest.raises(ListingTooLargeError, match=message):
+        make_client(max_pages=5, max_stations=10**500, concurrency=4).stations(Deadline(60))
     assert offsets_requested() == [0]
 
 
@@ -335,13 +357,15 @@ def test_page_without_meta_gives_empty_pagination():
     assert pagination == {}
 
 
-def changing_fleet(fleets: list[list[dict]], limit: int = 2):
-    """A stations endpoint whose listing switches to the next fleet after every page served."""
+def changing_fleet(fleets: list[list[dict]], max_limit: int = 2):
+    """A stations endpoint whose listing switches to the next fleet after every page served;
+    it clamps page[limit] to ``max_limit``."""
     served = iter(range(10**6))
 
     def callback(request):
         query = parse_qs(urlsplit(request.url).query)
         offset = int(query["page[offset]"][0])
+        limit = min(int(query["page[limit]"][0]), max_limit)
         rows = fleets[min(next(served), len(fleets) - 1)]
         body = {"data": rows[offset : offset + limit], "meta": {"pagination": {"total": len(rows)}}}
         return 200, {}, json.dumps(body)
@@ -371,7 +395,8 @@ def test_a_station_listed_twice_after_a_torn_read_is_still_taken_as_the_apis_dat
     changing_fleet([with_a, without_a])  # "a" deleted while the first read was under way
     stations = make_client(page_limit=2).stations(Deadline(60))
     assert [s.id for s in stations] == ["b", "b", "c", "d"]
-    assert offsets_requested() == [0, 2, 0, 2, 0, 2]  # torn, then "b" twice in two reads
+    # torn, then "b" twice in pages of 2 and again in pages of 1
+    assert offsets_requested() == [0, 2, 0, 2, 0, 1, 2, 3]
 
 
 @responses.activate
@@ -513,3 +538,190 @@ def test_without_the_info_metric_no_serial_number_is_kept():
     assert (
         parse_station(row("a"), {"a": station}).serial_number == sent["attributes"]["serialnumber"]
     )
+
+
+# --- what one read and one refresh may hold ------------------------------------------------
+
+
+def limits_requested() -> list[int]:
+    return [
+        int(parse_qs(urlsplit(call.request.url).query)["page[limit]"][0])
+        for call in responses.calls
+        if call.request.url.startswith(STATIONS_URL)
+    ]
+
+
+def serve_endless(rows_per_page=None, total=None):
+    """A listing that never ends: every page full of new stations (``rows_per_page`` of them,
+    else page[limit]), never a last page; ``total(offset)`` is the total a page announces."""
+
+    def callback(request):
+        query = parse_qs(urlsplit(request.url).query)
+        limit, offset = int(query["page[limit]"][0]), int(query["page[offset]"][0])
+        count = rows_per_page or limit
+        pagination = {"lastPage": False}
+        if total is not None:
+            pagination["total"] = total(offset)
+        body = {"data": [row(f"r{offset + n}") for n in range(count)]}
+        return 200, {}, json.dumps(body | {"meta": {"pagination": pagination}})
+
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=callback, content_type="application/json"
+    )
+
+
+@responses.activate
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_more_rows_than_page_limit_asks_for_fail_at_the_first_page(concurrency):
+    add_tokens("tok")
+    serve_endless(rows_per_page=101)
+    message = (
+        r"101 rows at page\[offset\]=0, more than the page\[limit\]=100 asked for: the API does "
+        "not keep to the paging contract"
+    )
+    with pytest.raises(PaginationError, match=message):
+        make_client(page_limit=100, concurrency=concurrency).stations(Deadline(60))
+    assert offsets_requested() == [0]
+
+
+@responses.activate
+def test_concurrent_pages_ask_for_the_first_pages_size_and_may_not_send_more():
+    add_tokens("tok")
+    rows = [row(str(i)) for i in range(12)]
+
+    def callback(request):
+        query = parse_qs(urlsplit(request.url).query)
+        offset = int(query["page[offset]"][0])
+        size = 3 if offset == 0 else 4  # the first page is clamped, the others are not
+        body = {"data": rows[offset : offset + size], "meta": {"pagination": {"total": 12}}}
+        return 200, {}, json.dumps(body)
+
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=callback, content_type="application/json"
+    )
+    with pytest.raises(PaginationError, match=r"4 rows at page\[offset\]=\d+, more than the "):
+        make_client(page_limit=10, concurrency=4).stations(Deadline(60))
+    assert limits_requested()[0] == 10
+    assert set(limits_requested()[1:]) == {3}
+
+
+@responses.activate
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_listing_that_never_ends_stops_at_max_stations_and_a_page(concurrency):
+    add_tokens("tok")
+    serve_endless()
+    message = (
+        r"more than 10 stations in one refresh \(12 received that it did not hold before, "
+        r"the last at page\[offset\]=9\); raise --api.max-stations"
+    )
+    with pytest.raises(ListingTooLargeError, match=message):
+        make_client(page_limit=3, max_stations=10, concurrency=concurrency).stations(Deadline(60))
+    assert offsets_requested() == [0, 3, 6, 9]
+
+
+@responses.activate
+def test_a_listing_of_known_stations_without_end_stops_at_max_stations_and_a_page():
+    """Stations already held cost the budget nothing: the rows of a read are bounded apart."""
+    add_tokens("tok")
+    serve_endless()
+    known = {f"r{n}": parse_station(row(f"r{n}")) for n in range(20)}
+    with pytest.raises(ListingTooLargeError, match=r"more than 10 stations listed \(12 rows "):
+        make_client(page_limit=3, max_stations=10).stations(Deadline(60), known)
+    assert offsets_requested() == [0, 3, 6, 9]
+
+
+@responses.activate
+def test_a_fleet_of_exactly_max_stations_is_read():
+    add_tokens("tok")
+    serve_fleet([row(str(i)) for i in range(10)])
+    client = make_client(page_limit=3, max_stations=10, concurrency=4)
+    assert len(client.stations(Deadline(60))) == 10
+    responses.calls.reset()
+    serve_fleet([row(str(i)) for i in range(10)], meta=False)  # ends with an empty page
+    assert len(make_client(page_limit=3, max_stations=10).stations(Deadline(60))) == 10
+
+
+@responses.activate
+@pytest.mark.parametrize("total", [11, 10**9])
+def test_a_total_above_max_stations_fails_at_the_first_page(total):
+    add_tokens("tok")
+    serve_endless(total=lambda offset: total)
+    message = (
+        rf"the API announces {total} stations, more than a refresh may hold \(10\); raise "
+        "--api.max-stations"
+    )
+    with pytest.raises(ListingTooLargeError, match=message):
+        make_client(page_limit=3, max_stations=10, concurrency=4).stations(Deadline(60))
+    assert offsets_requested() == [0]
+
+
+@responses.activate
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_total_that_grows_with_every_page_stops_the_read_at_once(concurrency):
+    """Always one page more to come: each read stops at its second page, torn."""
+    add_tokens("tok")
+    serve_endless(total=lambda offset: offset + 6)
+    with pytest.raises(PaginationError, match=r"inconsistent twice in a row \(total went from"):
+        make_client(page_limit=3, concurrency=concurrency).stations(Deadline(60))
+    assert offsets_requested() == [0, 3, 0, 3]
+
+
+@responses.activate
+def test_more_rows_than_the_total_stop_the_read_at_once():
+    add_tokens("tok")
+    serve_endless(total=lambda offset: 4)
+    with pytest.raises(PaginationError, match=r"6 rows received for a total of 4\)"):
+        make_client(page_limit=3).stations(Deadline(60))
+    assert offsets_requested() == [0, 3, 0, 3]
+
+
+@responses.activate
+def test_the_budget_of_a_refresh_counts_new_stations_over_its_reads():
+    """A listing that shows a new fleet in each read fills the budget on the second read;
+    a read of stations already held spends nothing."""
+    add_tokens("tok")
+    fleets = iter([[row(f"a{n}") for n in range(6)], [row(f"b{n}") for n in range(6)]])
+    current: list = []
+
+    def callback(request):
+        offset = int(parse_qs(urlsplit(request.url).query)["page[offset]"][0])
+        if offset == 0:
+            current[:] = next(fleets)
+        body = {"data": current[offset : offset + 3], "meta": {"pagination": {"total": 6}}}
+        return 200, {}, json.dumps(body)
+
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=callback, content_type="application/json"
+    )
+    client = make_client(page_limit=3, max_stations=10)
+    budget = client.budget()
+    first = client.stations(Deadline(60), None, budget)
+    assert budget.created == 6
+    with pytest.raises(ListingTooLargeError, match=r"more than 10 stations in one refresh \(12 "):
+        client.stations(Deadline(60), None, budget)
+    assert offsets_requested() == [0, 3, 0, 3]
+    again = StationBudget(10)
+    responses.calls.reset()
+    fleets = iter([[row(f"a{n}") for n in range(6)]])
+    held = {station.id: station for station in first}
+    assert client.stations(Deadline(60), held, again) == first
+    assert again.created == 0
+
+
+@responses.activate
+def test_a_listing_past_both_the_page_and_the_station_bound_names_both_settings():
+    add_tokens("tok")
+    serve_endless()
+    message = r"no last page after 3 pages \(9 rows\), .*raise --page-limit and --api.max-stations"
+    with pytest.raises(ListingTooLargeError, match=message):
+        make_client(page_limit=3, max_pages=3, max_stations=9).stations(Deadline(60))
+
+
+@responses.activate
+def test_a_total_that_needs_more_pages_than_a_read_fetches_fails_at_the_first_page():
+    add_tokens("tok")
+    serve_fleet([row(str(i)) for i in range(20)])
+    message = r"20 stations in pages of 3 announced, .* at most 6 pages; raise --page-limit if"
+    with pytest.raises(ListingTooLargeError, match=message):
+        make_client(page_limit=3, max_pages=6, concurrency=4).stations(Deadline(60))
+    assert offsets_requested() == [0]

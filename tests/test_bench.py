@@ -46,6 +46,18 @@ def test_the_large_scenarios_run_and_write_their_tables(tmp_path):
     assert "| 3 | 40 | default |" in report
 
 
+def test_the_pagination_bomb_runs_and_reports_the_failure(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pagination_bomb.py"), "--seconds", "4",
+         "--interval", "1s", "--stations", "20", "--every", "2", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "peak RSS (VmHWM): " in result.stdout
+    assert "more than the page[limit]=100 asked for" in result.stdout
+    assert "calm mandant: " in result.stdout
+
+
 def test_the_firmware_cardinality_measurement_runs_and_prints_its_table(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "firmware_cardinality.py"), "--stations", "300",

@@ -336,17 +336,21 @@ def test_an_api_that_does_not_answer_in_time_fails_with_reason_timeout(sim, caps
 
 
 @pytest.mark.parametrize(
-    ("fault", "reason", "in_hint"),
+    ("fault", "reason", "in_hint", "argv"),
     [
-        (Fault(kind="status", status=403), "auth", "cpoapi scope"),
-        (Fault(kind="status", status=500), "http", "try again in a few minutes"),
-        (Fault(kind="status", status=404, endpoint="token"), "auth", "OAuth2 token endpoint"),
-        (Fault(kind="html", status=200), "parse", "not a web page"),
+        (Fault(kind="status", status=403), "auth", "cpoapi scope", ()),
+        (Fault(kind="status", status=500), "http", "try again in a few minutes", ()),
+        (Fault(kind="status", status=404, endpoint="token"), "auth", "OAuth2 token endpoint", ()),
+        (Fault(kind="html", status=200), "parse", "not a web page", ()),
+        (Fault(kind="endless", per_page=101), "pagination", "more stations a page than", ()),
+        (Fault(kind="endless"), "too_large", "raise --api.max-stations", ("--api.max-stations=9",)),
     ],
 )
-def test_each_failure_gets_its_reason_and_hint(sim, capsys, monkeypatch, fault, reason, in_hint):
+def test_each_failure_gets_its_reason_and_hint(
+    sim, capsys, monkeypatch, fault, reason, in_hint, argv
+):
     sim.add_fault(fault)
-    code, out, _ = run_check(capsys, monkeypatch, mandant_env(sim), "--output=json")
+    code, out, _ = run_check(capsys, monkeypatch, mandant_env(sim), "--output=json", *argv)
     assert code == 1
     [mandant] = json.loads(out)["mandants"]
     assert mandant["error"]["reason"] == reason
@@ -368,6 +372,25 @@ def test_a_token_that_cannot_be_sent_gets_a_hint_about_the_token_endpoint_not_th
     text = hint("auth", "token", message)
     assert "token endpoint answered with a token this exporter cannot send" in text
     assert "client id and secret" not in text
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "in_hint"),
+    [
+        ("too_large", "h: more than 9 stations listed (12 rows received in 4 pages); raise "
+         "--api.max-stations if the fleet is that large", "raise --api.max-stations"),
+        ("too_large", "h: no last page after 10000 pages (500 rows), and one read fetches at "
+         "most 10000 pages; raise --page-limit if the fleet is that large", "raise --page-limit"),
+        ("too_large", "h: answer larger than 8 MiB, refused; raise --api.max-response-size if "
+         "answers this large are genuine", "--api.max-response-size"),
+        ("pagination", "h: 101 rows at page[offset]=0, more than the page[limit]=100 asked for",
+         "more stations a page than page[limit] asks for"),
+        ("pagination", "h: listing inconsistent twice in a row (total went from 4 to 5)",
+         "changed while it was read"),
+    ],
+)  # fmt: skip
+def test_a_listing_too_long_or_off_its_pages_gets_the_hint_of_its_bound(reason, message, in_hint):
+    assert in_hint in hint(reason, "stations", message)
 
 
 def test_an_unexpected_error_is_one_failure_without_traceback_or_secret(sim, capsys, monkeypatch):

@@ -53,6 +53,7 @@ FLAGS_AND_ENV = [
     ("--refresh.timeout", "BEENERGISED_REFRESH_TIMEOUT"),
     ("--api.request-timeout", "BEENERGISED_API_REQUEST_TIMEOUT"),
     ("--api.max-response-size", "BEENERGISED_API_MAX_RESPONSE_SIZE"),
+    ("--api.max-stations", "BEENERGISED_API_MAX_STATIONS"),
     ("--firmware.max-versions", "BEENERGISED_FIRMWARE_MAX_VERSIONS"),
     ("--web.max-requests", "BEENERGISED_WEB_MAX_REQUESTS"),
     ("--web.read-header-timeout", "BEENERGISED_WEB_READ_HEADER_TIMEOUT"),
@@ -1245,6 +1246,7 @@ def test_time_and_size_bounds_have_defaults_independent_of_the_interval() -> Non
     assert settings.refresh_timeout == 600.0
     assert settings.request_timeout == 30.0
     assert settings.max_response_size == 8 * 1024 * 1024
+    assert settings.max_stations == 1_000_000
     assert (settings.web_max_requests, settings.web_read_header_timeout) == (40, 10.0)
 
 
@@ -1262,6 +1264,15 @@ def test_the_web_server_defaults_are_the_servers() -> None:
     settings = load()
     assert DEFAULT_LIMITS.max_requests == settings.web_max_requests
     assert DEFAULT_LIMITS.header_timeout == settings.web_read_header_timeout
+
+
+def test_max_stations_from_flag_environment_and_file(tmp_path: Path) -> None:
+    assert load(["--api.max-stations=2000000"]).max_stations == 2_000_000
+    assert load([], ENV | {"BEENERGISED_API_MAX_STATIONS": "50"}).max_stations == 50
+    config = tmp_path / "exporter.yml"
+    config.write_text("api_max_stations: 3000000\n")
+    assert load([f"--config.file={config}"]).max_stations == 3_000_000
+    assert error(["--api.max-stations=0"]) == "--api.max-stations: must be at least 1, got '0'"
 
 
 def test_time_and_size_bounds_from_flags_environment_and_file(tmp_path: Path) -> None:

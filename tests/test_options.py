@@ -79,6 +79,7 @@ def test_file_keys_come_from_the_table() -> None:
     assert FILE_GLOBAL_KEYS == (
         "mandants",
         "api_max_response_size",
+        "api_max_stations",
         "api_request_timeout",
         "changes_max_entries",
         "concurrency",

@@ -140,7 +140,10 @@ class ScriptedClient:
         self.fleets = list(fleets)
         self.reads = 0
 
-    def stations(self, deadline, known=None):
+    def budget(self) -> None:
+        """The real client's budget of created stations; this one counts none."""
+
+    def stations(self, deadline, known=None, budget=None):
         fleet = self.fleets[min(self.reads, len(self.fleets) - 1)]
         self.reads += 1
         return [Station(sid, sid, sid, "1.0", "") for sid in fleet]

@@ -161,6 +161,8 @@ def test_fault_kinds_are_exactly_the_documented_ones() -> None:
         "duplicate_station",
         "drip",
         "oversized",
+        "endless",
+        "new_fleet",
     }
     assert len(FAULT_KINDS) == len(set(FAULT_KINDS))
 
@@ -522,6 +524,39 @@ def test_duplicate_rows_repeats_the_previous_pages_last_row(sim: Simulator) -> N
     assert_normal(sim)
 
 
+@pytest.mark.parametrize(("per_page", "rows"), [(None, 10), (40, 40)])
+def test_endless_lists_new_stations_without_end(
+    sim: Simulator, per_page: int | None, rows: int
+) -> None:
+    token = get_token(sim.api_url)
+    switch_on(sim.api_url, kind="endless", per_page=per_page)
+    pages = [get_page(sim.api_url, token, 10, offset) for offset in (0, rows, 10**9)]
+    for page in pages:
+        assert len(page.json()["data"]) == rows
+        assert page.json()["meta"]["pagination"]["lastPage"] is False
+        assert "total" not in page.json()["meta"]["pagination"]
+    listed = ids(pages[0]) + ids(pages[1]) + ids(pages[2])
+    assert len(set(listed)) == 3 * rows
+    assert not set(listed) & {station["id"] for station in sim.inventory.stations()}
+    assert ids(get_page(sim.api_url, token, 10, 0)) == ids(pages[0])  # the same in every read
+    switch_off(sim.api_url)
+    assert_normal(sim)
+
+
+def test_new_fleet_lists_other_stations_in_every_read(sim: Simulator) -> None:
+    token = get_token(sim.api_url)
+    switch_on(sim.api_url, kind="new_fleet")
+    reads = [[get_page(sim.api_url, token, 10, offset) for offset in (0, 10, 20)] for _ in range(2)]
+    listings = [[sid for page in read for sid in ids(page)] for read in reads]
+    for listing, read in zip(listings, reads, strict=True):
+        assert len(set(listing)) == len(sim.inventory) == 25
+        assert {page.json()["meta"]["pagination"]["total"] for page in read} == {25}
+        assert read[-1].json()["meta"]["pagination"]["lastPage"] is True
+    assert not set(listings[0]) & set(listings[1])
+    switch_off(sim.api_url)
+    assert_normal(sim)
+
+
 # Switching faults
 
 
@@ -542,6 +577,7 @@ def test_after_and_times_are_counted_per_fault(sim: Simulator) -> None:
                 "after": 1,
                 "part": None,
                 "size": None,
+                "per_page": None,
                 "remaining_after": 1,
                 "remaining_times": 2,
             }
@@ -614,6 +650,8 @@ def test_clear_by_post_and_trailing_slash(sim: Simulator, path: str) -> None:
         ),
         ({"kind": "status", "status": 503, "retry_after": 1}, "retry_after must be"),
         ({"kind": "disconnect", "colour": "red"}, "unknown fault fields ['colour']"),
+        ({"kind": "disconnect", "per_page": 5}, "per_page is for endless faults"),
+        ({"kind": "endless", "per_page": 0}, "per_page must be an integer from 1 to 100000"),
         ([{"kind": "disconnect"}], "the request body must be a JSON object"),
     ],
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import uuid
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 from urllib.parse import SplitResult, quote, quote_plus
@@ -105,6 +106,17 @@ FAULT_KINDS: dict[str, FaultKind] = {
         "the normal answer padded to ``size`` bytes (50 MB) of valid JSON, with an honest "
         "Content-Length, streamed without being held in memory"
     ),
+    "endless": FaultKind(
+        "a listing that never ends: every page full of stations not listed before it, "
+        "``per_page`` of them whatever page[limit] asks (else page[limit] as clamped), with no "
+        "total and lastPage false",
+        STATIONS,
+    ),
+    "new_fleet": FaultKind(
+        "every read (a request at page[offset]=0) lists a new fleet: as many stations as the "
+        "inventory, none of them listed in an earlier read, with a total that matches",
+        STATIONS,
+    ),
 }
 EXPIRES_IN_TEXT = {
     "expires_in_nan": "NaN",
@@ -133,6 +145,10 @@ DRIP_SECONDS = 1.0
 DRIP_PARTS = ("body", "headers")
 OVERSIZED_BYTES = 50_000_000
 MAX_OVERSIZED_BYTES = 2**30
+MAX_ENDLESS_ROWS = 100_000
+ENDLESS_ID_BASE = 0xE0D1E55 << 96
+"""The UUID (as an integer) of an endless listing's station at offset 0; offset n is n more,
+and in the new_fleet listing of read r, n + r * 2**40."""
 
 
 class FaultTarget(Protocol):
@@ -199,6 +215,7 @@ class Fault:
     after: int = 0
     part: str | None = None
     size: int | None = None
+    per_page: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -244,6 +261,10 @@ class Fault:
             raise ValueError(f"size is for oversized faults, not for {self.kind}")
         if self.size is not None:
             _check_int("size", self.size, 1, MAX_OVERSIZED_BYTES)
+        if self.per_page is not None and self.kind != "endless":
+            raise ValueError(f"per_page is for endless faults, not for {self.kind}")
+        if self.per_page is not None:
+            _check_int("per_page", self.per_page, 1, MAX_ENDLESS_ROWS)
         if self.times is not None:
             _check_int("times", self.times, 1)
         _check_int("after", self.after, 0)
@@ -311,10 +332,17 @@ class Fault:
         return response
 
     def rows(
-        self, inventory: Inventory, offset: int, limit: int
+        self, inventory: Inventory, offset: int, limit: int, read: int
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of stations and the total, as the stations endpoint lists them with this
-        fault on."""
+        fault on in its ``read``-th read (the requests at page[offset]=0 so far)."""
+        if self.kind == "endless":
+            count = self.per_page or limit
+            return [_endless_station(offset + n) for n in range(count)], offset + count + 1
+        if self.kind == "new_fleet":
+            total = len(inventory)
+            end = min(offset + limit, total)
+            return [_endless_station(n, read) for n in range(offset, end)], total
         if self.kind == "duplicate_station":
             listing = inventory.stations()  # one consistent view, as page() gives
             listing += listing[:1]
@@ -334,6 +362,23 @@ class Fault:
         if self.kind == "non_utf8_label":
             return json.dumps(document).encode().replace(_NOT_UTF8_MARKER.encode(), _NOT_UTF8)
         return document
+
+
+def _endless_station(offset: int, read: int = 0) -> dict[str, Any]:
+    """The station an endless listing (or the ``read``-th new fleet) has at ``offset``: never
+    twice in one read, and as large as one of the inventory's."""
+    return {
+        "type": "charging_stations",
+        "id": str(uuid.UUID(int=ENDLESS_ID_BASE + (read << 40) + offset)),
+        "attributes": {
+            "label": f"Endless {offset}",
+            "chargeBoxIdentity": f"cp_endless_{offset}",
+            "iccid": f"8949{offset:015d}",
+            "imsi": f"26201{offset % 10**10:010d}",
+            "serialnumber": f"SN{offset % 10**8:08d}",
+            "firmwareVersion": "2.4.1",
+        },
+    }
 
 
 def _oauth_error(status: int) -> str:
@@ -413,6 +458,9 @@ def _reshape(document: dict[str, Any], kind: str) -> None:
         document["data"] = rows[0] if rows else {}
     elif kind == "total_drift":
         pagination["total"] += 1
+    elif kind == "endless":
+        del pagination["total"]
+        pagination["lastPage"] = False
     elif kind in _LABEL_SUFFIXES and rows:
         attributes = rows[-1]["attributes"]
         attributes["label"] = f"{attributes.get('label') or ''}{_LABEL_SUFFIXES[kind]}"

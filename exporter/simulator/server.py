@@ -131,6 +131,7 @@ class Simulator:
         self._requests: list[RequestRecord] = []
         self._faults: list[_ActiveFault] = []
         self._last_fault_id = 0
+        self._reads = 0  # stations requests at page[offset]=0: the reads of the listing begun
         # Set to end the current hangs and latency faults; replaced by a fresh one on clear.
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -405,10 +406,13 @@ class Simulator:
         except ValueError as exc:
             return api_error(400, "Bad Request", str(exc))
         limit = min(limit, self._max_page_limit)
+        with self._lock:
+            self._reads += offset == 0
+            read = self._reads
         if fault is None:
             rows, total = self.inventory.page(offset, limit)
         else:
-            rows, total = fault.rows(self.inventory, offset, limit)
+            rows, total = fault.rows(self.inventory, offset, limit, read)
         last_page = offset + limit >= total
         links = {"current": self._page_url(limit, offset)}
         if not last_page:
