@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pagination_bomb.py                        # the issue's attack, 60 s
     .venv/bin/python bench/pagination_bomb.py --attack endless       # page[limit] kept, no end
+    .venv/bin/python bench/pagination_bomb.py --attack wide          # ... of the widest text
     .venv/bin/python bench/pagination_bomb.py --attack new_fleet --stations 1000000
 
 Starts two simulator processes, "hostile" (``--stations``) and "calm" (1,000 stations), and
@@ -12,6 +13,7 @@ the hostile simulator's fault is switched on:
 - ``bomb``: the issue's attack, 10,000 rows a page (``--per-page``) whatever page[limit]
   asks, no total, never a last page (the simulator's ``endless`` fault);
 - ``endless``: every page as full as page[limit] asks, no total, never a last page;
+- ``wide``: as ``endless``, every station of the widest text kept (``endless_wide``);
 - ``new_fleet``: every read lists as many new stations as the inventory, consistently.
 
 Every second it reads the exporter's VmRSS and VmHWM from /proc and the mandants' state from
@@ -37,7 +39,12 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 CALM_STATIONS = 1000
-FAULTS = {"bomb": "endless", "endless": "endless", "new_fleet": "new_fleet"}
+FAULTS = {
+    "bomb": "endless",
+    "endless": "endless",
+    "wide": "endless_wide",
+    "new_fleet": "new_fleet",
+}
 
 
 def status_kib(pid: int, field: str) -> int:

@@ -281,23 +281,44 @@ class _Gate:
             self._changed.notify_all()
 
 
+BYTES_PER_STATION = 400
+"""Bytes of text a refresh may create per station of --api.max-stations (an ordinary station
+takes about 340, its id and texts with a non-ASCII label): stations of the longest, widest
+text take 5,400, and a million of them would take 5 GB."""
+
+
 class StationBudget:
-    """The stations one refresh may create: ``stations``, over all its reads and pages. A
-    station a read returns as the object already held costs nothing; a new or changed one is
-    held beside the published fleet until the refresh ends, and a listing that shows a new
-    fleet in each read would otherwise make a refresh hold it once per read. Thread-safe:
-    pages fetched concurrently spend from it as they arrive."""
+    """The stations one refresh may create: ``stations``, and ``stations`` x
+    :data:`BYTES_PER_STATION` bytes of their text, over all its reads and pages. A station a
+    read returns as the object already held costs nothing; a new or changed one is held
+    beside the published fleet until the refresh ends, and a listing that shows a new fleet
+    in each read would otherwise make a refresh hold it once per read. Thread-safe: pages
+    fetched concurrently spend from it as they arrive."""
 
     def __init__(self, stations: int) -> None:
         self.stations = stations
+        self.bytes = stations * BYTES_PER_STATION
         self.created = 0
+        self.created_bytes = 0
         self._lock = threading.Lock()
 
-    def spend(self, count: int) -> bool:
-        """Count ``count`` stations created; False once more than ``stations`` were."""
+    def spend(self, stations: list[Station]) -> str:
+        """Count ``stations`` created; what was passed ('' while within the budget)."""
+        size = sum(
+            sys.getsizeof(s.id) + sys.getsizeof(s.texts) + sys.getsizeof(s.firmware_version)
+            for s in stations
+        )
         with self._lock:
-            self.created += count
-            return self.created <= self.stations
+            self.created += len(stations)
+            self.created_bytes += size
+            if self.created > self.stations:
+                return f"more than {self.stations} stations"
+            if self.created_bytes > self.bytes:
+                return (
+                    f"more than {self.bytes // 1_000_000} MB of station text "
+                    f"({BYTES_PER_STATION} bytes a station of --api.max-stations)"
+                )
+            return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,13 +531,13 @@ class CpoClient:
             )
         stations, pagination = parse_page(document, walk.known, serial_numbers=self._serial_numbers)
         known = walk.known
-        created = sum(1 for s in stations if known.get(s.id) is not s) if known else len(stations)
-        if not walk.budget.spend(created):
+        created = [s for s in stations if known.get(s.id) is not s] if known else stations
+        passed = walk.budget.spend(created)
+        if passed:
             raise ListingTooLargeError(
-                f"charging stations of {self._host}: more than {walk.budget.stations} stations "
-                f"in one refresh ({walk.budget.created} received that it did not hold before, "
-                f"the last at page[offset]={offset}); raise --api.max-stations if the fleet is "
-                "that large"
+                f"charging stations of {self._host}: {passed} in one refresh "
+                f"({walk.budget.created} received that it did not hold before, the last at "
+                f"page[offset]={offset}); raise --api.max-stations if the fleet is that large"
             )
         return stations, pagination
 

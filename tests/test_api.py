@@ -725,3 +725,34 @@ def test_a_total_that_needs_more_pages_than_a_read_fetches_fails_at_the_first_pa
     with pytest.raises(ListingTooLargeError, match=message):
         make_client(page_limit=3, max_pages=6, concurrency=4).stations(Deadline(60))
     assert offsets_requested() == [0]
+
+
+def fat_row(sid: str) -> dict:
+    """A station of the longest, widest text the parser keeps (256 characters outside the
+    Basic Multilingual Plane in every text): about 5,400 bytes held, not 340."""
+    wide = "\U0001f600" * 256
+    attributes = {"label": wide, "chargeBoxIdentity": wide, "serialnumber": wide}
+    return row(sid, firmware=wide + sid) | {"attributes": row(sid)["attributes"] | attributes}
+
+
+@responses.activate
+def test_stations_of_the_widest_text_are_bounded_by_bytes_not_only_by_count():
+    """A million such stations would take 5 GB: the text a refresh creates is bounded by
+    --api.max-stations x BYTES_PER_STATION too, and ordinary stations never reach it."""
+    from exporter.api import BYTES_PER_STATION
+
+    add_tokens("tok", "tok")
+    serve_fleet([fat_row(f"f{n}") for n in range(200)], max_limit=10)
+    budget = StationBudget(200)
+    with pytest.raises(ListingTooLargeError, match=r"more than 0 MB of station text \(400 bytes"):
+        make_client(page_limit=10, max_stations=200).stations(Deadline(60), None, budget)
+    assert budget.created < 200
+    assert budget.created_bytes > 200 * BYTES_PER_STATION
+
+    responses.reset()
+    add_tokens("tok")
+    serve_fleet([row(f"ordinary-{n:04d}-with-a-longer-id") for n in range(1000)], max_limit=100)
+    ordinary = StationBudget(1000)
+    stations = make_client(page_limit=100, max_stations=1000).stations(Deadline(60), None, ordinary)
+    assert len(stations) == 1000
+    assert ordinary.created_bytes < 1000 * BYTES_PER_STATION * 0.8

@@ -162,6 +162,7 @@ def test_fault_kinds_are_exactly_the_documented_ones() -> None:
         "drip",
         "oversized",
         "endless",
+        "endless_wide",
         "new_fleet",
     }
     assert len(FAULT_KINDS) == len(set(FAULT_KINDS))
@@ -870,3 +871,19 @@ def test_standalone_process_switches_faults_over_http() -> None:
         assert process.stop() == 0
     assert "demo-secret" not in process.output
     assert process.lines == [f"simulator listening on {url}"]
+
+
+def test_endless_wide_lists_new_stations_of_the_widest_text_without_end(sim: Simulator) -> None:
+    token = get_token(sim.api_url)
+    switch_on(sim.api_url, kind="endless_wide")
+    page = get_page(sim.api_url, token, 10, 10**6).json()
+    assert len(page["data"]) == 10
+    assert page["meta"]["pagination"]["lastPage"] is False
+    assert "total" not in page["meta"]["pagination"]
+    for station in page["data"]:
+        for name in ("label", "chargeBoxIdentity", "serialnumber", "firmwareVersion"):
+            text = station["attributes"][name]
+            assert len(text) == 256 and text.startswith("\U0001f600" * 255)
+    assert len({station["attributes"]["firmwareVersion"] for station in page["data"]}) == 10
+    switch_off(sim.api_url)
+    assert_normal(sim)

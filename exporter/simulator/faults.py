@@ -112,6 +112,12 @@ FAULT_KINDS: dict[str, FaultKind] = {
         "total and lastPage false",
         STATIONS,
     ),
+    "endless_wide": FaultKind(
+        "as endless, every page as full as page[limit] asks, but every station's texts and "
+        "firmware are 256 characters outside the Basic Multilingual Plane (the widest text "
+        "the exporter keeps: about 5,400 bytes a station held)",
+        STATIONS,
+    ),
     "new_fleet": FaultKind(
         "every read (a request at page[offset]=0) lists a new fleet: as many stations as the "
         "inventory, none of them listed in an earlier read, with a total that matches",
@@ -339,6 +345,8 @@ class Fault:
         if self.kind == "endless":
             count = self.per_page or limit
             return [_endless_station(offset + n) for n in range(count)], offset + count + 1
+        if self.kind == "endless_wide":
+            return [_wide(_endless_station(offset + n)) for n in range(limit)], offset + limit + 1
         if self.kind == "new_fleet":
             total = len(inventory)
             end = min(offset + limit, total)
@@ -379,6 +387,15 @@ def _endless_station(offset: int, read: int = 0) -> dict[str, Any]:
             "firmwareVersion": "2.4.1",
         },
     }
+
+
+def _wide(station: dict[str, Any]) -> dict[str, Any]:
+    """``station`` with every text, firmware included, 256 characters outside the BMP."""
+    wide = "\U0001f600" * 255
+    attributes = station["attributes"]
+    for name in ("label", "chargeBoxIdentity", "serialnumber", "firmwareVersion"):
+        attributes[name] = wide + attributes["label"][-1]
+    return station
 
 
 def _oauth_error(status: int) -> str:
@@ -458,7 +475,7 @@ def _reshape(document: dict[str, Any], kind: str) -> None:
         document["data"] = rows[0] if rows else {}
     elif kind == "total_drift":
         pagination["total"] += 1
-    elif kind == "endless":
+    elif kind in ("endless", "endless_wide"):
         del pagination["total"]
         pagination["lastPage"] = False
     elif kind in _LABEL_SUFFIXES and rows:
