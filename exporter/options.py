@@ -254,7 +254,8 @@ OPTIONS: tuple[Option, ...] = (
         positive_int,
         "most charging stations one read of a mandant's listing may hold: a listing that "
         "announces or sends more fails the refresh with reason too_large, and the last good "
-        "fleet stays served. It bounds the memory a refresh takes, about 300 bytes a station",
+        "fleet stays served. It bounds the memory a refresh takes: the stations it reads and "
+        "did not hold before, and their text at 400 bytes a station",
         metavar="N",
         default=DEFAULT_MAX_STATIONS,
         file_key="api_max_stations",
