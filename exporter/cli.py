@@ -117,12 +117,12 @@ class Reloader:
                 load_web_config(settings.web_config_file) if settings.web_config_file else None
             )
         except ConfigError as exc:
+            self._status.record(False)  # before the line: who reads the line sees the metric
             LOG.error("reload failed, still running the previous configuration: %s", exc)
-            self._status.record(False)
             return False
         except Exception:  # a defect of ours must not end a running exporter; counted
-            LOG.exception("reload failed unexpectedly, still running the previous configuration")
             self._status.record(False)
+            LOG.exception("reload failed unexpectedly, still running the previous configuration")
             return False
         if old.demo:
             settings = replace(settings, mandants=old.mandants)
@@ -137,6 +137,7 @@ class Reloader:
         self._apply_mandants(settings)
         self._running.settings = settings
         self._status.record(True)
+        LOG.info("configuration reloaded")
         return True
 
     def _apply_web_config(self, web_config: WebConfig | None) -> None:

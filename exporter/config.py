@@ -60,7 +60,7 @@ from exporter.values import (
 )
 from exporter.values import Given as _Given
 from exporter.values import ca_file as _ca_file
-from exporter.yamlfile import load_yaml, yaml_problem
+from exporter.yamlfile import load_yaml_file, yaml_problem
 
 __all__ = [
     "CA_BUNDLE_VARIABLES",
@@ -246,8 +246,7 @@ class _ConfigFile:
 def _load_config_file(given: _Given) -> _ConfigFile:
     path = text(given)
     try:
-        with open(path, encoding="utf-8") as stream:
-            document = load_yaml(stream)
+        document = load_yaml_file(path)
     except OSError as e:
         raise given.fail(f"cannot read {path!r}: {e.strerror or type(e).__name__}") from None
     except UnicodeDecodeError:

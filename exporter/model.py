@@ -6,9 +6,12 @@ This module imports nothing of ours: it is plain data that every other layer can
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
+import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -382,6 +385,34 @@ class MandantState:
         return self.snapshot is not None
 
 
+def read_regular_file(path: Path | str, limit: int) -> bytes:
+    """The content of the regular file ``path``. Raises OSError when it cannot be read or is
+    no regular file (a FIFO would block a start or a reload until someone writes to it, a
+    device like /dev/zero never ends) and ValueError when it holds more than ``limit``
+    bytes; messages name the file, never its content."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(descriptor, "rb", closefd=False) as stream:
+            content = stream.read(limit + 1)
+    finally:
+        os.close(descriptor)
+    if len(content) > limit:
+        raise ValueError(f"{str(path)!r} is larger than {_size(limit)}")
+    return content
+
+
+def _size(limit: int) -> str:
+    return f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit // 2**10} KiB"
+
+
+SECRET_FILE_MAX_SIZE = 64 * 1024
+"""Bytes a client secret file may hold (a secret is a few dozen)."""
+PEM_FILE_MAX_SIZE = 4 * 1024 * 1024
+"""Bytes a PEM file of certificates or a key may hold (every public CA together: 220 KB)."""
+
+
 class Secret:
     """A secret string that never shows itself: str()/repr()/format give '***'. ``path`` is the
     file it was read from, if any, so a secret rotated in place can be read again."""
@@ -397,7 +428,7 @@ class Secret:
         """The secret in the file ``path``. Raises OSError when the file cannot be read and
         ValueError when it holds no usable secret; messages name the file, never its content."""
         try:
-            value = path.read_bytes().decode("utf-8")
+            value = read_regular_file(path, SECRET_FILE_MAX_SIZE).decode("utf-8")
         except UnicodeDecodeError:
             raise ValueError(f"{str(path)!r} is not UTF-8 text") from None
         return cls(clean_secret(value, f"{str(path)!r} is empty"), path)

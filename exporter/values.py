@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from exporter.errors import ConfigError
-from exporter.model import FirmwareTarget
+from exporter.model import PEM_FILE_MAX_SIZE, FirmwareTarget, read_regular_file
 
 DEFAULT_PORT = 10140
 """Above every allocation seen in the 10000+ range of the Prometheus wiki page "Default port
@@ -268,9 +268,11 @@ def ca_file(given: Given, directory_ok: bool = False) -> str:
 def _ca_problem(path: Path) -> str | None:
     """Why ``path`` is no usable PEM bundle of CA certificates, or None."""
     try:
-        content = path.read_text(encoding="ascii", errors="replace")
+        content = read_regular_file(path, PEM_FILE_MAX_SIZE).decode("ascii", errors="replace")
     except OSError as e:
         return f"cannot read {str(path)!r}: {e.strerror or type(e).__name__}"
+    except ValueError as e:
+        return str(e)
     if "-----BEGIN CERTIFICATE-----" not in content:
         return f"{str(path)!r} holds no PEM certificate"
     try:

@@ -29,8 +29,9 @@ from types import MappingProxyType
 import yaml
 
 from exporter.errors import ConfigError
+from exporter.model import PEM_FILE_MAX_SIZE, read_regular_file
 from exporter.webauth import BCRYPT_RE, WebConfig
-from exporter.yamlfile import load_yaml, yaml_problem
+from exporter.yamlfile import load_yaml_file, yaml_problem
 
 _TOP_KEYS = ("tls_server_config", "basic_auth_users")
 _TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version")
@@ -66,8 +67,7 @@ WARN_BCRYPT_COST = 12
 def load_web_config(path: str) -> WebConfig:
     """Read and check the web config file at ``path``; raises ConfigError for every problem."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            document = load_yaml(stream)
+        document = load_yaml_file(path)
     except OSError as e:
         raise ConfigError(
             f"{path}: cannot read the web config file: {e.strerror or type(e).__name__}"
@@ -159,12 +159,14 @@ def _pem_file(section: dict[str, object], key: str, what: str, where: str, base:
         raise ConfigError(f"{where}.{key}: expected the path of {what} (PEM), got {value!r}")
     resolved = base / value.strip()
     try:
-        text = resolved.read_bytes()
+        text = read_regular_file(resolved, PEM_FILE_MAX_SIZE)
     except OSError as e:
         raise ConfigError(
             f"{where}.{key}: cannot read {str(resolved)!r}: {e.strerror or type(e).__name__}; "
             f"give the path of {what} (relative paths start at the web config file's directory)"
         ) from None
+    except ValueError as e:
+        raise ConfigError(f"{where}.{key}: {e}; give the path of {what}") from None
     marker = b"PRIVATE KEY-----" if key == "key_file" else b"-----BEGIN CERTIFICATE-----"
     if marker not in text:
         raise ConfigError(

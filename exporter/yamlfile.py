@@ -3,16 +3,16 @@ and error messages that never quote the line (which may hold a secret)."""
 
 from __future__ import annotations
 
-from typing import IO
-
 import yaml
+
+from exporter.model import read_regular_file
 
 MAX_DEPTH = 32
 """Nesting levels a config file may have (ours need four): PyYAML composes nodes
 recursively, so a file nested a thousand levels deep would end the process in a
 RecursionError instead of a message."""
 MAX_SIZE = 4 * 1024 * 1024
-"""Characters a config file may have (a thousand mandants take about 300 KiB)."""
+"""Bytes a config file may have (a thousand mandants take about 300 KiB)."""
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -68,15 +68,18 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(stream: IO[str]) -> object:
-    """The YAML document in ``stream``, with plain types only and no repeated keys; a file
-    larger than :data:`MAX_SIZE` or nested deeper than :data:`MAX_DEPTH` is a YAMLError."""
-    text = stream.read(MAX_SIZE + 1)
-    if len(text) > MAX_SIZE:
+def load_yaml_file(path: str) -> object:
+    """The YAML document in the file ``path``, with plain types only and no repeated keys.
+    Raises OSError (it cannot be read, or is no regular file), UnicodeDecodeError (not UTF-8)
+    and YAMLError (larger than :data:`MAX_SIZE`, nested deeper than :data:`MAX_DEPTH`, or not
+    valid YAML)."""
+    try:
+        content = read_regular_file(path, MAX_SIZE)
+    except ValueError:
         raise yaml.YAMLError(
             f"larger than {MAX_SIZE // (1024 * 1024)} MiB; a config file needs a few KiB"
-        )
-    return yaml.load(text, Loader=UniqueKeyLoader)
+        ) from None
+    return yaml.load(content.decode("utf-8"), Loader=UniqueKeyLoader)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

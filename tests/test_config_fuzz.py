@@ -4,6 +4,9 @@ running exporter on SIGHUP, or a start with a traceback instead of one line and 
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -143,3 +146,70 @@ def test_any_bytes_spliced_into_a_good_file_end_in_settings_or_a_config_error(
         else b"basic_auth_users:\n  alice: $2b$04$abcdefghijklmnopqrstuu\ntls_server_config: {}\n"
     )
     read(tmp_path / "fuzz.yml", good[:cut] + data + good[cut:], reader)
+
+
+def in_a_thread(call: Callable[[], object]) -> BaseException | None:
+    """What ``call`` raised, run in a thread that must end within 10 s: a FIFO that blocked
+    the read would hang the test, not fail it."""
+    raised: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as e:
+            raised[0] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "reading the file blocked"
+    return raised[0]
+
+
+@pytest.mark.parametrize("which", ["config", "web config", "secret", "ca_file", "cert_file"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_file_that_is_no_regular_file_is_refused_at_once(
+    tmp_path: Path, which: str, kind: str
+) -> None:
+    """A FIFO would block the start or a reload until someone writes to it, /dev/zero would
+    never end: every file the exporter reads must be a regular file."""
+    special = tmp_path / "special"
+    if kind == "fifo":
+        os.mkfifo(special)
+    elif kind == "directory":
+        special.mkdir()
+    else:
+        special = Path("/dev/zero")
+    (tmp_path / "secret.txt").write_text("s3cret-value")
+    mandant = "mandants:\n  - name: n\n    api_url: http://127.0.0.1:1\n    client_id: i\n"
+    config = tmp_path / "exporter.yml"
+    config.write_text(
+        mandant
+        + f"    client_secret_file: {special if which == 'secret' else 'secret.txt'}\n"
+        + (f"    ca_file: {special}\n" if which == "ca_file" else "")
+    )
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {special}\n  key_file: {special}\n")
+    calls: dict[str, Callable[[], object]] = {
+        "config": lambda: load_settings(["--config.file", str(special)], {}),
+        "web config": lambda: load_web_config(str(special)),
+        "secret": lambda: load_settings(["--config.file", str(config)], {}),
+        "ca_file": lambda: load_settings(["--config.file", str(config)], {}),
+        "cert_file": lambda: load_web_config(str(web)),
+    }
+    raised = in_a_thread(calls[which])
+    assert isinstance(raised, ConfigError), raised
+    if which == "ca_file" and kind == "directory":
+        return  # a directory of hashed certificates is a valid ca_file
+    assert "not a regular file" in str(raised), raised
+
+
+def test_a_secret_file_larger_than_64_kib_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("x" * (64 * 1024 + 1))
+    config = tmp_path / "exporter.yml"
+    config.write_text(
+        "mandants:\n  - name: n\n    api_url: http://127.0.0.1:1\n    client_id: i\n"
+        "    client_secret_file: secret.txt\n"
+    )
+    with pytest.raises(ConfigError, match=r"secret.txt' is larger than 64 KiB"):
+        load_settings(["--config.file", str(config)], {})

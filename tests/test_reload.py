@@ -7,6 +7,7 @@ published; a bad one changes nothing, logs one error line and sets the reload me
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 import subprocess
@@ -62,7 +63,10 @@ def reload(exporter: ExporterProcess) -> None:
     def logged() -> bool:
         if exporter.popen.poll() is not None:
             raise AssertionError(f"SIGHUP ended the exporter (exit {exporter.popen.returncode})")
-        return any("reload" in line for line in exporter.lines[before:] if "SIGHUP" not in line)
+        return any(
+            "reload failed" in line or "configuration reloaded" in line
+            for line in exporter.lines[before:]
+        )
 
     wait_until(logged, what="the exporter to log the outcome of the reload")
 
@@ -302,5 +306,11 @@ def test_no_content_of_a_config_file_ends_the_process(
         assert f"{hostile_file}: not valid YAML" in errors[-1], (name, errors)
         text = exporter.get("/metrics", auth=auth).text
         assert samples(text)[key("beenergised_config_last_reload_successful")] == 0, name
+    # A FIFO in the file's place would block the reload (and with it every later signal).
+    hostile_file.unlink()
+    os.mkfifo(hostile_file)
+    reload(exporter)
+    errors = [line for line in exporter.lines if "reload failed" in line]
+    assert "not a regular file" in errors[-1], errors
     assert "Traceback" not in exporter.output
     stop_within_5s(exporter)

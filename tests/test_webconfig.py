@@ -172,7 +172,7 @@ def test_repr_hides_hashes(tls_files, write):
         ),
         (
             "tls_server_config:\n  cert_file: tls/server.crt\n  key_file: tls\n",
-            "tls_server_config.key_file: cannot read '{dir}/tls': Is a directory",
+            "tls_server_config.key_file: cannot read '{dir}/tls': not a regular file",
         ),
         (
             "tls_server_config:\n  cert_file: tls/server.key\n  key_file: tls/server.key\n",
