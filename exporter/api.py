@@ -31,6 +31,7 @@ from exporter.errors import (
     ListingTooLargeError,
     PaginationError,
     ParseError,
+    RefreshError,
 )
 from exporter.http import (
     DEFAULT_LIMITS,
@@ -287,6 +288,10 @@ takes about 340, its id and texts with a non-ASCII label): stations of the longe
 text take 5,400, and a million of them would take 5 GB."""
 
 
+_DECODING = threading.Lock()
+"""Held while an answer of the listing is decoded and parsed (see ``CpoClient._page``)."""
+
+
 class StationBudget:
     """The stations one refresh may create: ``stations``, and ``stations`` x
     :data:`BYTES_PER_STATION` bytes of their text, over all its reads and pages. A station a
@@ -521,15 +526,18 @@ class CpoClient:
         spent from the walk's budget. More rows than asked for break the paging contract: the
         read could not tell where the next page starts, and a server that ignores page[limit]
         could send any number of rows a page."""
-        document = self._get_page(offset, walk.deadline, walk.gate, walk.limit)
-        data = document.get("data") if isinstance(document, dict) else None
-        if isinstance(data, list) and len(data) > walk.limit:
-            raise PaginationError(
-                f"charging stations of {self._host}: {len(data)} rows at page[offset]={offset}, "
-                f"more than the page[limit]={walk.limit} asked for: the API does not keep to "
-                "the paging contract"
-            )
-        stations, pagination = parse_page(document, walk.known, serial_numbers=self._serial_numbers)
+        body = self._get_page(offset, walk.deadline, walk.gate, walk.limit)
+        # One answer decoded at a time in the whole process: 8 MiB of JSON such as [{},{},...]
+        # decodes to about 200 MB, and pages fetched at once (of one mandant or many) must not
+        # multiply that. The GIL runs decoding and parsing one at a time anyway; the fetches
+        # stay concurrent. A failure leaves without its traceback: the frames in it would keep
+        # the decoded document alive as long as the error is held (by a future, until every
+        # page of the read is done).
+        with _DECODING:
+            try:
+                stations, pagination = self._decode_page(body, offset, walk)
+            except RefreshError as e:
+                raise e.with_traceback(None) from None
         known = walk.known
         created = [s for s in stations if known.get(s.id) is not s] if known else stations
         passed = walk.budget.spend(created)
@@ -541,7 +549,27 @@ class CpoClient:
             )
         return stations, pagination
 
-    def _get_page(self, offset: int, deadline: Deadline, gate: _Gate, limit: int) -> Any:
+    def _decode_page(
+        self, body: bytes, offset: int, walk: _Walk
+    ) -> tuple[list[Station], dict[str, Any]]:
+        """The stations and the pagination of the answer ``body`` at ``offset``."""
+        try:
+            document = decode_json(body)
+        except ValueError:
+            raise ParseError(
+                f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"
+            ) from None
+        data = document.get("data") if isinstance(document, dict) else None
+        if isinstance(data, list) and len(data) > walk.limit:
+            raise PaginationError(
+                f"charging stations of {self._host}: {len(data)} rows at page[offset]={offset}, "
+                f"more than the page[limit]={walk.limit} asked for: the API does not keep to "
+                "the paging contract"
+            )
+        return parse_page(document, walk.known, serial_numbers=self._serial_numbers)
+
+    def _get_page(self, offset: int, deadline: Deadline, gate: _Gate, limit: int) -> bytes:
+        """The body of the 200 JSON answer at ``offset``; other answers raise."""
         params = {"page[limit]": limit, "page[offset]": offset}
         with gate:
             token = self._tokens.token(deadline)
@@ -571,12 +599,7 @@ class CpoClient:
                 f"charging stations of {self._host}: answer at page[offset]={offset} is "
                 f"{content_type.split(';')[0]!r}, not JSON"
             )
-        try:
-            return decode_json(response.body)
-        except ValueError:
-            raise ParseError(
-                f"charging stations of {self._host}: answer at page[offset]={offset} is not JSON"
-            ) from None
+        return response.body
 
     def _request(
         self, params: dict[str, int], token: str, deadline: Deadline, gate: _Gate

@@ -756,3 +756,49 @@ def test_stations_of_the_widest_text_are_bounded_by_bytes_not_only_by_count():
     stations = make_client(page_limit=100, max_stations=1000).stations(Deadline(60), None, ordinary)
     assert len(stations) == 1000
     assert ordinary.created_bytes < 1000 * BYTES_PER_STATION * 0.8
+
+
+@responses.activate
+def test_pages_fetched_at_once_are_decoded_one_at_a_time():
+    """A page of [{},{},...] decodes to about 24 times its size: pages fetched concurrently
+    must not hold their decoded documents at once (8 pages of 1 MiB: 8 x 24 MB)."""
+    import threading
+    import tracemalloc
+
+    body = json.dumps({"data": [{}] * 350_000, "meta": {"pagination": {"total": 8000}}})
+    add_tokens("tok")
+    arrived = threading.Barrier(8, timeout=10)
+
+    def callback(request):
+        query = parse_qs(urlsplit(request.url).query)
+        if int(query["page[offset]"][0]) == 0:
+            return (
+                200,
+                {},
+                json.dumps(
+                    {
+                        "data": [row(str(n)) for n in range(1000)],
+                        "meta": {"pagination": {"total": 9000}},
+                    }
+                ),
+            )
+        arrived.wait()  # the eight other pages are all in before any is decoded
+        return 200, {}, body
+
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=callback, content_type="application/vnd.api+json"
+    )
+    client = make_client(page_limit=1000, concurrency=8, max_stations=10_000)
+    tracemalloc.start()
+    try:
+        single = tracemalloc.get_traced_memory()[0]
+        json.loads(body)
+        one_decode = tracemalloc.get_traced_memory()[1] - single
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        with pytest.raises(PaginationError, match="350000 rows at page"):
+            client.stations(Deadline(60))
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * one_decode, (peak, one_decode)
