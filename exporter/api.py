@@ -512,9 +512,14 @@ class CpoClient:
             futures = [pool.submit(self._page, walk, offset) for offset in offsets]
             try:
                 return [future.result() for future in futures]
-            except BaseException:
+            except BaseException as error:
                 for future in futures:
                     future.cancel()
+                # The failed future holds the error, whose traceback holds this frame and the
+                # futures with the pages they read: a cycle that only a full collection frees,
+                # rarely with a million stations held. Without it, the pages go with the error.
+                futures.clear()
+                error.__traceback__ = None
                 raise
 
     def close(self) -> None:
