@@ -678,6 +678,7 @@ def connect(
     limits: Limits = DEFAULT_LIMITS,
     serial_numbers: bool = True,
     max_stations: int = MAX_STATIONS,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> tuple[TokenSource, CpoClient]:
     """The token source and API client of one mandant, sharing one new HTTP session."""
     session = new_session(concurrency, mandant.ca_file)
@@ -688,6 +689,7 @@ def connect(
         auth_method=mandant.token_auth_method,
         session=session,
         on_response=on_response,
+        retry=retry,
         limits=limits,
         clock=clock,
     )
@@ -699,6 +701,7 @@ def connect(
         concurrency=concurrency,
         max_stations=max_stations,
         on_response=on_response,
+        retry=retry,
         limits=limits,
         serial_numbers=serial_numbers,
     )

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.api import CpoClient, new_session
+from exporter.api import CpoClient, connect
 from exporter.auth import TokenSource
 from exporter.errors import FAILURE_REASONS
 from exporter.http import Limits, RetryPolicy
@@ -376,28 +376,7 @@ class FuzzedRefresher(MandantRefresher):
     def _connect(
         self, mandant: Mandant, page_limit: int, concurrency: int, limits: Limits
     ) -> tuple[TokenSource, CpoClient]:
-        session = new_session(concurrency)
-        tokens = TokenSource(
-            token_url=mandant.token_url,
-            client_id=mandant.client_id,
-            client_secret=mandant.client_secret,
-            auth_method=mandant.token_auth_method,
-            session=session,
-            on_response=self._requests,
-            retry=FAST,
-            limits=limits,
-        )
-        client = CpoClient(
-            api_url=mandant.api_url,
-            tokens=tokens,
-            session=session,
-            page_limit=page_limit,
-            concurrency=concurrency,
-            on_response=self._requests,
-            retry=FAST,
-            limits=limits,
-        )
-        return tokens, client
+        return connect(mandant, page_limit, concurrency, self._requests, limits=limits, retry=FAST)
 
 
 @pytest.fixture(scope="module")

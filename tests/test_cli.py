@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ExporterProcess, wait_until
+from tests.helpers import ExporterProcess, env_for, wait_until
 
 SCRIPT = str(Path(sys.executable).with_name("beenergised-exporter"))
 SECRET = "cli-Secret-42"
@@ -148,12 +148,7 @@ def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(
     ).raise_for_status()
     exporter = exporter_process(
         ["--refresh-interval=5m"],
-        {
-            "BEENERGISED_API_URL": simulator.url,
-            "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-            "BEENERGISED_CLIENT_ID": "demo-client",
-            "BEENERGISED_CLIENT_SECRET": "demo-secret",
-        },
+        env_for(simulator, ("demo-client", "demo-secret")),
     )
     # the first refresh has its token and now waits on a page that never comes
     wait_until(
@@ -178,12 +173,7 @@ def test_sigterm_during_a_retry_wait_says_it_is_shutting_down(simulator_process,
     ).raise_for_status()
     exporter = exporter_process(
         ["--refresh-interval=5m"],
-        {
-            "BEENERGISED_API_URL": simulator.url,
-            "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
-            "BEENERGISED_CLIENT_ID": "demo-client",
-            "BEENERGISED_CLIENT_SECRET": "demo-secret",
-        },
+        env_for(simulator, ("demo-client", "demo-secret")),
     )
     exporter.wait_for_line(r"HTTP 503|503; retry 1")
     code, _ = stop_with(exporter, signal.SIGTERM)

@@ -15,7 +15,7 @@ from exporter.errors import (
     ResponseTooLargeError,
     UnreadableAnswerError,
 )
-from exporter.http import Deadline, RetryPolicy, retry_after, send
+from exporter.http import Answer, Deadline, RetryPolicy, retry_after, send
 from tests.rawhttp import RawServer, Reply, http
 
 URL = "https://api.example.test/thing"
@@ -226,16 +226,7 @@ def raw_call(data: bytes, retry: RetryPolicy = FAST) -> tuple[Exception | None, 
     counted: list[str] = []
     with RawServer(lambda request: Reply(data)) as server:
         try:
-            send(
-                new_session(),
-                "GET",
-                server.url + "/thing",
-                endpoint="charging_stations",
-                what="stations",
-                on_response=lambda e, c: counted.append(c),
-                deadline=Deadline(10),
-                retry=retry,
-            )
+            get_thing(server, counted, retry)
         except Exception as exc:  # the test looks at what it is
             return exc, counted
     return None, counted
@@ -366,16 +357,7 @@ def test_a_unicode_digit_in_retry_after_is_retried_with_the_usual_backoff():
     answers = iter([http(503, [(b"Retry-After", b"\xb2")]), http(200, JSON, b"{}")])
     counted: list[str] = []
     with RawServer(lambda request: Reply(next(answers))) as server:
-        answer = send(
-            new_session(),
-            "GET",
-            server.url + "/thing",
-            endpoint="charging_stations",
-            what="stations",
-            on_response=lambda e, c: counted.append(c),
-            deadline=Deadline(10),
-            retry=FAST,
-        )
+        answer = get_thing(server, counted)
     assert answer.status_code == 200
     assert counted == ["503", "200"]
 
@@ -386,18 +368,23 @@ def redirect_then_ok(first: bytes) -> tuple[list[str], RawServer]:
     counted: list[str] = []
     answers = iter([first])
     with RawServer(lambda request: Reply(next(answers, http(200, JSON, b"{}")))) as server:
-        answer = send(
-            new_session(),
-            "GET",
-            server.url + "/thing",
-            endpoint="charging_stations",
-            what="stations",
-            on_response=lambda e, c: counted.append(c),
-            deadline=Deadline(10),
-            retry=FAST,
-        )
+        answer = get_thing(server, counted)
     assert answer.status_code == 200 and answer.body == b"{}"
     return counted, server
+
+
+def get_thing(server: RawServer, counted: list[str], retry: RetryPolicy = FAST) -> Answer:
+    """``send`` a GET of /thing to ``server``; the codes counted go to ``counted``."""
+    return send(
+        new_session(),
+        "GET",
+        server.url + "/thing",
+        endpoint="charging_stations",
+        what="stations",
+        on_response=lambda e, c: counted.append(c),
+        deadline=Deadline(10),
+        retry=retry,
+    )
 
 
 def test_a_redirect_body_is_not_read():
