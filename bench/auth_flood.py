@@ -30,6 +30,10 @@ from pathlib import Path
 import bcrypt
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import wait_for_port  # noqa: E402
+
 PASSWORD = "flood-Right-1"
 REFUSED = re.compile(rb'^beenergised_web_requests_refused_total\{reason="(\w+)"\} (\S+)', re.M)
 
@@ -47,16 +51,6 @@ def login(port: int, source: str, user: str, password: str, timeout: float) -> t
         return 0, b""
     finally:
         connection.close()
-
-
-def wait_for_port(exporter: subprocess.Popen, log: Path) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and exporter.poll() is None:
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
-        if match:
-            return int(match.group(1))
-        time.sleep(0.1)
-    raise SystemExit(f"the exporter did not start:\n{log.read_text()}")
 
 
 def main() -> None:

@@ -38,6 +38,10 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import mandants_yaml  # noqa: E402
+
 CALM_STATIONS = 1000
 FAULTS = {
     "bomb": "endless",
@@ -123,12 +127,8 @@ def main() -> None:
     calm_url = found.group(1)
     config = work / "config.yml"
     config.write_text(
-        f"refresh_interval: {args.interval}\nmandants:\n"
-        + "".join(
-            f"  - name: {name}\n    api_url: {url}\n    token_url: {url}/oauth2/token\n"
-            "    client_id: demo-client\n    client_secret: demo-secret\n"
-            for name, url in (("hostile", hostile_url), ("calm", calm_url))
-        )
+        f"refresh_interval: {args.interval}\n"
+        + mandants_yaml({"hostile": hostile_url, "calm": calm_url})
     )
     exporter, found = start(
         [sys.executable, "-m", "exporter", f"--config.file={config}",

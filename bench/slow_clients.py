@@ -29,17 +29,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import SlowHeads, proc_cpu_seconds, proc_threads  # noqa: E402
-
-
-def wait_for_port(exporter: subprocess.Popen[bytes], log: Path) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and exporter.poll() is None:
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
-        if match:
-            return int(match.group(1))
-        time.sleep(0.1)
-    raise SystemExit(f"the exporter did not start:\n{log.read_text()}")
+from tests.helpers import SlowHeads, proc_cpu_seconds, proc_threads, wait_for_port  # noqa: E402
 
 
 def main() -> None:

@@ -394,3 +394,24 @@ class FaultStack:
 
     def revoke_tokens(self) -> None:
         requests.post(self.simulator.url + "/_sim/revoke_tokens", timeout=5).raise_for_status()
+
+
+def mandants_yaml(urls: dict[str, str], extra: dict[str, str] | None = None) -> str:
+    """The ``mandants:`` list of a config file: a mandant per name and simulator URL, with
+    the simulator's demo client, and ``extra`` YAML lines (indented) for some names."""
+    return "mandants:\n" + "".join(
+        f"  - name: {name}\n    api_url: {url}\n    token_url: {url}/oauth2/token\n"
+        "    client_id: demo-client\n    client_secret: demo-secret\n" + (extra or {}).get(name, "")
+        for name, url in urls.items()
+    )
+
+
+def wait_for_port(process: subprocess.Popen[bytes], log: Path) -> int:
+    """The port an exporter writing its log to ``log`` listens on, once it says so (60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
+        if match:
+            return int(match.group(1))
+        time.sleep(0.1)
+    raise SystemExit(f"the exporter did not start:\n{log.read_text()}")

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ExporterProcess, SimulatorProcess, matching, scrape, value, wait_until
+from tests.helpers import (
+    ExporterProcess,
+    SimulatorProcess,
+    mandants_yaml,
+    matching,
+    scrape,
+    value,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,13 +68,11 @@ def stack(tmp_path: Path) -> Iterator[tuple[ExporterProcess, SimulatorProcess]]:
         assert hostile.state()["stations"] == STATIONS
         config = tmp_path / "config.yml"
         config.write_text(
-            "refresh_interval: 1s\npage_limit: 1000\nmandants:\n"
-            f"  - name: {HOSTILE}\n    target_firmware: {TARGET}\n"
-            f"    api_url: {hostile.url}\n    token_url: {hostile.url}/oauth2/token\n"
-            "    client_id: demo-client\n    client_secret: demo-secret\n"
-            f"  - name: {CALM}\n"
-            f"    api_url: {calm.url}\n    token_url: {calm.url}/oauth2/token\n"
-            "    client_id: demo-client\n    client_secret: demo-secret\n"
+            "refresh_interval: 1s\npage_limit: 1000\n"
+            + mandants_yaml(
+                {HOSTILE: hostile.url, CALM: calm.url},
+                {HOSTILE: f"    target_firmware: {TARGET}\n"},
+            )
         )
         exporter = ExporterProcess([f"--config.file={config}"], {})
         try:

@@ -12,7 +12,7 @@ import requests
 
 from exporter.model import MAX_TEXT_LENGTH
 from exporter.simulator import CONTROL_LABEL_SUFFIX, LONG_LABEL_LENGTH
-from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
+from tests.helpers import ExporterProcess, SimulatorProcess, mandants_yaml, samples, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -81,12 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     calm = SimulatorProcess("--stations", str(CALM_STATIONS), "--seed", "2")
     config = tmp_path_factory.mktemp("hostile") / "config.yml"
     config.write_text(
-        "refresh_interval: 1s\nmandants:\n"
-        + "".join(
-            f"  - name: {name}\n    api_url: {sim.url}\n    token_url: {sim.url}/oauth2/token\n"
-            "    client_id: demo-client\n    client_secret: demo-secret\n"
-            for name, sim in ((HOSTILE, hostile), (CALM, calm))
-        )
+        "refresh_interval: 1s\n" + mandants_yaml({HOSTILE: hostile.url, CALM: calm.url})
     )
     exporter = ExporterProcess([f"--config.file={config}"], {})
     stack = Stack(hostile, calm, exporter)

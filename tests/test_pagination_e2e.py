@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ExporterProcess, SimulatorProcess, samples, wait_until
+from tests.helpers import ExporterProcess, SimulatorProcess, mandants_yaml, samples, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -88,12 +88,7 @@ def stack(
     requests.delete(hostile.url + "/_sim/faults", timeout=5).raise_for_status()
     config = tmp_path / "config.yml"
     config.write_text(
-        "refresh_interval: 1s\nmandants:\n"
-        + "".join(
-            f"  - name: {name}\n    api_url: {sim.url}\n    token_url: {sim.url}/oauth2/token\n"
-            "    client_id: demo-client\n    client_secret: demo-secret\n"
-            for name, sim in ((HOSTILE, hostile), (CALM, calm))
-        )
+        "refresh_interval: 1s\n" + mandants_yaml({HOSTILE: hostile.url, CALM: calm.url})
     )
 
     def start(**settings: str) -> Stack:
