@@ -45,6 +45,18 @@ class Held:
         return hello(environ, start_response)
 
 
+def start_flaky(start: Callable[..., Server], failures: int = 0) -> tuple[Server, FlakyListener]:
+    """A server started by ``start`` whose listening socket is a FlakyListener."""
+    listeners: list[FlakyListener] = []
+
+    def prepare(server: Server) -> None:
+        listeners.append(FlakyListener(server.socket))
+        listeners[0].failures = failures
+        server.socket = listeners[0]  # type: ignore[assignment]
+
+    return start(prepare=prepare), listeners[0]
+
+
 class FlakyListener:
     """The server's listening socket, but its next ``failures`` accepts fail with EMFILE."""
 
@@ -233,16 +245,10 @@ def test_waiting_connections_follow_the_open_file_limit(monkeypatch, start):
 
 
 def test_out_of_file_descriptors_a_waiting_connection_makes_room(start):
-    listener: list[FlakyListener] = []
-
-    def prepare(server: Server) -> None:
-        listener.append(FlakyListener(server.socket))
-        server.socket = listener[0]  # type: ignore[assignment]
-
-    server = start(prepare=prepare)
+    server, flaky = start_flaky(start)
     idle = connect(server)
     wait_until(lambda: len(server._waiting) == 1, timeout=5, what="the idle connection")
-    listener[0].failures = 1
+    flaky.failures = 1
     waiting = connect(server)  # in the backlog: accept fails, the idle one is closed for it
     assert closed_by_server(idle)
     assert ask(waiting).startswith(b"HTTP/1.0 200 OK\r\n")
@@ -250,14 +256,8 @@ def test_out_of_file_descriptors_a_waiting_connection_makes_room(start):
 
 
 def test_out_of_file_descriptors_the_reserve_refuses_one_politely(start):
-    listener: list[FlakyListener] = []
-
-    def prepare(server: Server) -> None:
-        listener.append(FlakyListener(server.socket))
-        server.socket = listener[0]  # type: ignore[assignment]
-
-    server = start(prepare=prepare)
-    listener[0].failures = 1
+    server, flaky = start_flaky(start)
+    flaky.failures = 1
     sock = connect(server)  # accept fails; the reserve descriptor is closed for the next one
     answer = b""
     while chunk := sock.recv(65536):
@@ -270,20 +270,13 @@ def test_out_of_file_descriptors_the_reserve_refuses_one_politely(start):
 def test_out_of_file_descriptors_is_never_a_busy_loop(start, monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="exporter.webserver")
     monkeypatch.setattr(webserver, "_reserve", lambda: None)  # no descriptor to spare either
-    listener: list[FlakyListener] = []
-
-    def prepare(server: Server) -> None:
-        listener.append(FlakyListener(server.socket))
-        server.socket = listener[0]  # type: ignore[assignment]
-        listener[0].failures = 10**9
-
-    server = start(prepare=prepare)
+    server, flaky = start_flaky(start, failures=10**9)
     sock = connect(server)  # waits in the backlog: the listening socket stays readable
     began = time.monotonic()
-    wait_until(lambda: listener[0].calls >= 5, timeout=5, what="accept to be retried")
+    wait_until(lambda: flaky.calls >= 5, timeout=5, what="accept to be retried")
     elapsed = time.monotonic() - began
-    assert listener[0].calls <= elapsed / ACCEPT_PAUSE + 3, f"{listener[0].calls} in {elapsed}s"
-    listener[0].failures = 0
+    assert flaky.calls <= elapsed / ACCEPT_PAUSE + 3, f"{flaky.calls} in {elapsed}s"
+    flaky.failures = 0
     assert ask(sock).startswith(b"HTTP/1.0 200 OK\r\n")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(
