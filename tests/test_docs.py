@@ -197,3 +197,52 @@ def test_every_test_the_table_of_bounds_names_exists():
             assert f"def {name}(" in (ROOT / "tests" / module).read_text(), f"{module}::{name}"
             named += 1
     assert named > 30
+
+
+PERFORMANCE = DOCS / "performance.md"
+RESULTS = ROOT / "bench" / "results.md"
+MEMORY_FIGURE = re.compile(r"\d[\d.,]* MiB(?: peak)? (?:at|with|per) \d[\d,]*")
+"""A memory figure by fleet size ("47 MiB at 10,000", "0.33 MiB per 1,000 stations")."""
+
+
+def table_cells(text: str, first: str) -> list[str]:
+    """The cells of the one table row of ``text`` whose first cell starts with ``first``."""
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| {first} |")]
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_memory_figures_of_docs_performance_are_those_of_bench_results():
+    """docs/performance.md, "Memory", quotes bench/results.md; the copies stay equal."""
+    results = RESULTS.read_text()
+    memory = PERFORMANCE.read_text().split("## Memory", 1)[1].split("\n## ", 1)[0]
+    for stations in ("1,000", "10,000", "100,000"):
+        measured = table_cells(results, f"{stations} | beenergised-exporter | on")[-1]
+        assert table_cells(memory, stations)[1] == f"{measured} MiB", stations
+    info_on = table_cells(results, "on")  # the 1,000,000-station table
+    info_off = table_cells(results, "off")
+    gzip_peak, plain_peak, off_peak = int(info_on[1]), int(info_on[3]), int(info_off[1])
+    assert table_cells(memory, "1,000,000")[1] == (
+        f"{gzip_peak} MiB ({plain_peak} once a scrape asked for uncompressed text; "
+        f"{off_peak} without the info metric)"
+    )
+    many = table_cells(results, "100 | 10,000 | default")[3]
+    assert table_cells(memory, "100 mandants x 10,000")[1] == f"{many} MiB"
+    interpreter = int(re.search(r"less the (\d+) MiB of the interpreter", memory).group(1))
+    per_thousand = [f"{(peak - interpreter) / 1000:.2f}" for peak in (gzip_peak, plain_peak, off_peak)]
+    stated = re.search(r"about ([\d.]+) MiB \(([\d.]+) once .*?, ([\d.]+)\s+without", memory, re.S)
+    assert stated and list(stated.groups()) == per_thousand
+
+
+def test_memory_figures_by_fleet_size_are_stated_only_in_docs_performance():
+    """Elsewhere they are referred to, so that a new measurement changes one place."""
+    elsewhere = [README, *DOCS.glob("*.md"), ROOT / "Dockerfile"]
+    elsewhere += [p for p in (ROOT / "deploy").rglob("*") if p.is_file()]
+    elsewhere += [p for p in (ROOT / "examples").rglob("*") if p.is_file()]
+    found = [
+        f"{path.relative_to(ROOT)}: {match}"
+        for path in elsewhere
+        if path != PERFORMANCE
+        for match in MEMORY_FIGURE.findall(path.read_text())
+    ]
+    assert not found, "refer to docs/performance.md#memory instead:\n" + "\n".join(found)
+    assert MEMORY_FIGURE.findall(PERFORMANCE.read_text()), "the pattern finds the figures"
