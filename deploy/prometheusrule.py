@@ -1,4 +1,5 @@
-"""Write deploy/kubernetes/prometheus-operator/prometheusrule.yaml from prometheus/alerts.yml (`make rules`).
+"""Write deploy/kubernetes/prometheus-operator/prometheusrule.yaml from prometheus/alerts.yml
+(`make rules`).
 
 The Prometheus Operator wants the alerting rules wrapped in a PrometheusRule; this keeps that
 copy generated from the one rule file Prometheus loads, so the two never drift apart

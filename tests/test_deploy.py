@@ -7,7 +7,6 @@ checked against the exporter they deploy; and the PrometheusRule that `make rule
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 import subprocess
 import tomllib
@@ -20,7 +19,7 @@ import yaml
 
 from exporter.config import DEFAULT_PORT, load_settings, parse_duration
 from tests.dockerfile import final_stage
-from tests.helpers import IN_CI, ROOT, require_tool, wait_until
+from tests.helpers import IN_CI, ROOT, load_script, require_tool, wait_until
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
 BASE_DIR = KUBERNETES_DIR / "base"  # applies on any cluster
@@ -38,14 +37,8 @@ CORE_API_VERSIONS = {"v1", "apps/v1", "networking.k8s.io/v1"}  # built into ever
 
 
 def rule_generator() -> ModuleType:
-    """deploy/prometheusrule.py, a script rather than a package, loaded from its path."""
-    spec = importlib.util.spec_from_file_location(
-        "prometheusrule", ROOT / "deploy" / "prometheusrule.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """deploy/prometheusrule.py, which `make rules` runs."""
+    return load_script(ROOT / "deploy" / "prometheusrule.py")
 
 
 def load(path: Path) -> dict:
@@ -449,7 +442,7 @@ def test_prometheusrule_is_what_make_rules_writes():
     assert generator.PROMETHEUS_RULE == PROMETHEUS_RULE
     assert generator.ALERTS == ALERTS
     assert PROMETHEUS_RULE.read_text() == generator.render(ALERTS.read_text()), (
-        "deploy/kubernetes/prometheusrule.yaml is stale: run `make rules`"
+        "deploy/kubernetes/prometheus-operator/prometheusrule.yaml is stale: run `make rules`"
     )
 
 
