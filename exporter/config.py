@@ -370,6 +370,7 @@ def _mandant(
         target_firmware=value(OPTION["target-firmware"]),
         ca_file=value(OPTION["api.ca-file"]),
         firmware_max_versions=value(OPTION["firmware.max-versions"]),
+        authorization=value(OPTION["api.authorization"]),
     )
 
 

@@ -18,7 +18,11 @@ from typing import Any, NoReturn
 
 from exporter import version_text
 from exporter.errors import ConfigError
-from exporter.model import DEFAULT_MAX_FIRMWARE_VERSIONS, TOKEN_AUTH_METHODS
+from exporter.model import (
+    AUTHORIZATION_SETTINGS,
+    DEFAULT_MAX_FIRMWARE_VERSIONS,
+    TOKEN_AUTH_METHODS,
+)
 from exporter.values import (
     DEFAULT_PORT,
     Given,
@@ -162,6 +166,18 @@ OPTIONS: tuple[Option, ...] = (
         metavar="METHOD",
         default="basic",
         file_key="token_auth_method",
+        per_mandant=True,
+    ),
+    Option(
+        "api.authorization",
+        one_of(AUTHORIZATION_SETTINGS),
+        "how the access token goes into the Authorization header of API requests: bearer "
+        "(Bearer <token>, as the API quickstart's text says), raw (the bare token, as its curl "
+        "example sends it) or auto (bearer; when a token fresh from the token endpoint is "
+        "refused, the other form once; then the form that works)",
+        metavar="FORM",
+        default="auto",
+        file_key="authorization",
         per_mandant=True,
     ),
     Option(

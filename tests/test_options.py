@@ -92,6 +92,7 @@ def test_file_keys_come_from_the_table() -> None:
         "api_max_response_size",
         "api_max_stations",
         "api_request_timeout",
+        "authorization",
         "changes_max_entries",
         "concurrency",
         "firmware_max_versions",
@@ -103,6 +104,7 @@ def test_file_keys_come_from_the_table() -> None:
     )
     assert FILE_MANDANT_KEYS == (
         "api_url",
+        "authorization",
         "ca_file",
         "client_id",
         "client_secret",
