@@ -517,6 +517,9 @@ def build_parser(
         action=_PrintVersion,
         help="print the version, the Python version and the platform, then exit",
     )
+    if prog == "beenergised-exporter":  # the usage names the command `check` too
+        flags = parser.format_usage().removeprefix("usage: ").rstrip()
+        parser.usage = f"{flags}\n       {prog} check [--output FORMAT] [the flags above]"
     return parser
 
 

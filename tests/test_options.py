@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.check import build_check_parser
 from exporter.options import FILE_GLOBAL_KEYS, FILE_MANDANT_KEYS, OPTIONS, Option, build_parser
 from exporter.values import Given
 
@@ -73,6 +74,16 @@ def test_every_flag_of_the_table_is_on_the_command_line_and_no_other() -> None:
     parser = build_parser()
     flags = {s for action in parser._actions for s in action.option_strings}
     assert flags - {"-h", "--help", "--version"} == {o.flag for o in OPTIONS if o.flag}
+
+
+def test_the_usage_names_the_check_command_beside_the_flags() -> None:
+    first, *flags, last = build_parser().format_usage().splitlines()
+    assert first.startswith("usage: beenergised-exporter [-h] ")
+    assert "[--config.file PATH]" in " ".join(flags)
+    assert last.strip() == "beenergised-exporter check [--output FORMAT] [the flags above]"
+    check_usage = build_check_parser().format_usage()
+    assert check_usage.startswith("usage: beenergised-exporter check [-h] ")
+    assert "[--output FORMAT]" in check_usage and "[the flags above]" not in check_usage
 
 
 def test_file_keys_come_from_the_table() -> None:
