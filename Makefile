@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 ## run: start the exporter against the built-in simulated CPO API (demo mode)
 run: $(VENV)/.installed
-	$(BIN)/beenergised-exporter --demo --refresh-interval=30s
+	$(BIN)/beenergised-exporter --demo --refresh.interval=30s
 
 ## test: the whole suite (unit, golden, end-to-end; promtool where installed). Most of its time
 ## is spent waiting on real processes, so four workers share it; a file stays on one worker.

@@ -28,7 +28,7 @@ def test_fifty_concurrent_scrapers_all_get_the_whole_exposition(
 ):
     simulator = simulator_process("--stations", str(STATIONS), "--max-page-limit", "100")
     exporter = exporter_process(
-        ["--refresh-interval=30s", "--log.level=info"],
+        ["--refresh.interval=30s", "--log.level=info"],
         {
             "BEENERGISED_API_URL": simulator.url,
             "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
