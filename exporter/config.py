@@ -372,6 +372,7 @@ def _mandant(
         target_firmware=value(OPTION["firmware.target"]),
         ca_file=value(OPTION["api.ca-file"]),
         firmware_max_versions=value(OPTION["firmware.max-versions"]),
+        authorization=value(OPTION["api.authorization"]),
     )
 
 

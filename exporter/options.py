@@ -21,7 +21,11 @@ from typing import Any, NoReturn
 
 from exporter import version_text
 from exporter.errors import ConfigError
-from exporter.model import DEFAULT_MAX_FIRMWARE_VERSIONS, TOKEN_AUTH_METHODS
+from exporter.model import (
+    AUTHORIZATION_SETTINGS,
+    DEFAULT_MAX_FIRMWARE_VERSIONS,
+    TOKEN_AUTH_METHODS,
+)
 from exporter.values import (
     DEFAULT_PORT,
     Given,
@@ -193,6 +197,18 @@ OPTIONS: tuple[Option, ...] = (
         per_mandant=True,
         variable="BEENERGISED_TOKEN_AUTH_METHOD",
         old="token-auth-method",
+    ),
+    Option(
+        "api.authorization",
+        one_of(AUTHORIZATION_SETTINGS),
+        "how the access token goes into the Authorization header of API requests: bearer "
+        "(Bearer <token>, as the API quickstart's text says), raw (the bare token, as its curl "
+        "example sends it) or auto (bearer; when a token fresh from the token endpoint is "
+        "refused, the other form once; then the form that works)",
+        metavar="FORM",
+        default="auto",
+        file_key="authorization",
+        per_mandant=True,
     ),
     Option(
         "api.ca-file",
@@ -567,6 +583,9 @@ def build_parser(
         action=_PrintVersion,
         help="print the version, the Python version and the platform, then exit",
     )
+    if prog == "beenergised-exporter":  # the usage names the command `check` too
+        flags = parser.format_usage().removeprefix("usage: ").rstrip()
+        parser.usage = f"{flags}\n       {prog} check [--output FORMAT] [the flags above]"
     return parser
 
 

@@ -241,6 +241,8 @@ class _ServerHandler(ServerHandler):
     """wsgiref's handler, but a client that goes away or reads too slowly is one debug line
     instead of a traceback on stderr."""
 
+    server_software = "beenergised-exporter"  # the Server header; wsgiref's names Python's version
+
     def log_exception(
         self,
         exc_info: tuple[type[BaseException], BaseException, TracebackType]
@@ -304,6 +306,10 @@ class RequestHandler(WSGIRequestHandler):
         if self.request_version == "HTTP/0.9":  # which would leave out the status line
             self.request_version = "HTTP/1.0"
         super().send_error(code, message, explain)
+
+    def version_string(self) -> str:
+        """The Server header of those answers, as of every other."""
+        return _ServerHandler.server_software
 
     def log_message(self, format: str, *args: Any) -> None:
         LOG.debug("%s %s", self.address_string(), format % args)

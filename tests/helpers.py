@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import resource
@@ -14,14 +15,27 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from readme_renderer.markdown import render as render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of the repository (deploy/prometheusrule.py, deploy/image.py), not a package,
+    loaded from its path as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
@@ -45,6 +59,24 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
     }
 
 
+def rendered_links(markdown: str) -> list[str]:
+    """Every link and image target of ``markdown`` as the package index renders it (PyPI uses
+    readme_renderer), but for the anchors the renderer adds to its own headings, which lead to
+    an id of the same page."""
+    html = render_markdown(markdown)
+    assert html is not None, "readme_renderer could not render it (readme-renderer[md])"
+    found: list[str] = []
+    ids: set[str] = set()
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.extend(value for name, value in attrs if name in ("href", "src") and value)
+            ids.update(value for name, value in attrs if name == "id" and value)
+
+    Links().feed(html)
+    return [link for link in found if link.removeprefix("#") not in ids]
+
+
 TOOL_PACKAGES = {
     "amtool": "prometheus-alertmanager",
     "prometheus-alertmanager": "prometheus-alertmanager",
@@ -53,8 +85,13 @@ TOOL_PACKAGES = {
     "systemd-analyze": "systemd",
     "kubectl": "kubernetes-client",
     "faketime": "faketime",
+    "make": "make",
 }
 """Debian packages of the external tools the tests use, where not 'prometheus'."""
+
+
+MISSING_TOOL = re.compile(r"^(\S+) is not installed \(Debian package '")
+"""The start of the reason require_tool skips with; tests/conftest.py collects the names."""
 
 
 def require_tool(name: str) -> str:
@@ -64,6 +101,7 @@ def require_tool(name: str) -> str:
         return path
     package = TOOL_PACKAGES.get(name, "prometheus")
     message = f"{name} is not installed (Debian package '{package}'; .ci/run installs it)"
+    assert MISSING_TOOL.match(message)
     if IN_CI:
         pytest.fail(message + " but CI=true requires it")
     pytest.skip(message)

@@ -154,6 +154,7 @@ def test_text_report_shows_the_simulators_fleet(sim, capsys, monkeypatch):
     assert table["pages"] == [str(math.ceil(total / 7))]
     assert table["time"][0].endswith("s")
     assert table["token"] == ["valid for 3600s"]
+    assert table["auth header"] == ["bearer (Authorization: Bearer <token>), found by auto"]
 
     firmware = {}
     for row in table["firmware"]:
@@ -169,6 +170,45 @@ def test_text_report_shows_the_simulators_fleet(sim, capsys, monkeypatch):
     assert table["target"] == [f"2.5.0: {on_target} of {total} stations ({percent}%)"]
     issues = {row.split()[0]: int(row.split()[1]) for row in table["data issues"]}
     assert issues == PROBLEMS
+
+
+@pytest.fixture
+def raw_sim() -> Iterator[Simulator]:
+    """A simulator that takes only the bare token, as the quickstart's curl sends it."""
+    with Simulator(
+        Inventory(size=STATIONS, seed=5),
+        client_id=CLIENT_ID,
+        client_secret=SECRET,
+        max_page_limit=MAX_PAGE_LIMIT,
+        authorization="raw",
+    ) as simulator:
+        yield simulator
+
+
+def test_the_form_of_the_header_the_api_takes_is_found_and_shown(raw_sim, capsys, monkeypatch):
+    code, out, err = run_check(capsys, monkeypatch, mandant_env(raw_sim))
+    assert code == 0, out + err
+    assert rows(out)["auth header"] == ["raw (Authorization: <token>), found by auto"]
+    code, out, _ = run_check(capsys, monkeypatch, mandant_env(raw_sim), "--output=json")
+    [mandant] = json.loads(out)["mandants"]
+    assert mandant["authorization"] == {"setting": "auto", "accepted": "raw"}
+    assert mandant["stations"] == STATIONS
+
+
+def test_a_form_set_that_the_api_refuses_fails_with_a_hint_to_try_auto(
+    raw_sim, capsys, monkeypatch
+):
+    env = mandant_env(raw_sim) | {"BEENERGISED_API_AUTHORIZATION": "bearer"}
+    code, out, _ = run_check(capsys, monkeypatch, env, "--output=json")
+    assert code == 1
+    [mandant] = json.loads(out)["mandants"]
+    assert mandant["authorization"] == {"setting": "bearer", "accepted": None}
+    assert mandant["error"]["reason"] == "auth"
+    assert "(--api.authorization=bearer)" in mandant["error"]["message"]
+    assert "set it to auto" in mandant["error"]["hint"]
+    code, out, _ = run_check(capsys, monkeypatch, env)
+    assert code == 1
+    assert "auth header" not in rows(out)
 
 
 def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
@@ -196,6 +236,7 @@ def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
         "pages": math.ceil(total / 4),
         "stations": total,
         "token_expires_in": 3600,
+        "authorization": {"setting": "auto", "accepted": "bearer"},
         "firmware": firmware,
         "target": {
             "firmware": "/2\\.5\\..*|3\\..*/",

@@ -37,6 +37,7 @@ FLAGS_AND_ENV = [
     ("--api.client-id", "BEENERGISED_CLIENT_ID"),
     ("--api.client-secret-file", "BEENERGISED_CLIENT_SECRET_FILE"),
     ("--api.token-auth-method", "BEENERGISED_TOKEN_AUTH_METHOD"),
+    ("--api.authorization", "BEENERGISED_API_AUTHORIZATION"),
     ("--refresh.interval", "BEENERGISED_REFRESH_INTERVAL"),
     ("--api.page-limit", "BEENERGISED_PAGE_LIMIT"),
     ("--api.concurrency", "BEENERGISED_CONCURRENCY"),
@@ -228,6 +229,16 @@ PRECEDENCE = {
         "query",
         "post",
         "basic",
+    ),
+    "authorization": Case(
+        ["--api.authorization", "raw"],
+        ("BEENERGISED_API_AUTHORIZATION", "Bearer"),
+        "authorization: raw",
+        lambda s: s.mandants[0].authorization,
+        "raw",
+        "bearer",
+        "raw",
+        "auto",
     ),
     "firmware_max_versions": Case(
         ["--firmware.max-versions", "7"],
@@ -999,6 +1010,28 @@ def test_firmware_max_versions_per_mandant_in_the_config_file(tmp_path: Path) ->
     assert (north.firmware_max_versions, south.firmware_max_versions) == (500, 20)
     flag = ["--firmware.max-versions", "3", "--config.file", str(config)]
     assert [m.firmware_max_versions for m in load(flag, {}).mandants] == [500, 3]
+
+
+def test_authorization_per_mandant_in_the_config_file(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    entry = f"  - api_url: {{url}}\n    client_id: a\n    client_secret_file: {path}\n"
+    config = write(
+        tmp_path,
+        "authorization: bearer\nmandants:\n"
+        + entry.format(url="https://north.example")
+        + "    authorization: raw\n"
+        + entry.format(url="https://south.example"),
+    )
+    north, south = load(["--config.file", str(config)], {}).mandants
+    assert (north.authorization, south.authorization) == ("raw", "bearer")
+    flag = ["--api.authorization", "auto", "--config.file", str(config)]
+    assert [m.authorization for m in load(flag, {}).mandants] == ["raw", "auto"]
+
+
+def test_authorization_must_be_one_of_the_forms() -> None:
+    assert error(["--api.authorization", "basic"]) == (
+        "--api.authorization: must be one of auto, bearer, raw, got 'basic'"
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "many"])

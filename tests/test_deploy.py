@@ -1,11 +1,12 @@
-"""Deployment files: the Kubernetes manifests (deploy/kubernetes/) and the systemd unit
-(deploy/systemd/), checked against the exporter they deploy; and the PrometheusRule that
-`make rules` (deploy/prometheusrule.py) writes from prometheus/alerts.yml.
+"""Deployment files: the Kubernetes manifests (deploy/kubernetes/: a base for any cluster and
+an overlay adding the Prometheus Operator's resources) and the systemd unit (deploy/systemd/),
+checked against the exporter they deploy; and the PrometheusRule that `make rules`
+(deploy/prometheusrule.py) writes from prometheus/alerts.yml.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import re
 import subprocess
 import tomllib
@@ -18,36 +19,42 @@ import yaml
 
 from exporter.config import DEFAULT_PORT, load_settings, parse_duration
 from tests.dockerfile import final_stage
-from tests.helpers import IN_CI, ROOT, require_tool, wait_until
+from tests.helpers import IN_CI, ROOT, load_script, require_tool, wait_until
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
+BASE_DIR = KUBERNETES_DIR / "base"  # applies on any cluster
+OPERATOR_DIR = KUBERNETES_DIR / "prometheus-operator"  # the base and the operator's resources
+KUSTOMIZATIONS = (BASE_DIR, OPERATOR_DIR)
 SYSTEMD_DIR = ROOT / "deploy" / "systemd"
 ALERTS = ROOT / "prometheus" / "alerts.yml"
-PROMETHEUS_RULE = KUBERNETES_DIR / "prometheusrule.yaml"
-SECRET_EXAMPLE = KUBERNETES_DIR / "secret.example.yaml"
+PROMETHEUS_RULE = OPERATOR_DIR / "prometheusrule.yaml"
+SECRET_EXAMPLE = BASE_DIR / "secret.example.yaml"
+PERFORMANCE = ROOT / "docs" / "performance.md"
 UNIT = SYSTEMD_DIR / "beenergised-exporter.service"
 SOCKET_UNIT = SYSTEMD_DIR / "beenergised-exporter.socket"
 ENV_EXAMPLE = SYSTEMD_DIR / "beenergised-exporter.env.example"
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # CRDs of the Prometheus Operator
+CORE_API_VERSIONS = {"v1", "apps/v1", "networking.k8s.io/v1"}  # built into every cluster
 
 
 def rule_generator() -> ModuleType:
-    """deploy/prometheusrule.py, a script rather than a package, loaded from its path."""
-    spec = importlib.util.spec_from_file_location(
-        "prometheusrule", ROOT / "deploy" / "prometheusrule.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """deploy/prometheusrule.py, which `make rules` runs."""
+    return load_script(ROOT / "deploy" / "prometheusrule.py")
 
 
 def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def manifest_files() -> list[Path]:
-    return sorted(p for p in KUBERNETES_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+def manifest_files(directory: Path | None = None) -> list[Path]:
+    """The manifests of one kustomization directory, or of all."""
+    directories = KUSTOMIZATIONS if directory is None else (directory,)
+    return sorted(
+        path
+        for folder in directories
+        for path in folder.glob("*.yaml")
+        if path.name != "kustomization.yaml"
+    )
 
 
 def manifest(kind: str) -> dict:
@@ -55,8 +62,8 @@ def manifest(kind: str) -> dict:
     return found
 
 
-def kustomization() -> dict:
-    return load(KUBERNETES_DIR / "kustomization.yaml")
+def kustomization(directory: Path = BASE_DIR) -> dict:
+    return load(directory / "kustomization.yaml")
 
 
 def deployment() -> dict:
@@ -100,20 +107,56 @@ def test_manifest_has_api_version_kind_name_and_labels(path: Path):
     assert resource["metadata"]["labels"]["app.kubernetes.io/name"] == "beenergised-exporter"
 
 
-def test_kustomization_lists_every_manifest_but_the_secret_example():
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda path: path.name)
+def test_kustomization_lists_every_manifest_but_the_secret_example(directory: Path):
     """Applying the directory again must never replace the real secret with the placeholder."""
-    resources = kustomization()["resources"]
-    expected = [p.name for p in manifest_files() if p != SECRET_EXAMPLE]
+    resources = [r for r in kustomization(directory)["resources"] if not r.startswith("../")]
+    expected = [p.name for p in manifest_files(directory) if p != SECRET_EXAMPLE]
     assert sorted(resources) == expected
     assert SECRET_EXAMPLE.name not in resources
 
 
-def test_kustomization_image_tag_is_the_project_version():
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+def test_the_base_holds_no_custom_resource_and_the_overlay_adds_the_operators():
+    """The base applies on a cluster without the Prometheus Operator's CRDs."""
+    base = {load(BASE_DIR / name)["kind"] for name in kustomization()["resources"]}
+    assert base == {"Namespace", "ConfigMap", "Deployment", "Service", "NetworkPolicy"}
+    overlay = kustomization(OPERATOR_DIR)["resources"]
+    assert "../base" in overlay
+    added = {load(OPERATOR_DIR / name)["kind"] for name in overlay if name != "../base"}
+    assert added == OPERATOR_KINDS
+
+
+def test_the_namespace_is_set_once_and_the_base_creates_it():
+    namespace = kustomization()["namespace"]
+    assert kustomization(OPERATOR_DIR)["namespace"] == namespace
+    created = manifest("Namespace")
+    assert created["metadata"]["name"] == namespace
+    assert created["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_the_overlay_labels_the_custom_resources_for_kube_prometheus_stack():
+    """kube-prometheus-stack's Prometheus selects ServiceMonitors and PrometheusRules by
+    `release: <Helm release>`; the overlay patches exactly the operator's kinds."""
+    (patch,) = kustomization(OPERATOR_DIR)["patches"]
+    assert patch["target"] == {"group": "monitoring.coreos.com"}
+    (operation,) = yaml.safe_load(patch["patch"])
+    assert operation == {
+        "op": "add",
+        "path": "/metadata/labels/release",
+        "value": "kube-prometheus-stack",
+    }
+    documented = (ROOT / "docs" / "deployment.md").read_text()
+    assert "release: <" in documented and "deploy/kubernetes/prometheus-operator" in documented
+
+
+def test_kustomization_image_is_the_released_image_of_the_project_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    repository = project["urls"]["Source"].removeprefix("https://github.com/")
     (image,) = kustomization()["images"]
     assert image["name"] == exporter_container()["image"].split(":")[0]
-    assert image["newTag"] == version
-    assert exporter_container()["image"] == f"beenergised-exporter:{version}"
+    assert image["newName"] == f"ghcr.io/{repository.lower()}"  # as the release workflow pushes
+    assert image["newTag"] == project["version"]
+    assert exporter_container()["image"] == f"beenergised-exporter:{project['version']}"
 
 
 def kubernetes_validate():
@@ -149,20 +192,58 @@ def test_manifest_passes_kubernetes_validate_strictly(path: Path):
         validator.validate(resource, version, strict=True)
 
 
-@pytest.mark.e2e
-def test_kustomize_builds_the_directory():
+@functools.cache
+def rendered(directory: Path) -> tuple[dict, ...]:
+    """The objects `kubectl kustomize` renders of a kustomization directory."""
     kubectl = require_tool("kubectl")
     result = subprocess.run(
-        [kubectl, "kustomize", str(KUBERNETES_DIR)], capture_output=True, text=True, timeout=60
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    built = list(yaml.safe_load_all(result.stdout))
+    return tuple(yaml.safe_load_all(result.stdout))
+
+
+@pytest.mark.e2e
+def test_kustomize_renders_the_base_in_its_namespace_without_custom_resources():
+    built = rendered(BASE_DIR)
     assert sorted(r["kind"] for r in built) == sorted(
-        load(KUBERNETES_DIR / name)["kind"] for name in kustomization()["resources"]
+        load(BASE_DIR / name)["kind"] for name in kustomization()["resources"]
     )
+    assert not [r["kind"] for r in built if r["apiVersion"] not in CORE_API_VERSIONS]
+    (namespace,) = [r["metadata"]["name"] for r in built if r["kind"] == "Namespace"]
+    assert {r["metadata"].get("namespace") for r in built if r["kind"] != "Namespace"} == {
+        namespace
+    }
     (built_deployment,) = [r for r in built if r["kind"] == "Deployment"]
     (container,) = built_deployment["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == exporter_container()["image"]
+    (image,) = kustomization()["images"]
+    assert container["image"] == f"{image['newName']}:{image['newTag']}"
+
+
+@pytest.mark.e2e
+def test_kustomize_renders_the_overlay_as_the_base_plus_the_labelled_custom_resources():
+    base, overlay = rendered(BASE_DIR), rendered(OPERATOR_DIR)
+    core = [r for r in overlay if r["kind"] not in OPERATOR_KINDS]
+    assert sorted(core, key=str) == sorted(base, key=str), "the overlay changes no base object"
+    custom = [r for r in overlay if r["kind"] in OPERATOR_KINDS]
+    assert sorted(r["kind"] for r in custom) == sorted(OPERATOR_KINDS)
+    (namespace,) = [r["metadata"]["name"] for r in base if r["kind"] == "Namespace"]
+    for resource in custom:
+        assert resource["apiVersion"] == "monitoring.coreos.com/v1"
+        assert resource["metadata"]["namespace"] == namespace
+        assert resource["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda path: path.name)
+def test_rendered_core_objects_pass_kubernetes_validate_strictly(directory: Path):
+    """What a cluster receives, namespace and image set, against Kubernetes' schemas."""
+    validator = kubernetes_validate()
+    core = [r for r in rendered(directory) if r["kind"] not in OPERATOR_KINDS]
+    assert len(core) == len(kustomization()["resources"])
+    for resource in core:
+        for version in kubernetes_versions():
+            validator.validate(resource, version, strict=True)
 
 
 # -- Deployment -------------------------------------------------------------------------------
@@ -220,6 +301,13 @@ def test_probe_paths_answer_on_a_real_exporter(exporter_process):
     )
 
 
+def measured_peak(stations: str) -> float:
+    """Peak RSS in bytes at a fleet size, from the one place that states it:
+    docs/performance.md's Memory table."""
+    (mib,) = re.findall(rf"^\| {stations} \| (\d+) MiB", PERFORMANCE.read_text(), re.MULTILINE)
+    return int(mib) * 2**20
+
+
 def quantity(value: str) -> float:
     """A Kubernetes quantity (cpu: 25m, 1; memory: 64Mi, 1Gi) as a number."""
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1}
@@ -233,9 +321,14 @@ def test_deployment_requests_and_limits_cover_the_measured_memory():
         request = quantity(resources["requests"][resource])
         limit = quantity(resources["limits"][resource])
         assert 0 < request <= limit, resource
-    # Peak RSS measured with 10,000 stations and 4 scrapers: 51 MiB (see deployment.yaml).
-    assert quantity(resources["requests"]["memory"]) >= 51 * 2**20
-    assert quantity(resources["limits"]["memory"]) >= 2 * 51 * 2**20
+    assert quantity(resources["requests"]["memory"]) >= measured_peak("10,000")
+    assert quantity(resources["limits"]["memory"]) >= measured_peak("100,000")
+
+
+def test_unit_memory_limit_covers_the_measured_memory():
+    assert quantity(unit_value("Service", "MemoryMax").replace("M", "Mi")) >= measured_peak(
+        "100,000"
+    )
 
 
 def test_client_secret_is_a_mounted_file_named_by_the_environment():
@@ -267,9 +360,9 @@ def test_secret_example_holds_only_a_placeholder():
 @pytest.mark.parametrize("path", ["client-secret", "secret.yaml"])
 def test_local_secret_files_are_ignored_by_git(path):
     result = subprocess.run(
-        ["git", "check-ignore", "--quiet", str(KUBERNETES_DIR / path)], cwd=ROOT, timeout=30
+        ["git", "check-ignore", "--quiet", str(BASE_DIR / path)], cwd=ROOT, timeout=30
     )
-    assert result.returncode == 0, f"deploy/kubernetes/{path} would be committed"
+    assert result.returncode == 0, f"deploy/kubernetes/base/{path} would be committed"
 
 
 def test_configmap_and_secret_make_valid_settings(tmp_path):
@@ -307,6 +400,20 @@ def test_service_exposes_the_metrics_port_of_the_pods():
     assert service["spec"]["publishNotReadyAddresses"] is True
 
 
+def test_networkpolicy_lets_scrapers_in_and_the_exporter_out_to_dns_and_https_only():
+    policy = manifest("NetworkPolicy")["spec"]
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert [p["name"] for p in exporter_container()["ports"]] == ["metrics"]
+    egress = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert egress == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+    api_url = manifest("ConfigMap")["data"]["BEENERGISED_API_URL"]
+    assert api_url.startswith("https://") and ":" not in api_url.removeprefix("https://")
+
+
 def test_servicemonitor_scrapes_the_service_as_the_job_the_alerts_expect():
     monitor = manifest("ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -336,7 +443,7 @@ def test_prometheusrule_is_what_make_rules_writes():
     assert generator.PROMETHEUS_RULE == PROMETHEUS_RULE
     assert generator.ALERTS == ALERTS
     assert PROMETHEUS_RULE.read_text() == generator.render(ALERTS.read_text()), (
-        "deploy/kubernetes/prometheusrule.yaml is stale: run `make rules`"
+        "deploy/kubernetes/prometheus-operator/prometheusrule.yaml is stale: run `make rules`"
     )
 
 

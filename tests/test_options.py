@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.check import build_check_parser
 from exporter.options import (
     FILE_GLOBAL_KEYS,
     FILE_MANDANT_KEYS,
@@ -134,12 +135,23 @@ def test_help_shows_no_flag_of_0_1() -> None:
     assert "--api.url URL" in text and "--no-collector.station-info" in text
 
 
+def test_the_usage_names_the_check_command_beside_the_flags() -> None:
+    first, *flags, last = build_parser().format_usage().splitlines()
+    assert first.startswith("usage: beenergised-exporter [-h] ")
+    assert "[--config.file PATH]" in " ".join(flags)
+    assert last.strip() == "beenergised-exporter check [--output FORMAT] [the flags above]"
+    check_usage = build_check_parser().format_usage()
+    assert check_usage.startswith("usage: beenergised-exporter check [-h] ")
+    assert "[--output FORMAT]" in check_usage and "[the flags above]" not in check_usage
+
+
 def test_file_keys_come_from_the_table() -> None:
     assert FILE_GLOBAL_KEYS == (
         "mandants",
         "api_max_response_size",
         "api_max_stations",
         "api_request_timeout",
+        "authorization",
         "changes_max_entries",
         "concurrency",
         "firmware_max_versions",
@@ -151,6 +163,7 @@ def test_file_keys_come_from_the_table() -> None:
     )
     assert FILE_MANDANT_KEYS == (
         "api_url",
+        "authorization",
         "ca_file",
         "client_id",
         "client_secret",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import platform
+import re
 import socket
 import ssl
 import threading
@@ -142,6 +144,17 @@ def closed_by_server(sock: socket.socket) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
+
+
+def test_the_server_header_names_the_exporter_not_the_python_version(start):
+    """An answer of the app and one of the HTTP parser (400) alike."""
+    server = start()
+    answers = [get(server), ask(connect(server), "/ not a request line:")]
+    for answer, status in zip(answers, (b"200", b"400"), strict=True):
+        head = answer.split(b"\r\n\r\n")[0].decode("latin-1")
+        assert head.split()[1] == status.decode(), head
+        assert re.findall(r"(?mi)^server: ([^\r\n]*)", head) == ["beenergised-exporter"], head
+        assert platform.python_version() not in head and "Python" not in head, head
 
 
 def test_requests_beyond_max_requests_wait_a_moment_and_beyond_that_get_503(start):
