@@ -26,7 +26,7 @@ help:
 
 ## run: start the exporter against the built-in simulated CPO API (demo mode)
 run: $(VENV)/.installed
-	$(BIN)/beenergised-exporter --demo --refresh-interval=30s
+	$(BIN)/beenergised-exporter --demo --refresh.interval=30s
 
 ## test: the whole suite (unit, golden, end-to-end; its last line names the system tools it
 ##       skipped for, docs/development.md lists them). Most of its time

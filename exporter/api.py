@@ -504,7 +504,7 @@ class CpoClient:
         also = " and --api.max-stations" if stations >= self._max_stations else ""
         return ListingTooLargeError(
             f"charging stations of {self._host}: {what}, and one read fetches at most "
-            f"{self._max_pages} pages; raise --page-limit{also} if the fleet is that large"
+            f"{self._max_pages} pages; raise --api.page-limit{also} if the fleet is that large"
         )
 
     def _fetch_concurrently(

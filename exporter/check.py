@@ -101,15 +101,15 @@ def hint(reason: str, step: str, message: str) -> str:
             f"{url} lists more stations than one read may hold: raise --api.max-stations if "
             "the fleet is that large; if it is not, the API's listing does not end"
         )
-    if reason == "too_large" and "--page-limit" in message:
+    if reason == "too_large" and "--api.page-limit" in message:
         return (
-            f"{url} lists more pages than one read fetches: raise --page-limit if the fleet "
+            f"{url} lists more pages than one read fetches: raise --api.page-limit if the fleet "
             "is that large; if it is not, the API's listing does not end"
         )
     if reason == "too_large":
         return (
             f"the answer of {url} is larger than a page of stations should be: is {url} "
-            "right? Raise --api.max-response-size (or lower --page-limit) if it is genuine"
+            "right? Raise --api.max-response-size (or lower --api.page-limit) if it is genuine"
         )
     if status == 404 and step == "token":  # an AuthError: the token endpoint answered 4xx
         return f"is token_url the OAuth2 token endpoint, e.g. {DEFAULT_TOKEN_URL}?"
@@ -121,7 +121,7 @@ def hint(reason: str, step: str, message: str) -> str:
     if reason == "auth" and step == "token":
         return (
             "use the client id and secret of a CPO API client of this mandant; check also "
-            "token_url and --token-auth-method (basic, post or query)"
+            "token_url and --api.token-auth-method (basic, post or query)"
         )
     if reason == "auth" and "try --api.authorization=auto" in message:
         return (

@@ -140,7 +140,7 @@ class SteppedClock:
 
 class Process:
     """A child process whose output is collected by a reader thread, so it never blocks;
-    ``open_files`` lowers its open-file limit (ulimit -n)."""
+    ``open_files`` lowers its open-file limit (ulimit -n), ``pass_fds`` it inherits."""
 
     def __init__(
         self,
@@ -148,6 +148,7 @@ class Process:
         env: dict[str, str] | None = None,
         cwd: Path = ROOT,
         open_files: int | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         def limit() -> None:
             if open_files is not None:
@@ -161,6 +162,7 @@ class Process:
             env=env,
             cwd=cwd,
             preexec_fn=limit if open_files is not None else None,
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -130,7 +130,7 @@ class Stack:
             "BEENERGISED_CLIENT_ID": "demo-client",
             "BEENERGISED_CLIENT_SECRET": "demo-secret",
         }
-        self.exporters = [ExporterProcess(["--refresh-interval=1s"], env) for _ in range(2)]
+        self.exporters = [ExporterProcess(["--refresh.interval=1s"], env) for _ in range(2)]
         self.processes += self.exporters
         (tmp / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(self.webhook.url)))
         self.alertmanager = Server(

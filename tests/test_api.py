@@ -191,7 +191,9 @@ def test_a_server_that_never_ends_is_cut_off_by_the_page_bound():
     responses.add_callback(
         responses.GET, STATIONS_URL, callback=endless, content_type="application/json"
     )
-    message = r"no last page after 5 pages \(5 rows\), .* at most 5 pages; raise --page-limit if"
+    message = (
+        r"no last page after 5 pages \(5 rows\), .* at most 5 pages; raise --api.page-limit if"
+    )
     with pytest.raises(ListingTooLargeError, match=message):
         make_client(max_pages=5).stations(Deadline(60))
     assert len(offsets_requested()) == 5
@@ -871,7 +873,9 @@ def test_the_budget_of_a_refresh_counts_new_stations_over_its_reads():
 def test_a_listing_past_both_the_page_and_the_station_bound_names_both_settings():
     add_tokens("tok")
     serve_endless()
-    message = r"no last page after 3 pages \(9 rows\), .*raise --page-limit and --api.max-stations"
+    message = (
+        r"no last page after 3 pages \(9 rows\), .*raise --api.page-limit and --api.max-stations"
+    )
     with pytest.raises(ListingTooLargeError, match=message):
         make_client(page_limit=3, max_pages=3, max_stations=9).stations(Deadline(60))
 
@@ -880,7 +884,7 @@ def test_a_listing_past_both_the_page_and_the_station_bound_names_both_settings(
 def test_a_total_that_needs_more_pages_than_a_read_fetches_fails_at_the_first_page():
     add_tokens("tok")
     serve_fleet([row(str(i)) for i in range(20)])
-    message = r"20 stations in pages of 3 announced, .* at most 6 pages; raise --page-limit if"
+    message = r"20 stations in pages of 3 announced, .* at most 6 pages; raise --api.page-limit if"
     with pytest.raises(ListingTooLargeError, match=message):
         make_client(page_limit=3, max_pages=6, concurrency=4).stations(Deadline(60))
     assert offsets_requested() == [0]

@@ -33,7 +33,9 @@ def start_simulator(simulator_process, demands: str) -> SimulatorProcess:
 
 
 def start_exporter(exporter_process, simulator: SimulatorProcess, *args: str) -> ExporterProcess:
-    return exporter_process(["--refresh-interval=1s", "--page-limit=5", *args], env_for(simulator))
+    return exporter_process(
+        ["--refresh.interval=1s", "--api.page-limit=5", *args], env_for(simulator)
+    )
 
 
 def counts(exporter: ExporterProcess) -> dict[str, float]:

@@ -118,7 +118,7 @@ def test_exporter_is_built_from_the_dockerfile_and_runs_a_valid_demo_command():
     settings = load_settings(exporter["command"], {})  # what the real CLI makes of it
     assert settings.demo
     assert settings.refresh_interval == 30
-    assert settings.listen_port == DEFAULT_PORT
+    assert settings.listen_addresses == (("", DEFAULT_PORT),)
 
 
 def test_each_service_publishes_its_usual_port():

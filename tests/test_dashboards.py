@@ -440,7 +440,7 @@ def test_rollout_panels_show_percent_of_the_fleet_per_mandant_and_target(title):
     )
     defaults = panel["fieldConfig"]["defaults"]
     assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percent", 0, 100)
-    assert "--target-firmware" in panel["description"]
+    assert "--firmware.target" in panel["description"]
 
 
 def test_rollout_legend_names_the_target():

@@ -31,6 +31,7 @@ PROMETHEUS_RULE = OPERATOR_DIR / "prometheusrule.yaml"
 SECRET_EXAMPLE = BASE_DIR / "secret.example.yaml"
 PERFORMANCE = ROOT / "docs" / "performance.md"
 UNIT = SYSTEMD_DIR / "beenergised-exporter.service"
+SOCKET_UNIT = SYSTEMD_DIR / "beenergised-exporter.socket"
 ENV_EXAMPLE = SYSTEMD_DIR / "beenergised-exporter.env.example"
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # CRDs of the Prometheus Operator
 CORE_API_VERSIONS = {"v1", "apps/v1", "networking.k8s.io/v1"}  # built into every cluster
@@ -378,7 +379,7 @@ def test_configmap_and_secret_make_valid_settings(tmp_path):
     settings = load_settings(container.get("args", []), environment)
     (mandant,) = settings.mandants
     assert mandant.api_url == configmap["data"]["BEENERGISED_API_URL"]
-    assert settings.listen_port == DEFAULT_PORT
+    assert settings.listen_addresses == (("", DEFAULT_PORT),)
 
 
 # -- Service, ServiceMonitor, PrometheusRule --------------------------------------------------
@@ -449,10 +450,10 @@ def test_prometheusrule_is_what_make_rules_writes():
 # -- systemd ----------------------------------------------------------------------------------
 
 
-def unit_settings() -> list[tuple[str, str, str]]:
+def unit_settings(unit: Path = UNIT) -> list[tuple[str, str, str]]:
     """(section, key, value) of each line of the unit; keys may repeat, as systemd allows."""
     settings, section = [], ""
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -464,8 +465,8 @@ def unit_settings() -> list[tuple[str, str, str]]:
     return settings
 
 
-def unit_value(section: str, key: str) -> str:
-    (value,) = [v for s, k, v in unit_settings() if (s, k) == (section, key)]
+def unit_value(section: str, key: str, unit: Path = UNIT) -> str:
+    (value,) = [v for s, k, v in unit_settings(unit) if (s, k) == (section, key)]
     return value
 
 
@@ -481,6 +482,25 @@ def test_unit_starts_the_console_script_with_its_environment_file():
     assert unit_value("Unit", "After") == "network-online.target"
     assert unit_value("Install", "WantedBy") == "multi-user.target"
     assert not [k for _, k, _ in unit_settings() if k == "Environment"], "settings go in the file"
+
+
+def test_systemctl_reload_sends_sighup():
+    assert unit_value("Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+
+
+def test_socket_unit_listens_on_the_default_port_for_the_service_of_its_name():
+    """systemd hands a socket to the service of the same name; the exporter takes it with
+    --web.systemd-socket, which the environment file's example names."""
+    assert SOCKET_UNIT.stem == UNIT.stem
+    assert {s for s, _, _ in unit_settings(SOCKET_UNIT)} == {"Unit", "Socket", "Install"}
+    assert unit_value("Socket", "ListenStream", SOCKET_UNIT) == str(DEFAULT_PORT)
+    assert unit_value("Socket", "BindIPv6Only", SOCKET_UNIT) == "both"  # as the default :PORT
+    assert unit_value("Install", "WantedBy", SOCKET_UNIT) == "sockets.target"
+    assert "# BEENERGISED_WEB_SYSTEMD_SOCKET=true" in ENV_EXAMPLE.read_text()
+    settings = load_settings(
+        [], {"BEENERGISED_WEB_SYSTEMD_SOCKET": "true", "BEENERGISED_DEMO": "1"}
+    )
+    assert settings.systemd_socket
 
 
 HARDENING = {
@@ -554,6 +574,23 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
         timeout=60,
     )
     # verify exits 0 on unknown keys and bad values too (it ignores them): its output counts.
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
+
+
+@pytest.mark.e2e
+def test_socket_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    service = copy_of_the_unit(tmp_path)
+    socket_unit = tmp_path / SOCKET_UNIT.name
+    socket_unit.write_text(SOCKET_UNIT.read_text())
+    result = subprocess.run(
+        [analyze, "verify", str(socket_unit), str(service)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr
     )

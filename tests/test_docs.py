@@ -168,7 +168,7 @@ def help_flags(*args: str) -> set[str]:
 @pytest.mark.e2e  # starts a Python interpreter
 def test_every_flag_is_in_the_readme():
     flags = help_flags() | help_flags("check")
-    assert {"--api-url", "--output"} <= flags, "the --help parsing found too little"
+    assert {"--api.url", "--output"} <= flags, "the --help parsing found too little"
     readme = README.read_text()
     missing = sorted(flag for flag in flags if f"`{flag}" not in readme)
     assert not missing, f"README.md does not mention {missing}"

@@ -94,7 +94,7 @@ class Stack:
         binary = require_tool("prometheus")
         self.simulator = SimulatorProcess("--stations", str(STATIONS), "--seed", "4")
         self.exporter = ExporterProcess(
-            ["--refresh-interval=1s", "--log.level=info"],
+            ["--refresh.interval=1s", "--log.level=info"],
             {
                 "BEENERGISED_API_URL": self.simulator.url,
                 "BEENERGISED_TOKEN_URL": self.simulator.url + "/oauth2/token",
