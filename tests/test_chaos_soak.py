@@ -1,0 +1,199 @@
+"""Tests of the chaos soak's schedule and ledger (tests/chaos_soak.py), without processes: the
+end-to-end slice is tests/test_chaos_soak_e2e.py."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.alertstack import Notification
+from tests.chaos_soak import (
+    BOUND,
+    FAULT_KINDS,
+    FLEET_BAND,
+    MIN_LIFETIME,
+    REMOVAL_BUDGET,
+    SIZES,
+    WINDOW,
+    Record,
+    Step,
+    reckon,
+    schedule,
+)
+
+T0 = 1000.0  # the monotonic time of the ledger tests' first change
+
+
+def test_the_schedule_is_seeded() -> None:
+    assert schedule(5, 20, 20, 60, 300) == schedule(5, 20, 20, 60, 300)
+    assert schedule(5, 20, 20, 60, 300) != schedule(6, 20, 20, 60, 300)
+
+
+def test_changes_are_paced_and_faults_take_turns_without_overlapping() -> None:
+    steps = schedule(1, 200, 200, 780, 2000)
+    changes = [step for step in steps if step.change]
+    faults = [step for step in steps if not step.change]
+    assert len(changes) == len(faults) == 200
+    assert [step.at for step in steps] == sorted(step.at for step in steps)
+    assert all(0 <= step.at < 780 for step in steps)
+    per_kind = Counter(step.kind for step in faults)
+    assert set(per_kind) == set(FAULT_KINDS)
+    assert max(per_kind.values()) - min(per_kind.values()) <= 1
+    for fault, following in itertools.pairwise(faults):
+        assert fault.at + fault.hold < following.at
+    assert all(step.hold < 60 for step in faults if step.kind == "clock_step")
+    during = [c for c in changes if any(f.at <= c.at < f.at + f.hold for f in faults)]
+    assert len(during) > 50  # changes land while faults are on
+
+
+def test_the_fault_kinds_can_be_chosen() -> None:
+    steps = schedule(2, 3, 4, 10, 300, fault_kinds=("sighup", "kill_one"))
+    assert Counter(step.kind for step in steps if not step.change) == {"sighup": 2, "kill_one": 2}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_removals_stay_within_the_budget_and_the_fleet_within_its_band(seed: int) -> None:
+    fleet = start = 2000
+    removals: list[tuple[float, int]] = []
+    sizes = set()
+    for step in schedule(seed, 200, 200, 780, start):
+        if not step.change:
+            continue
+        params = step.params
+        count = params.get("remove") or params.get("add") or params.get("rename")
+        count = count or params["rollout"]["count"]
+        sizes.add(count)
+        if "remove" in step.params:
+            window = sum(n for at, n in removals if at > step.at - WINDOW)
+            assert window + count <= REMOVAL_BUDGET * fleet
+            removals.append((step.at, count))
+            fleet -= count
+        fleet += step.params.get("add", 0)
+        assert FLEET_BAND[0] * start <= fleet <= FLEET_BAND[1] * start
+    assert sizes <= set(SIZES) and len(sizes) > 15
+    assert sum(n for _, n in removals) > 250  # the budget leaves room for many removals
+
+
+def change(at: float, **changed: list[str]) -> Record:
+    kind = "remove" if "removed" in changed else "add" if "added" in changed else "rename"
+    return Record(Step(at - T0, kind, {}), at, at + 0.01, at, changed=changed)
+
+
+def alert(
+    alertname: str, starts_at: str = "t1", status: str = "firing", **labels: str
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": alertname, "mandant": "m", **labels},
+        "annotations": {},
+        "startsAt": starts_at,
+    }
+
+
+def notification(arrived: float, *alerts: dict[str, Any]) -> Notification:
+    name = alerts[0]["labels"]["alertname"]
+    body = {"groupLabels": {"alertname": name, "mandant": "m"}, "alerts": list(alerts)}
+    return Notification(arrived, arrived, body)
+
+
+GONE = "BeenergisedStationDisappeared"
+NEW = "BeenergisedStationAdded"
+
+
+def test_every_change_named_once_is_clean_and_its_latency_measured() -> None:
+    records = [change(T0, removed=["a", "b"]), change(T0 + 5, added=["c"])]
+    notifications = [
+        notification(T0 + 8, alert(GONE, station_id="a"), alert(GONE, station_id="b")),
+        notification(T0 + 12, alert(NEW, station_id="c")),
+        # A later batch lists the earlier one again: that names nothing new.
+        notification(T0 + 20, alert(GONE, station_id="a"), alert(GONE, "t2", station_id="x")),
+    ]
+    records.append(change(T0 + 15, removed=["x"]))
+    ledger = reckon(records, notifications, {})
+    assert ledger.findings == []
+    assert sorted(ledger.latencies) == [5.0, 7.0, 8.0, 8.0]
+    assert (ledger.expected, ledger.named, ledger.excused) == (4, 4, 0)
+
+
+def test_a_station_that_did_not_change_that_way_is_false() -> None:
+    records = [change(T0, renamed=["r"]), change(T0 + 1, removed=["a"])]
+    notifications = [
+        notification(T0 + 3, alert(GONE, station_id="r")),
+        notification(T0 + 4, alert(NEW, station_id="a")),
+        notification(T0 + 5, alert(GONE, station_id="a")),
+    ]
+    ledger = reckon(records, notifications, {})
+    assert [(f.kind, f.alertname, f.station, f.detail) for f in ledger.findings] == [
+        ("false", GONE, "r", "never removed (renamed)"),
+        ("false", NEW, "a", "never added (not changed)"),
+    ]
+
+
+def test_a_station_named_before_its_change_is_false_and_missed() -> None:
+    records = [change(T0 + 10, removed=["a"])]
+    ledger = reckon(records, [notification(T0 + 2, alert(GONE, station_id="a"))], {})
+    assert [(f.kind, f.detail) for f in ledger.findings] == [
+        ("false", "named 8.0 s before it was removed"),
+        ("missed", "never named"),
+    ]
+
+
+def test_a_change_named_late_or_never_is_missed_unless_the_station_lived_briefly() -> None:
+    records = [
+        change(T0, removed=["late", "never"], added=["brief"]),
+        change(T0 + MIN_LIFETIME - 1, removed=["brief"]),
+    ]
+    notifications = [notification(T0 + BOUND + 1, alert(GONE, station_id="late"))]
+    ledger = reckon(records, notifications, {})
+    assert sorted((f.kind, f.station, f.detail) for f in ledger.findings) == [
+        ("missed", "late", f"named {BOUND + 1:.1f} s after"),
+        ("missed", "never", "never named"),
+    ]
+    assert (ledger.expected, ledger.named, ledger.excused) == (2, 1, 2)
+
+
+def test_one_change_named_by_two_instances_is_a_duplicate() -> None:
+    records = [change(T0, removed=["a"])]
+    notifications = [
+        notification(T0 + 5, alert(GONE, "t1", station_id="a")),
+        notification(T0 + 9, alert(GONE, "t1", station_id="a")),
+        notification(T0 + 30, alert(GONE, "t2", station_id="a")),
+    ]
+    ledger = reckon(records, notifications, {})
+    assert [(f.kind, f.station) for f in ledger.findings] == [("duplicate", "a")]
+    assert "named again 25.0 s after its first naming" in ledger.findings[0].detail
+
+
+def test_any_other_fleet_alert_is_false_and_resolved_alerts_are_ignored() -> None:
+    records = [change(T0, removed=["a"])]
+    notifications = [
+        notification(T0 + 5, alert(GONE, station_id="a")),
+        notification(T0 + 6, alert(GONE, "t0", "resolved", station_id="zz")),
+        notification(T0 + 7, alert("BeenergisedFleetLargelyDisappeared")),
+        notification(T0 + 8, alert("BeenergisedStationsDisappearedUnnamed")),
+    ]
+    ledger = reckon(records, notifications, {})
+    assert [(f.kind, f.alertname) for f in ledger.findings] == [
+        ("false", "BeenergisedFleetLargelyDisappeared"),
+        ("false", "BeenergisedStationsDisappearedUnnamed"),
+    ]
+
+
+def test_the_earlier_rules_names_are_read_from_the_description() -> None:
+    records = [change(T0, removed=["a", "b", "c"])]
+    old = alert("BeenergisedStationsDisappeared")
+    old["annotations"]["description"] = (
+        "3 charging station(s) of mandant m disappeared from the be.ENERGISED CPO API in the "
+        "last 15 minutes. Stations: Station 1 r1 (cp_1), Station 2 (cp_2), Other (cp_9) and "
+        "1 more."
+    )
+    names = {("Station 1 r1", "cp_1"): "a", ("Station 1", "cp_1"): "a", ("Station 2", "cp_2"): "b"}
+    ledger = reckon(records, [notification(T0 + 5, old)], names)
+    assert sorted((f.kind, f.station, f.detail) for f in ledger.findings) == [
+        ("false", "?Other (cp_9)", "never removed (not changed)"),
+        ("missed", "c", "never named"),
+    ]
+    assert ledger.named == 2
