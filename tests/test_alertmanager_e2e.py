@@ -12,7 +12,6 @@ naming exactly those 3 stations.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -61,28 +60,30 @@ def test_an_api_outage_delivers_no_fleet_notification(stack):
     assert stack.webhook.fleet() == []
 
 
-def station_names(stack: Stack) -> dict[str, str]:
-    """'label (charge box identity)' of every station, by station id, as Prometheus has it."""
+def station_labels(stack: Stack) -> dict[str, dict[str, str]]:
+    """The label and charge box identity of every station, by station id, as Prometheus has
+    them."""
     rows = stack.query(f'beenergised_charging_station_info{{mandant="{MANDANT}"}}')
     return {
-        row["metric"][
-            "station_id"
-        ]: f"{row['metric']['label']} ({row['metric']['charge_box_identity']})"
+        row["metric"]["station_id"]: {
+            "label": row["metric"]["label"],
+            "charge_box_identity": row["metric"]["charge_box_identity"],
+        }
         for row in rows
     }
 
 
-def named_stations(description: str) -> list[str]:
-    """The 'label (identity)' entries after 'Stations:' in an alert's description."""
-    match = re.search(r" Stations: (.*)\.$", description)
-    assert match, description
-    return re.findall(r"[^,]+? \([^)]*\)", match.group(1))
+def stations_named(notification: dict) -> dict[str, str]:
+    """startsAt of each station alert in the notification, by station id."""
+    return {alert["labels"]["station_id"]: alert["startsAt"] for alert in notification["alerts"]}
 
 
-def test_three_removed_stations_deliver_one_notification_naming_them(stack, tmp_path):
-    names = station_names(stack)
-    removed = stack.simulator.change(remove=3)["removed"]
-    assert len(removed) == 3 and set(removed) <= set(names)
+def test_each_batch_of_removed_stations_is_notified_naming_them(stack, tmp_path):
+    """3 stations go, then 2 more while the first 3 still fire: the second batch is a
+    notification of its own (the old alerts per mandant waited for the repeat interval)."""
+    labels = station_labels(stack)
+    first = stack.simulator.change(remove=3)["removed"]
+    assert len(first) == 3 and set(first) <= set(labels)
     (notification,) = wait_until(
         stack.webhook.fleet, timeout=30, what="the notification of the disappeared stations"
     )
@@ -90,29 +91,37 @@ def test_three_removed_stations_deliver_one_notification_naming_them(stack, tmp_
     assert stack.webhook.fleet() == [notification]
 
     assert notification["groupLabels"] == {
-        "alertname": "BeenergisedStationsDisappeared",
+        "alertname": "BeenergisedStationDisappeared",
         "mandant": MANDANT,
     }
-    (alert,) = notification["alerts"]
-    assert alert["status"] == "firing"
-    assert "instance" not in alert["labels"]
-    description = alert["annotations"]["description"]
-    assert description.startswith(f"3 charging station(s) of mandant {MANDANT} disappeared")
-    assert sorted(s.strip() for s in named_stations(description)) == sorted(
-        names[station_id] for station_id in removed
-    )
-    links = alert["annotations"]["changes"].split()
-    assert sorted(links) == sorted(
-        f"{exporter.url}/changes?mandant={MANDANT}" for exporter in stack.exporters
-    )
+    assert sorted(stations_named(notification)) == sorted(first)
+    for alert in notification["alerts"]:
+        assert alert["status"] == "firing"
+        assert "instance" not in alert["labels"]
+        station = alert["labels"]["station_id"]
+        assert {k: alert["labels"][k] for k in ("label", "charge_box_identity")} == labels[station]
+        assert station in alert["annotations"]["description"]
     print(json.dumps(notification, indent=2))  # the example in docs/runbooks.md
 
     text = render(notification, tmp_path)
     print(text)
-    assert text.startswith(f"[FIRING:1] BeenergisedStationsDisappeared · mandant {MANDANT}\n")
-    for station_id in removed:
-        assert names[station_id] in text
+    assert text.startswith(f"[FIRING:3] BeenergisedStationDisappeared · mandant {MANDANT}\n")
+    for station in first:
+        assert f"{labels[station]['label']} (charge box identity" in text
     assert f"Dashboard: http://localhost:3000/d/beenergised-fleet?var-mandant={MANDANT}\n" in text
+
+    second = stack.simulator.change(remove=2)["removed"]
+    assert len(second) == 2
+    wait_until(
+        lambda: len(stack.webhook.fleet()) == 2, timeout=30, what="the second batch's notification"
+    )
+    later = stack.webhook.fleet()[1]
+    named = stations_named(later)
+    # The group lists every alert that fires: the new two, and the first three with the time
+    # their alerts began, unchanged (the same alerts, not new ones).
+    assert sorted(named) == sorted(first + second)
+    assert {s: named[s] for s in first} == stations_named(notification)
+    assert min(named[s] for s in second) > max(named[s] for s in first)
 
 
 def render(notification: dict, tmp: Path) -> str:
