@@ -191,8 +191,9 @@ class Replica:
 
 class Stack:
     """The simulator (``stations``, seeded), ``replicas`` exporter replicas reading it as one
-    mandant, Prometheus (scrape and evaluation every second, ``rules``), Alertmanager (the
-    example routing, the group timers shortened) and the webhook. ``stop`` ends it all."""
+    mandant, Prometheus (scraping every second, evaluating ``rules`` every
+    ``evaluation_interval``), Alertmanager (the example routing, the group timers shortened)
+    and the webhook. ``stop`` ends it all."""
 
     def __init__(
         self,
@@ -205,9 +206,11 @@ class Stack:
         clocks: bool = False,
         group_wait: str = "2s",
         group_interval: str = "2s",
+        evaluation_interval: str = "1s",
     ) -> None:
         prometheus = require_tool("prometheus")
         alertmanager = require_tool("prometheus-alertmanager")
+        self.rules = rules
         self.webhook = Webhook()
         self.simulator: SimulatorProcess | None = None
         self.replicas: list[Replica] = []
@@ -236,7 +239,8 @@ class Stack:
                 "Alertmanager",
             )
             self.servers.append(self.alertmanager)
-            (tmp / "prometheus.yml").write_text(yaml.safe_dump(self._prometheus_config(rules)))
+            prometheus_config = self._prometheus_config(rules, evaluation_interval)
+            (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
             self.prometheus = Server(
                 [
                     prometheus,
@@ -251,10 +255,10 @@ class Stack:
             self.stop()
             raise
 
-    def _prometheus_config(self, rules: Path) -> dict[str, Any]:
+    def _prometheus_config(self, rules: Path, evaluation_interval: str) -> dict[str, Any]:
         targets = [replica.address for replica in self.replicas]
         return {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "global": {"scrape_interval": "1s", "evaluation_interval": evaluation_interval},
             "rule_files": [str(rules)],
             "alerting": {
                 "alertmanagers": [
