@@ -158,12 +158,12 @@ class Replica:
         self._args = [*args, f"--web.listen-address={self.address}"]
         self._env = env | (clock.environment() if clock else {})
         self.process: ExporterProcess | None = None
-        self.starts = 0
+        self.processes: list[ExporterProcess] = []
 
     def start(self) -> None:
         """Start the exporter and wait (bounded) until it listens."""
         self.process = ExporterProcess(self._args, self._env)
-        self.starts += 1
+        self.processes.append(self.process)
 
     def stop(self) -> None:
         """SIGTERM, as a restart does (bounded: SIGKILL after 10 s)."""
@@ -181,12 +181,9 @@ class Replica:
             self.process.popen.send_signal(signum)
 
     @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.popen.poll() is None
-
-    @property
     def output(self) -> str:
-        return self.process.output if self.process else ""
+        """The log of every process this replica ran, in order."""
+        return "\n".join(process.output for process in self.processes)
 
 
 class Stack:

@@ -29,6 +29,7 @@ names too, so the same soak shows what they missed.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import re
@@ -39,7 +40,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,22 @@ class Changes:
         return removed / max(before[-1:] + during)
 
 
+CONTEXT = 30.0
+"""Seconds before a false notification whose faults its finding lists."""
+
+
+def context(records: Sequence[Record], arrived: float) -> str:
+    """When a notification arrived in the schedule's time, and the faults of the CONTEXT
+    seconds before it: what to look at first."""
+    start = min((r.sent - r.step.at for r in records), default=arrived)
+    faults = [
+        f"{r.step.kind} {r.step.params} {r.sent - start:.1f}-{(r.ended or r.done) - start:.1f} s"
+        for r in records
+        if not r.step.change and r.sent <= arrived and (r.ended or r.done) >= arrived - CONTEXT
+    ]
+    return f"arrived at {arrived - start:.1f} s; faults before: {'; '.join(faults) or 'none'}"
+
+
 def reckon(
     records: Sequence[Record],
     notifications: Sequence[Notification],
@@ -430,6 +447,7 @@ def reckon(
     large: list[Instance] = []
     for instance in instances(notifications, names).values():
         alertname, station = instance.alertname, instance.station
+        found = len(ledger.findings)
         if alertname in DISAPPEARED:
             _judge(ledger, instance, changes.removed, "removed", changes, by_station)
         elif alertname in ADDED:
@@ -443,6 +461,9 @@ def reckon(
                     "false", alertname, station or "-", "no change of the schedule justifies it"
                 )
             )
+        for index, finding in enumerate(ledger.findings[found:], found):
+            where = f"startsAt {instance.starts_at}, {context(records, instance.arrived)}"
+            ledger.findings[index] = replace(finding, detail=f"{finding.detail}; {where}")
     for what, when in (("removed", changes.removed), ("added", changes.added)):
         for station, at in when.items():
             _count(ledger, what, station, at, by_station.get((what, station), []), changes, bound)
@@ -564,7 +585,7 @@ class Soak:
     changes: int = 200
     faults: int = 200
     seconds: float = 780.0
-    stations: int = 2000
+    stations: int = 300
     rules: Path = RULES
     fault_kinds: Sequence[str] = FAULT_KINDS
     evaluation_interval: float = 1.0
@@ -593,6 +614,7 @@ class Result:
     ledger: Ledger
     health: str
     seconds: float
+    logs: list[str]
 
     def report(self) -> str:
         ledger, soak = self.ledger, self.soak
@@ -696,7 +718,33 @@ def run(soak: Soak, tmp: Path, log: Callable[[str], None] = print) -> Result:
     finally:
         stack.stop()
     took = time.monotonic() - began
-    return Result(soak, steps, driver.records, notifications, ledger, health, took)
+    logs = [replica.output for replica in stack.replicas]
+    return Result(soak, steps, driver.records, notifications, ledger, health, took, logs)
+
+
+def keep(result: Result, directory: Path) -> None:
+    """The evidence of a run beside its Prometheus and Alertmanager data: every step and
+    notification (times in seconds of the schedule) and the replicas' logs."""
+    start = min((r.sent - r.step.at for r in result.records), default=0.0)
+    evidence = {
+        "replay": result.soak.replay,
+        "records": [
+            {
+                **asdict(record),
+                "sent": record.sent - start,
+                "done": record.done - start,
+                "ended": record.ended and record.ended - start,
+            }
+            for record in result.records
+        ],
+        "notifications": [
+            {"at": n.monotonic - start, "wall": n.wall, "body": n.body}
+            for n in result.notifications
+        ],
+    }
+    (directory / "evidence.json").write_text(json.dumps(evidence, indent=1))
+    for index, log in enumerate(result.logs):
+        (directory / f"replica-{index}.log").write_text(log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -705,10 +753,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--faults", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=780.0, help="of schedule")
-    parser.add_argument("--stations", type=int, default=2000, help="the fleet at the start")
+    parser.add_argument("--stations", type=int, default=300, help="the fleet at the start")
     parser.add_argument("--rules", type=Path, default=RULES, help="Prometheus rule file")
     parser.add_argument(
         "--evaluation-interval", type=float, default=1.0, help="Prometheus', in seconds"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="a new directory to keep the run in: Prometheus' and Alertmanager's data, "
+        "evidence.json (steps, notifications) and the replicas' logs",
     )
     parser.add_argument(
         "--fault-kinds", default=",".join(FAULT_KINDS), help="comma-separated, of these"
@@ -737,8 +791,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    with tempfile.TemporaryDirectory(prefix="chaos-soak-") as tmp:
-        result = run(soak, Path(tmp))
+    # SIGTERM ends the run like Ctrl-C: the stack's processes are stopped, none left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.keep:
+        args.keep.mkdir(parents=True)
+        result = run(soak, args.keep)
+        keep(result, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="chaos-soak-") as tmp:
+            result = run(soak, Path(tmp))
     print(result.report())
     return 0 if result.ledger.clean else 1
 
