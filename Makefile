@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-fast test-e2e soak lint format golden rules bench bench-large clean
+.PHONY: help run test test-fast test-e2e soak lint format golden rules image bench bench-large clean
+.DEFAULT_GOAL := help
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +18,18 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+## help: list the targets with what they do (each target's `## name: text` comment)
+help:
+	@awk 'sub(/^## /, "") { if (match($$0, /^[a-z0-9-]+: /)) { printf "%s%-12s %s", nl, \
+	    substr($$0, 1, RLENGTH - 2), substr($$0, RLENGTH + 1); nl = "\n" } \
+	    else { sub(/^ +/, ""); printf " %s", $$0 } } END { print "" }' $(firstword $(MAKEFILE_LIST))
+
 ## run: start the exporter against the built-in simulated CPO API (demo mode)
 run: $(VENV)/.installed
-	$(BIN)/beenergised-exporter --demo --refresh-interval=30s
+	$(BIN)/beenergised-exporter --demo --refresh.interval=30s
 
-## test: the whole suite (unit, golden, end-to-end; promtool where installed). Most of its time
+## test: the whole suite (unit, golden, end-to-end; its last line names the system tools it
+##       skipped for, docs/development.md lists them). Most of its time
 ## is spent waiting on real processes, so four workers share it; a file stays on one worker.
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 4 --dist loadfile
@@ -44,13 +52,14 @@ soak: $(VENV)/.installed-test
 
 ## lint: ruff lint and format check, mypy (configured in pyproject.toml)
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check exporter tests bench deploy
-	$(BIN)/ruff format --check exporter tests bench deploy
+	$(BIN)/ruff check exporter tests bench deploy setup.py
+	$(BIN)/ruff format --check exporter tests bench deploy setup.py
 	$(BIN)/mypy exporter
 
+## format: ruff fix and format, in place
 format: $(VENV)/.installed-test
-	$(BIN)/ruff check --fix exporter tests bench deploy
-	$(BIN)/ruff format exporter tests bench deploy
+	$(BIN)/ruff check --fix exporter tests bench deploy setup.py
+	$(BIN)/ruff format exporter tests bench deploy setup.py
 
 ## bench: refresh and /metrics at 1,000 / 10,000 / 100,000 / 1,000,000 stations, and 100 mandants
 ##        x 10,000 (about 25 minutes) -> bench/results.md
@@ -65,9 +74,16 @@ bench-large: $(VENV)/.installed-test
 golden: $(VENV)/.installed-test
 	BEENERGISED_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_metrics.py
 
-## rules: regenerate deploy/kubernetes/prometheusrule.yaml after editing prometheus/alerts.yml
+## rules: regenerate deploy/kubernetes/prometheus-operator/prometheusrule.yaml after editing
+##        prometheus/alerts.yml
 rules:
 	$(PYTHON) deploy/prometheusrule.py
 
+## image: build the container image with buildah as tests/test_image.py does, without a registry
+##        (as root; a debootstrap stand-in for the base image) -> dist/, for docker/podman load
+image:
+	$(PYTHON) deploy/image.py
+
+## clean: remove the virtualenv and the caches
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -176,9 +176,10 @@ def scrape(
 def measure_exporter(url: str, info: bool, count: int, concurrency: int, work: Path) -> Scrapes:
     env = {**os.environ, "BEENERGISED_CLIENT_SECRET": SECRET}
     exporter = Child(
-        [sys.executable, "-m", "exporter", "--api-url", url, "--token-url", url + "/oauth2/token",
-         "--client-id", "demo-client", "--web.listen-address=127.0.0.1:0", "--refresh-interval=1h",
-         f"--concurrency={concurrency}", *([] if info else ["--no-station-info"])],
+        [sys.executable, "-m", "exporter", "--api.url", url,
+         "--api.token-url", url + "/oauth2/token", "--api.client-id", "demo-client",
+         "--web.listen-address=127.0.0.1:0", "--refresh.interval=1h",
+         f"--api.concurrency={concurrency}", *([] if info else ["--no-collector.station-info"])],
         work / "exporter.log",
         env,
     )  # fmt: skip
@@ -222,7 +223,7 @@ def start_exporter(
     """An exporter process with ``args`` and ``env``, and the URL of its /metrics."""
     exporter = Child(
         [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0",
-         "--refresh-interval=1h", *args],
+         "--refresh.interval=1h", *args],
         work / f"{name}.log",
         env,
     )  # fmt: skip
@@ -318,10 +319,10 @@ def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list
         for info in (True, False):
             started = time.monotonic()
             exporter, url = start_exporter(
-                ["--api-url", simulator.url, "--token-url", simulator.url + "/oauth2/token",
-                 "--client-id", "demo-client", f"--page-limit={limit}",
-                 f"--concurrency={concurrency}", f"--refresh-interval={args.large_interval}s",
-                 *([] if info else ["--no-station-info"])],
+                ["--api.url", simulator.url, "--api.token-url", simulator.url + "/oauth2/token",
+                 "--api.client-id", "demo-client", f"--api.page-limit={limit}",
+                 f"--api.concurrency={concurrency}", f"--refresh.interval={args.large_interval}s",
+                 *([] if info else ["--no-collector.station-info"])],
                 work, f"exporter-million-{'on' if info else 'off'}",
                 {**os.environ, "BEENERGISED_CLIENT_SECRET": SECRET},
             )  # fmt: skip

@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--step", type=float, default=-3600.0, help="seconds, <0 is back")
     parser.add_argument("--correct-after", type=float, default=5.0, help="seconds; <0: never")
-    parser.add_argument("--interval", type=float, default=2.0, help="--refresh-interval, s")
+    parser.add_argument("--interval", type=float, default=2.0, help="--refresh.interval, s")
     parser.add_argument("--watch", type=float, default=60.0, help="seconds after the step")
     parser.add_argument("--mandants", type=int, default=1)
     args = parser.parse_args()
@@ -72,7 +72,7 @@ def main() -> None:
         )
         exporter = ExporterProcess(
             [
-                f"--refresh-interval={args.interval:g}s",
+                f"--refresh.interval={args.interval:g}s",
                 f"--config.file={config_file(Path(directory), simulator, args.mandants)}",
             ],
             clock.environment(),

@@ -69,8 +69,8 @@ def run(args: argparse.Namespace, versions: int | None, work: Path) -> str:
         config = work / "firmware-cardinality.yml"
         config.write_text("\n".join(lines) + "\n")
         exporter, url = start_exporter(
-            # after start_exporter's own --refresh-interval, so this one counts
-            [f"--config.file={config}", f"--refresh-interval={args.refresh_interval}s"],
+            # after start_exporter's own --refresh.interval, so this one counts
+            [f"--config.file={config}", f"--refresh.interval={args.refresh_interval}s"],
             work,
             f"exporter-{versions}",
             dict(os.environ),

@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--per-page", type=int, default=10_000, help="rows a page of bomb")
     parser.add_argument("--stations", type=int, default=1000, help="the hostile fleet")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the attack runs")
-    parser.add_argument("--interval", default="10s", help="--refresh-interval of the exporter")
+    parser.add_argument("--interval", default="10s", help="--refresh.interval of the exporter")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between lines")
     parser.add_argument("--workdir", type=Path, help="for the logs; default a new temporary one")
     args = parser.parse_args()
@@ -140,7 +140,7 @@ def main() -> None:
     pid = exporter.pid
     try:
         print(
-            f"exporter pid {pid}, settings at their defaults but --refresh-interval={args.interval}"
+            f"exporter pid {pid}, settings at their defaults but --refresh.interval={args.interval}"
         )
         print(f"logs in {work}")
         print(f"waiting for both fleets ({args.stations:,} hostile, {CALM_STATIONS:,} calm)")

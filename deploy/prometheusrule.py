@@ -1,4 +1,5 @@
-"""Write deploy/kubernetes/prometheusrule.yaml from prometheus/alerts.yml (`make rules`).
+"""Write deploy/kubernetes/prometheus-operator/prometheusrule.yaml from prometheus/alerts.yml
+(`make rules`).
 
 The Prometheus Operator wants the alerting rules wrapped in a PrometheusRule; this keeps that
 copy generated from the one rule file Prometheus loads, so the two never drift apart
@@ -13,12 +14,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "prometheus" / "alerts.yml"
-PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
+PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "prometheus-operator" / "prometheusrule.yaml"
 HEADER = """\
 # Generated from prometheus/alerts.yml: the rule groups are identical (tests/test_deploy.py
 # checks it). Edit prometheus/alerts.yml, then regenerate this file with `make rules`.
-# Give it the labels your Prometheus' ruleSelector asks for (kube-prometheus-stack:
-# `release: <helm release name>`).
+# kustomization.yaml gives it the label your Prometheus' ruleSelector asks for
+# (kube-prometheus-stack: `release: <Helm release name>`).
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:

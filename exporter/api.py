@@ -25,6 +25,7 @@ import requests
 
 from exporter import __version__
 from exporter.auth import TokenSource
+from exporter.authheader import HeaderForm, header_value, shown
 from exporter.errors import (
     ApiHttpError,
     AuthError,
@@ -354,9 +355,11 @@ class CpoClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
         serial_numbers: bool = True,
+        header: HeaderForm | None = None,
     ) -> None:
         self._url = api_url.rstrip("/") + STATIONS_PATH
         self._host = urlsplit(api_url).netloc
+        self.header = header or HeaderForm("auto", self._host)
         self._tokens = tokens
         self._session = session
         self._page_limit = page_limit
@@ -501,7 +504,7 @@ class CpoClient:
         also = " and --api.max-stations" if stations >= self._max_stations else ""
         return ListingTooLargeError(
             f"charging stations of {self._host}: {what}, and one read fetches at most "
-            f"{self._max_pages} pages; raise --page-limit{also} if the fleet is that large"
+            f"{self._max_pages} pages; raise --api.page-limit{also} if the fleet is that large"
         )
 
     def _fetch_concurrently(
@@ -577,17 +580,26 @@ class CpoClient:
         """The body of the 200 JSON answer at ``offset``; other answers raise."""
         params = {"page[limit]": limit, "page[offset]": offset}
         with gate:
+            form = self.header.form
             token = self._tokens.token(deadline)
-            response = self._request(params, token, deadline, gate)
+            response = self._request(params, token, form, deadline, gate)
             if response.status_code == 401:
                 # The token may have been revoked or expired early: one retry with a fresh one.
                 self._tokens.invalidate(token)
-                response = self._request(params, self._tokens.token(deadline), deadline, gate)
+                token = self._tokens.token(deadline)
+                response = self._request(params, token, form, deadline, gate)
+            other = self.header.other(form)
+            if response.status_code == 401 and other is not None:
+                # A fresh token refused: the API may want the other form of the header. Tried
+                # once, so a token refused both ways costs three requests, never a loop.
+                response = self._request(params, token, other, deadline, gate)
+                if response.status_code != 200:
+                    raise self._refused(form, other, response.status_code)
+                form = other
             if response.status_code == 401:
-                raise AuthError(
-                    f"charging stations of {self._host}: a fresh token was rejected (HTTP 401); "
-                    "check that the API client has a cpoapi scope"
-                )
+                raise self._refused(form)
+        if response.status_code == 200:
+            self.header.works(form)
         if response.status_code == 403:
             raise AuthError(
                 f"charging stations of {self._host}: forbidden (HTTP 403); check the scopes and "
@@ -606,8 +618,23 @@ class CpoClient:
             )
         return response.body
 
+    def _refused(self, form: str, other: str | None = None, other_status: int = 0) -> AuthError:
+        """The error for a fresh token refused (HTTP 401) in ``form``, and in ``other`` with
+        ``other_status`` when that was tried too."""
+        if other is None:
+            return AuthError(
+                f"charging stations of {self._host}: a fresh token was rejected (HTTP 401) as "
+                f"{shown(form)} (--api.authorization={self.header.setting}); check that the API "
+                "client has a cpoapi scope, or try --api.authorization=auto"
+            )
+        return AuthError(
+            f"charging stations of {self._host}: a fresh token was rejected (HTTP 401) as "
+            f"{shown(form)}, and as {shown(other)} (HTTP {other_status}); check that the API "
+            "client has a cpoapi scope"
+        )
+
     def _request(
-        self, params: dict[str, int], token: str, deadline: Deadline, gate: _Gate
+        self, params: dict[str, int], token: str, form: str, deadline: Deadline, gate: _Gate
     ) -> Answer:
         def on_response(endpoint: str, code: str) -> None:
             self._on_response(endpoint, code)
@@ -627,7 +654,7 @@ class CpoClient:
             proxies=self._proxies,
             params=params,
             headers={
-                "Authorization": f"Bearer {token}",
+                "Authorization": header_value(form, token),
                 "Accept": "application/vnd.api+json, application/json",
             },
         )
@@ -679,8 +706,11 @@ def connect(
     serial_numbers: bool = True,
     max_stations: int = MAX_STATIONS,
     retry: RetryPolicy = DEFAULT_RETRY,
+    header: HeaderForm | None = None,
 ) -> tuple[TokenSource, CpoClient]:
-    """The token source and API client of one mandant, sharing one new HTTP session."""
+    """The token source and API client of one mandant, sharing one new HTTP session; the
+    client sends the Authorization header in the form ``header`` holds (a new one of the
+    mandant's setting without it)."""
     session = new_session(concurrency, mandant.ca_file)
     tokens = TokenSource(
         token_url=mandant.token_url,
@@ -704,5 +734,6 @@ def connect(
         retry=retry,
         limits=limits,
         serial_numbers=serial_numbers,
+        header=header or HeaderForm(mandant.authorization, mandant.name),
     )
     return tokens, client

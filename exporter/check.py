@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.api import RequestCounter, connect
+from exporter.authheader import shown
 from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser
 from exporter.errors import RefreshError
 from exporter.http import Deadline, Limits
@@ -67,6 +68,7 @@ class MandantResult:
     seconds: float  # wall time of the token and every page
     pages: int  # successful responses of the stations endpoint
     token_expires_in: float | None  # None when no token was obtained
+    authorization: str | None  # the form of the header the API accepted, None before a page
     snapshot: Snapshot | None  # None when the check failed
     failure: Failure | None
 
@@ -99,15 +101,15 @@ def hint(reason: str, step: str, message: str) -> str:
             f"{url} lists more stations than one read may hold: raise --api.max-stations if "
             "the fleet is that large; if it is not, the API's listing does not end"
         )
-    if reason == "too_large" and "--page-limit" in message:
+    if reason == "too_large" and "--api.page-limit" in message:
         return (
-            f"{url} lists more pages than one read fetches: raise --page-limit if the fleet "
+            f"{url} lists more pages than one read fetches: raise --api.page-limit if the fleet "
             "is that large; if it is not, the API's listing does not end"
         )
     if reason == "too_large":
         return (
             f"the answer of {url} is larger than a page of stations should be: is {url} "
-            "right? Raise --api.max-response-size (or lower --page-limit) if it is genuine"
+            "right? Raise --api.max-response-size (or lower --api.page-limit) if it is genuine"
         )
     if status == 404 and step == "token":  # an AuthError: the token endpoint answered 4xx
         return f"is token_url the OAuth2 token endpoint, e.g. {DEFAULT_TOKEN_URL}?"
@@ -119,7 +121,13 @@ def hint(reason: str, step: str, message: str) -> str:
     if reason == "auth" and step == "token":
         return (
             "use the client id and secret of a CPO API client of this mandant; check also "
-            "token_url and --token-auth-method (basic, post or query)"
+            "token_url and --api.token-auth-method (basic, post or query)"
+        )
+    if reason == "auth" and "try --api.authorization=auto" in message:
+        return (
+            "the API refused the token in the form that --api.authorization (authorization: "
+            "in a config file) sets: set it to auto, which tries both forms of the "
+            "Authorization header; if that fails too, does the API client have a cpoapi scope?"
         )
     if reason == "auth":
         return (
@@ -191,6 +199,7 @@ def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
         token_expires_in=None
         if expires_at is None or not math.isfinite(expires_at)
         else max(0.0, expires_at - time.time()),
+        authorization=client.header.accepted,
         snapshot=snapshot,
         failure=failure,
     )
@@ -232,6 +241,12 @@ def _table(label: str, rows: list[tuple[str, int, str]]) -> list[str]:
     ]
 
 
+def _authorization_text(mandant: Mandant, form: str) -> str:
+    """The form of the Authorization header the API accepted, and how it was chosen."""
+    how = "found by auto" if mandant.authorization == "auto" else "as set"
+    return f"{form} ({shown(form)}), {how}"
+
+
 def render_text(result: MandantResult) -> str:
     """One block of the text report."""
     mandant = result.mandant
@@ -239,6 +254,8 @@ def render_text(result: MandantResult) -> str:
     timing = [_row("time", f"{result.seconds:.3f}s")]
     if result.token_expires_in is not None:
         timing.append(_row("token", f"valid for {result.token_expires_in:.0f}s"))
+    if result.authorization is not None:
+        timing.append(_row("auth header", _authorization_text(mandant, result.authorization)))
     if result.failure is not None:
         lines += [
             _row("reason", result.failure.reason),
@@ -288,6 +305,7 @@ def as_json(result: MandantResult) -> dict[str, Any]:
         "pages": result.pages,
         "stations": None if snapshot is None else len(snapshot),
         "token_expires_in": None if expires_in is None else round(expires_in),
+        "authorization": {"setting": mandant.authorization, "accepted": result.authorization},
         "firmware": None if snapshot is None else dict(firmware_rows(snapshot)),
         "target": None
         if target is None

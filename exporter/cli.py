@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -23,6 +24,15 @@ from exporter.config import Mandant, Settings, build_parser, load_settings
 from exporter.demo import start_demo_api
 from exporter.errors import ConfigError
 from exporter.http import Limits
+from exporter.lifecycle import (
+    SHUTTING_DOWN,
+    Event,
+    ReloadRequest,
+    ReloadResult,
+    asking,
+    refuse_waiting,
+)
+from exporter.listeners import addresses_text, listen, systemd_sockets
 from exporter.logs import setup_logging
 from exporter.metrics import Exposition, FleetCollector, RefusedRequests, ReloadStatus
 from exporter.model import MandantState
@@ -33,7 +43,7 @@ from exporter.refresh import (
     start_scheduler,
 )
 from exporter.scheduler import SteadyScheduler
-from exporter.web import ExporterApp, listen_address, serve
+from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
 from exporter.webserver import Server, ServerLimits
@@ -83,9 +93,10 @@ class Running:
 
 
 class Reloader:
-    """Re-reads the configuration on SIGHUP, as Prometheus does: the same flags and
-    environment, the config file, the secret files and the web config file. A configuration
-    with any error is not applied at all (one error line names the setting); a good one is."""
+    """Re-reads the configuration on SIGHUP and POST /-/reload, as Prometheus does: the same
+    flags and environment, the config file, the secret files and the web config file. A
+    configuration with any error is not applied at all (one error line names the setting); a
+    good one is."""
 
     def __init__(
         self,
@@ -108,8 +119,9 @@ class Reloader:
         self._exposition = exposition
         self._status = status
 
-    def reload(self) -> bool:
-        """Apply the configuration as it is now; False (and nothing changed) if it is bad."""
+    def reload(self) -> ReloadResult:
+        """Apply the configuration as it is now, or nothing of it if it is bad; the result
+        says what was applied or why not, in the words of the log lines."""
         old = self._running.settings
         try:
             settings = load_settings(self._args, os.environ)
@@ -118,29 +130,37 @@ class Reloader:
             )
         except ConfigError as exc:
             self._status.record(False)  # before the line: who reads the line sees the metric
-            LOG.error("reload failed, still running the previous configuration: %s", exc)
-            return False
+            message = f"reload failed, still running the previous configuration: {exc}"
+            LOG.error(message)
+            return ReloadResult(False, message)
         except Exception:  # a defect of ours must not end a running exporter; counted
             self._status.record(False)
-            LOG.exception("reload failed unexpectedly, still running the previous configuration")
-            return False
+            message = "reload failed unexpectedly, still running the previous configuration"
+            LOG.exception(message)
+            return ReloadResult(False, message + "; the log has the details")
+        said: list[str] = []
+
+        def warn(message: str) -> None:
+            LOG.warning(message)
+            said.append(message)
+
         if old.demo:
             settings = replace(settings, mandants=old.mandants)
         for field in RESTART_SETTINGS:
             if getattr(settings, field) != getattr(old, field):
-                LOG.warning("%s changed: it takes a restart; the reload keeps the old value", field)
+                warn(f"{field} changed: it takes a restart; the reload keeps the old value")
         settings = replace(settings, **{field: getattr(old, field) for field in RESTART_SETTINGS})
         for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
             if warning not in old.warnings:
-                LOG.warning(warning)
-        self._apply_web_config(web_config)
-        self._apply_mandants(settings)
+                warn(warning)
+        self._apply_web_config(web_config, warn)
+        said.append(self._apply_mandants(settings))
         self._running.settings = settings
         self._status.record(True)
         LOG.info("configuration reloaded")
-        return True
+        return ReloadResult(True, "\n".join(said))
 
-    def _apply_web_config(self, web_config: WebConfig | None) -> None:
+    def _apply_web_config(self, web_config: WebConfig | None, warn: Callable[[str], None]) -> None:
         """New users and a new certificate count for new connections; turning TLS on or off
         takes a restart (the port would start answering another protocol)."""
         old = self._running.web_config
@@ -148,10 +168,10 @@ class Reloader:
         tls = web_config.ssl_context if web_config is not None else None
         users = web_config.users if web_config is not None else {}
         if (old_tls is None) != (tls is None):
-            LOG.warning(
-                "--web.config.file: turning TLS %s takes a restart; still serving %s",
-                "off" if tls is None else "on",
-                "plain HTTP" if old_tls is None else "HTTPS",
+            turned = "off" if tls is None else "on"
+            serving = "plain HTTP" if old_tls is None else "HTTPS"
+            warn(
+                f"--web.config.file: turning TLS {turned} takes a restart; still serving {serving}"
             )
             tls = old_tls
         self._server.ssl_context = tls
@@ -159,9 +179,9 @@ class Reloader:
             self._app.set_users(users)
         self._running.web_config = WebConfig(tls, MappingProxyType(dict(users)))
 
-    def _apply_mandants(self, settings: Settings) -> None:
+    def _apply_mandants(self, settings: Settings) -> str:
         """Start added mandants, stop removed ones, reconnect changed ones (keeping what they
-        published and their counters)."""
+        published and their counters); the line that says so."""
         old_settings = self._running.settings
         connection_changed = _connection_settings(settings) != _connection_settings(old_settings)
         current = {refresher.mandant.name: refresher for refresher in self._running.refreshers}
@@ -190,13 +210,13 @@ class Reloader:
         for refresher in added:
             schedule(self._scheduler, refresher, settings.refresh_interval)
         self._exposition.update()
-        LOG.info(
-            "configuration reloaded: %d mandant(s); added: %s; removed: %s; changed: %s",
-            len(kept),
-            ", ".join(refresher.mandant.name for refresher in added) or "none",
-            ", ".join(current) or "none",
-            ", ".join(changed) or "none",
+        summary = (
+            f"configuration reloaded: {len(kept)} mandant(s); "
+            f"added: {', '.join(refresher.mandant.name for refresher in added) or 'none'}; "
+            f"removed: {', '.join(current) or 'none'}; changed: {', '.join(changed) or 'none'}"
         )
+        LOG.info(summary)
+        return summary
 
 
 SIGNAL_POLL = 0.5
@@ -205,18 +225,22 @@ main thread only, and a signal the kernel hands to another thread does not wake 
 blocked in a wait without a timeout: the handler would run late, or never."""
 
 
-def _next_signal(signals: queue.SimpleQueue[int]) -> int:
-    """The next signal the handlers queued, waiting for it in short polls. Signals queued
-    meanwhile count once: a storm of SIGHUPs is one reload, and a SIGTERM or SIGINT among
-    them wins, so no burst of signals queues up work or delays a shutdown."""
+def _next_signal(events: queue.SimpleQueue[Event]) -> tuple[int, list[ReloadRequest]]:
+    """The next signal the handlers queued (a reload over HTTP counts as SIGHUP) and the
+    reloads asked for over HTTP, waiting in short polls. Events queued meanwhile count once: a
+    storm of SIGHUPs and requests is one reload, and a SIGTERM or SIGINT among them wins, so no
+    burst queues up work or delays a shutdown."""
     while True:
         try:
-            burst = [signals.get(timeout=SIGNAL_POLL)]
+            burst = [events.get(timeout=SIGNAL_POLL)]
         except queue.Empty:
             continue
-        while not signals.empty():
-            burst.append(signals.get_nowait())
-        return next((signum for signum in burst if signum != signal.SIGHUP), signal.SIGHUP)
+        while not events.empty():
+            burst.append(events.get_nowait())
+        asked = [event for event in burst if isinstance(event, ReloadRequest)]
+        signals = [event for event in burst if not isinstance(event, ReloadRequest)]
+        stop = next((signum for signum in signals if signum != signal.SIGHUP), signal.SIGHUP)
+        return stop, asked
 
 
 def _limits(settings: Settings) -> Limits:
@@ -233,6 +257,23 @@ def _connection_settings(settings: Settings) -> tuple[object, ...]:
         settings.request_timeout,
         settings.max_response_size,
     )
+
+
+def _listeners(settings: Settings) -> list[socket.socket]:
+    """The sockets to serve on: those systemd passed, or one bound to each listen address.
+    Raises ConfigError naming what failed."""
+    if settings.systemd_socket:
+        return systemd_sockets()
+    opened: list[socket.socket] = []
+    for host, port in settings.listen_addresses:
+        try:
+            opened.append(listen(host, port))
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            shown = f"[{host}]" if ":" in host else host
+            raise ConfigError(f"cannot listen on {shown}:{port}: {exc.strerror}") from None
+    return opened
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,17 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
         LOG.warning(warning)
     # From here on SIGHUP reloads instead of ending the process; the main thread does the work.
-    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
     if not checking:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda signum, _frame: signals.put(signum))
+            signal.signal(signum, lambda signum, _frame: events.put(signum))
     simulator = None
     try:
         if settings.demo:
             settings, simulator = start_demo_api(settings)
         if checking:
             return check.run_checks(settings, parser.parse_args(args).output)
-        return serve_until_stopped(args, settings, web_config, signals)
+        return serve_until_stopped(args, settings, web_config, events)
     except KeyboardInterrupt:  # only ``check``: the exporter turns SIGINT into a signal above
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
@@ -281,9 +322,10 @@ def serve_until_stopped(
     args: Sequence[str],
     settings: Settings,
     web_config: WebConfig | None,
-    signals: queue.SimpleQueue[int],
+    events: queue.SimpleQueue[Event],
 ) -> int:
-    """Refresh every mandant and serve /metrics until SIGTERM or SIGINT; SIGHUP reloads."""
+    """Refresh every mandant and serve /metrics until SIGTERM or SIGINT; SIGHUP and POST
+    /-/reload (with --web.enable-lifecycle) reload."""
     shutting_down = threading.Event()
     running = Running(settings, web_config, ())
 
@@ -318,20 +360,21 @@ def serve_until_stopped(
         telemetry_path=settings.telemetry_path,
         auth=BasicAuth(web_config.users) if web_config and web_config.users else None,
         refused=refused,
+        reload=asking(events) if settings.web_enable_lifecycle else None,
     )
     try:
-        limits = ServerLimits(settings.web_max_requests, settings.web_read_header_timeout)
-        server, _ = serve(app, settings.listen_host, settings.listen_port, web_config, limits)
-    except OSError as exc:
-        LOG.error(
-            "cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, exc.strerror
-        )
-        return 1
+        listeners = _listeners(settings)
+    except ConfigError as exc:
+        LOG.error("%s", exc)
+        return 2 if settings.systemd_socket else 1  # systemd's sockets missing: a setting
+    limits = ServerLimits(settings.web_max_requests, settings.web_read_header_timeout)
+    server, _ = serve(app, listeners, web_config, limits)
     scheduler = start_scheduler(list(running.refreshers), settings.refresh_interval)
     LOG.info(
-        "beenergised-exporter %s listening on %s, %d mandant(s), refresh every %gs",
+        "beenergised-exporter %s listening on %s%s, %d mandant(s), refresh every %gs",
         __version__,
-        listen_address(server),
+        addresses_text(server.listeners),
+        " (sockets from systemd)" if settings.systemd_socket else "",
         len(running.refreshers),
         settings.refresh_interval,
     )
@@ -345,13 +388,22 @@ def serve_until_stopped(
         exposition=exposition,
         status=reload_status,
     )
-    while (signum := _next_signal(signals)) == signal.SIGHUP:
-        LOG.info("received SIGHUP, reloading the configuration")
-        reloader.reload()
+    while True:
+        signum, asked = _next_signal(events)
+        if signum != signal.SIGHUP:
+            break
+        cause = "received POST /-/reload" if asked else "received SIGHUP"
+        LOG.info("%s, reloading the configuration", cause)
+        result = reloader.reload()
+        for request in asked:
+            request.answer(result)
+    for request in asked:
+        request.answer(SHUTTING_DOWN)
     LOG.info("received %s, shutting down", signal.Signals(signum).name)
     shutting_down.set()
     server.shutdown()
     server.server_close()
+    refuse_waiting(events)
     # Backoff waits end at once; a request in flight may not, so wait for it a little only.
     stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
     stopper.start()

@@ -40,6 +40,7 @@ from exporter.options import (
     DEFAULT_WEB_READ_HEADER_TIMEOUT,
     FILE_GLOBAL_KEYS,
     FILE_MANDANT_KEYS,
+    GIVEN_AS,
     GLOBAL_OPTIONS,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -47,6 +48,7 @@ from exporter.options import (
     OPTION,
     Option,
     build_parser,
+    deprecation_warnings,
     reject_secret_flag,
 )
 from exporter.values import (
@@ -110,14 +112,13 @@ class Settings:
     refresh_interval: float  # seconds, > 0
     page_limit: int  # >= 1
     concurrency: int  # >= 1: pages fetched at once per mandant
-    listen_host: str  # "" means all interfaces
-    listen_port: int
+    listen_addresses: tuple[tuple[str, int], ...]  # (host, port); host "" means every one
     telemetry_path: str  # starts with "/"
     web_config_file: str | None  # exporter-toolkit web config; read by exporter.webconfig
     log_level: str  # debug|info|warn|error
     log_format: str  # logfmt|json
     demo: bool
-    station_info: bool  # False with --no-station-info
+    station_info: bool  # False with --no-collector.station-info
     changes_max_entries: int  # size of the change log ring
     warnings: tuple[str, ...]  # messages the CLI logs at WARN once logging is up
     refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT  # seconds one refresh may take, > 0
@@ -126,6 +127,8 @@ class Settings:
     max_stations: int = DEFAULT_MAX_STATIONS  # rows one read of a listing may hold, >= 1
     web_max_requests: int = DEFAULT_WEB_MAX_REQUESTS  # requests answered at once, >= 1
     web_read_header_timeout: float = DEFAULT_WEB_READ_HEADER_TIMEOUT  # seconds to a whole head
+    systemd_socket: bool = False  # listen on the sockets systemd passes, not listen_addresses
+    web_enable_lifecycle: bool = False  # POST /-/reload reloads
 
 
 def _read_secret_file(given: _Given, path: Path) -> Secret:
@@ -195,11 +198,11 @@ class _Sources:
         return _Given(value, name) if value else None
 
     def pick(self, option: Option) -> _Given | None:
-        """Where ``option`` was given first, or None."""
-        flag = option.flag
-        value = getattr(self._args, option.dest, None) if flag else None
-        if value is not None and flag is not None:
-            return _Given(value, flag)
+        """Where ``option`` was given first, or None; a flag as the user wrote it."""
+        value = getattr(self._args, option.dest, None) if option.flag else None
+        if value is not None and option.flag is not None:
+            written: dict[str, str] = getattr(self._args, GIVEN_AS, {})
+            return _Given(value, written.get(option.dest, option.flag))
         found = self.env(option.env) if option.env else None
         if found is None and option.file_key and not option.mandant:
             found = self.file.get(option.file_key)
@@ -209,11 +212,10 @@ class _Sources:
         """The option's parsed value, or its default."""
         given = self.pick(option)
         if given is None:
-            return not option.default if option.negate else option.default
+            return option.default
         value = option.parse(given)
-        # The flag and variable say "no", the file key says "yes": flip the one that was given.
-        from_file = option.file_key is not None and given is self.file.get(option.file_key)
-        return not value if option.negate and not from_file else value
+        # BEENERGISED_NO_STATION_INFO=true says "no" where the flag and the file say "yes".
+        return not value if option.env_negated and given.where == option.env else value
 
     def environment_ca_file(self) -> str | None:
         for name in CA_BUNDLE_VARIABLES:
@@ -309,7 +311,7 @@ def _flag_env_mandant(sources: _Sources) -> dict[str, _Given]:
     }
     secret_file, secret = item.get("client_secret_file"), item.get("client_secret")
     if secret_file is not None and secret is not None:
-        if secret_file.where != OPTION["client-secret-file"].flag:
+        if secret_file.where == OPTION["api.client-secret-file"].env:
             raise ConfigError(
                 "BEENERGISED_CLIENT_SECRET_FILE and BEENERGISED_CLIENT_SECRET: "
                 "both set; set only one"
@@ -363,13 +365,14 @@ def _mandant(
     return Mandant(
         name=name,
         api_url=api_url,
-        token_url=value(OPTION["token-url"]),
+        token_url=value(OPTION["api.token-url"]),
         client_id=text(client_id),
         client_secret=secret,
-        token_auth_method=value(OPTION["token-auth-method"]),
-        target_firmware=value(OPTION["target-firmware"]),
+        token_auth_method=value(OPTION["api.token-auth-method"]),
+        target_firmware=value(OPTION["firmware.target"]),
         ca_file=value(OPTION["api.ca-file"]),
         firmware_max_versions=value(OPTION["firmware.max-versions"]),
+        authorization=value(OPTION["api.authorization"]),
     )
 
 
@@ -416,7 +419,8 @@ def load_settings(
     SystemExit(0) as argparse does.
     """
     reject_secret_flag(argv)
-    sources = _Sources((parser or build_parser()).parse_args(list(argv)), environ)
+    args = (parser or build_parser()).parse_args(list(argv))
+    sources = _Sources(args, environ)
     config_given = sources.pick(OPTION["config.file"])
     config = _load_config_file(config_given) if config_given is not None else None
     if config is not None:
@@ -429,7 +433,8 @@ def load_settings(
     environment_ca = sources.environment_ca_file()
     if environment_ca is not None:
         mandants = [m if m.ca_file else replace(m, ca_file=environment_ca) for m in mandants]
-    warnings = [warning for mandant in mandants for warning in _mandant_warnings(mandant)]
+    warnings = deprecation_warnings(args)
+    warnings += [warning for mandant in mandants for warning in _mandant_warnings(mandant)]
 
     fields: dict[str, Any] = {}
     for option in GLOBAL_OPTIONS:
@@ -437,11 +442,19 @@ def load_settings(
             fields.update(zip(option.setting, sources.value(option), strict=True))
         elif option.setting is not None:
             fields[option.setting] = sources.value(option)
-    refresh_given = sources.pick(OPTION["refresh-interval"])
+    refresh_given = sources.pick(OPTION["refresh.interval"])
     if refresh_given is not None and fields["refresh_interval"] < SHORT_REFRESH_INTERVAL:
         warnings.append(
             f"{refresh_given.where}: {_format_seconds(fields['refresh_interval'])} is below "
             f"{_format_seconds(SHORT_REFRESH_INTERVAL)}; every refresh reads all stations "
             "of every mandant from the CPO API, so 1m or more is kinder to it"
+        )
+    listen_given = sources.pick(OPTION["web.listen-address"])
+    systemd_given = sources.pick(OPTION["web.systemd-socket"])
+    if fields["systemd_socket"] and listen_given is not None:
+        assert systemd_given is not None
+        raise listen_given.fail(
+            f"not used with {systemd_given.where}, which listens on the sockets systemd "
+            "passes; remove one"
         )
     return Settings(mandants=tuple(mandants), warnings=tuple(warnings), **fields)

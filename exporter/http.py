@@ -10,7 +10,7 @@ An answer that came but cannot be read (a head that is not HTTP/1.x, broken chun
 a content encoding that does not decode) is a ParseError, not retried; a connection that
 broke is retried. A number in a header is read strictly: ASCII digits, bounded length.
 Exceptions of ``requests`` are never chained or formatted into our errors: their text holds
-the request URL, which carries the client secret with ``--token-auth-method=query``.
+the request URL, which carries the client secret with ``--api.token-auth-method=query``.
 """
 
 from __future__ import annotations
@@ -387,7 +387,7 @@ def origin(url: str) -> str:
 def same_origin_redirects(url: str) -> Callable[..., None]:
     """A requests response hook that lets requests follow at most MAX_REDIRECTS redirects,
     each to the origin of ``url``, and raises RedirectError for any other: a 307/308 re-sends
-    the body (the secret with --token-auth-method=post), a query string may carry it, and
+    the body (the secret with --api.token-auth-method=post), a query string may carry it, and
     another host's API would publish its fleet as ours. Hooks run before requests follows.
 
     A redirect's body is never read: its connection is closed. requests would read it whole

@@ -80,6 +80,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(LEVELS[level])
     # urllib3 logs request lines (with query strings) at debug and, for a server's malformed
     # headers, at warning; APScheduler every job run at info: noise, and urllib3's could show a
-    # secret sent with --token-auth-method=query.
+    # secret sent with --api.token-auth-method=query.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

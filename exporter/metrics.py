@@ -309,8 +309,8 @@ class FleetCollector(Collector):
 
 
 class ReloadStatus(Collector):
-    """Whether the last reload of the configuration (SIGHUP) worked, as Prometheus reports its
-    own; the start counts as a successful load."""
+    """Whether the last reload of the configuration (SIGHUP or POST /-/reload) worked, as
+    Prometheus reports its own; the start counts as a successful load."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -325,12 +325,12 @@ class ReloadStatus(Collector):
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "beenergised_config_last_reload_successful",
-            "1 if the last reload of the configuration (SIGHUP) succeeded, else 0.",
+            "1 if the last reload of the configuration (SIGHUP or /-/reload) succeeded, else 0.",
             value=1 if self._successful else 0,
         )
         yield GaugeMetricFamily(
             "beenergised_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful load of the configuration (start or SIGHUP).",
+            "Unix time of the last successful load of the configuration (start or reload).",
             value=self._success_time,
         )
 

@@ -489,6 +489,10 @@ def clean_secret(value: str, empty: str) -> str:
 TOKEN_AUTH_METHODS = ("basic", "post", "query")
 """How the client secret may go to the token endpoint: HTTP Basic, form body or query."""
 
+AUTHORIZATION_SETTINGS = ("auto", "bearer", "raw")
+"""How the access token goes into the Authorization header of API requests: ``Bearer <token>``
+(bearer), the bare token (raw), or whichever of the two the API takes (auto)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Mandant:
@@ -503,6 +507,7 @@ class Mandant:
     target_firmware: FirmwareTarget | None = None  # the rollout target, if any
     ca_file: str | None = None  # CA bundle (file, or directory from the environment) to trust
     firmware_max_versions: int = DEFAULT_MAX_FIRMWARE_VERSIONS  # firmware labels of their own
+    authorization: str = "auto"  # one of AUTHORIZATION_SETTINGS
 
     def __post_init__(self) -> None:
         # A plain str here would print itself in every repr of the settings.
@@ -510,3 +515,5 @@ class Mandant:
             raise TypeError("Mandant.client_secret must be a Secret")
         if self.token_auth_method not in TOKEN_AUTH_METHODS:
             raise ValueError(f"Mandant.token_auth_method must be one of {TOKEN_AUTH_METHODS}")
+        if self.authorization not in AUTHORIZATION_SETTINGS:
+            raise ValueError(f"Mandant.authorization must be one of {AUTHORIZATION_SETTINGS}")

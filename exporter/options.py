@@ -1,10 +1,13 @@
 """The table of settings, and the command line built from it.
 
-Each setting is one :class:`Option` row: its flag (from which the environment variable and the
-argparse dest derive), its config-file key, its parser, its default and its help. The command
-line, the precedence lookup in :mod:`exporter.config`, the config file's allowed keys and the
-check of README.md's configuration table all read this one table, so adding a setting adds
-one row (and, if the rest of the exporter needs it, a field of ``Settings``).
+Each setting is one :class:`Option` row: its flag in Prometheus' dotted style (from which the
+argparse dest and, unless the row names its own, the environment variable derive), its
+config-file key, its parser, its default and its help. The command line, the precedence lookup
+in :mod:`exporter.config`, the config file's allowed keys and the check of README.md's
+configuration table all read this one table, so adding a setting adds one row (and, if the
+rest of the exporter needs it, a field of ``Settings``). A flag renamed to the dotted style
+keeps its 0.1 name (``old``) for a release: it still works, hidden from --help, and
+load_settings warns once that names the new flag.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from typing import Any, NoReturn
 
 from exporter import version_text
 from exporter.errors import ConfigError
-from exporter.model import DEFAULT_MAX_FIRMWARE_VERSIONS, TOKEN_AUTH_METHODS
+from exporter.model import (
+    AUTHORIZATION_SETTINGS,
+    DEFAULT_MAX_FIRMWARE_VERSIONS,
+    TOKEN_AUTH_METHODS,
+)
 from exporter.values import (
     DEFAULT_PORT,
     Given,
@@ -26,7 +33,7 @@ from exporter.values import (
     ca_file,
     duration,
     firmware_target,
-    listen_address,
+    listen_addresses,
     one_of,
     positive_int,
     secret_path,
@@ -50,7 +57,7 @@ concurrency 4 and 300 s page by page; a hung request is cut after --api.request-
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_SIZE = 8 * 1024 * 1024
 DEFAULT_MAX_STATIONS = 1_000_000
-"""10,000 pages of the default --page-limit: the size the exporter is benchmarked at. Each
+"""10,000 pages of the default --api.page-limit: the size the exporter is benchmarked at. Each
 station held costs about 300 bytes and a refresh may hold a published fleet and two reads, so
 about 1 GB at most with a million stations on either side."""
 DEFAULT_WEB_MAX_REQUESTS = 40
@@ -68,13 +75,17 @@ class Option:
     metavar: str | None = None  # None: a switch that takes no value on the command line
     default: object = None  # the parsed value when it is not given anywhere
     shown: str | None = None  # the default as help and README write it, if not str(default)
-    required: str | None = None  # when it is required instead of defaulted ("like --api-url")
+    required: str | None = None  # when it is required instead of defaulted ("like --api.url")
     env_note: str = ""  # another way to give it, said right after the variable
     file_key: str | None = None  # its key in the config file, if it can be there
     mandant: bool = False  # describes one mandant: a key of a mandants: entry, not top level
     per_mandant: bool = False  # a global key that a mandants: entry may also set
     setting: str | tuple[str, ...] | None = None  # Settings field(s) of the value, if global
-    negate: bool = False  # the flag says "no", the setting and the file key say "yes"
+    variable: str | None = None  # the environment variable, where its 0.1 name stays
+    old: str | None = None  # the flag's 0.1 name: still accepted, with a warning
+    negatable: bool = False  # a switch with a --no- form too
+    env_negated: bool = False  # the variable says "no" (BEENERGISED_NO_STATION_INFO)
+    repeatable: bool = False  # the flag may be given again; the variable takes a list: a,b
     has_flag: bool = True  # False: no flag (a command line is visible in ps)
     has_env: bool = True
 
@@ -88,7 +99,20 @@ class Option:
 
     @property
     def env(self) -> str | None:
-        return ENV_PREFIX + self.dest.upper() if self.has_env else None
+        if not self.has_env:
+            return None
+        return self.variable or ENV_PREFIX + self.dest.upper()
+
+    @property
+    def old_flag(self) -> str | None:
+        return f"--{self.old}" if self.old else None
+
+    @property
+    def new_flag(self) -> str | None:
+        """What replaces ``old_flag``: a switch's --no- form replaces a --no- flag."""
+        if self.old is None or self.flag is None:
+            return None
+        return f"--no-{self.name}" if self.old.startswith("no-") else self.flag
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -109,59 +133,81 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option(
-        "api-url",
+        "api.url",
         url,
         "base URL of your mandant, e.g. https://yourmandant.beenergised.cloud",
         metavar="URL",
         required="unless --config.file lists mandants or --demo",
         file_key="api_url",
         mandant=True,
+        old="api-url",
     ),
     Option(
-        "token-url",
+        "api.token-url",
         url,
         "OAuth2 token endpoint",
         metavar="URL",
         default=DEFAULT_TOKEN_URL,
         file_key="token_url",
         mandant=True,
+        variable="BEENERGISED_TOKEN_URL",
+        old="token-url",
     ),
     Option(
-        "client-id",
+        "api.client-id",
         text,
         "client id of your CPO API token",
         metavar="ID",
-        required="like --api-url",
+        required="like --api.url",
         file_key="client_id",
         mandant=True,
+        variable="BEENERGISED_CLIENT_ID",
+        old="client-id",
     ),
     Option(
-        "client-secret-file",
+        "api.client-secret-file",
         secret_path,
         "file holding the client secret, e.g. a Docker or Kubernetes secret; trailing "
         "whitespace is ignored",
         metavar="PATH",
-        required="like --api-url",
+        required="like --api.url",
         env_note="; or the secret itself in env BEENERGISED_CLIENT_SECRET",
         file_key="client_secret_file",
         mandant=True,
+        variable="BEENERGISED_CLIENT_SECRET_FILE",
+        old="client-secret-file",
     ),
     Option(
-        "client-secret",
+        "api.client-secret",
         text,
         "the client secret itself",
-        required="like --api-url, unless --client-secret-file is given",
+        required="like --api.url, unless --api.client-secret-file is given",
         file_key="client_secret",
         mandant=True,
+        variable="BEENERGISED_CLIENT_SECRET",
         has_flag=False,
     ),
     Option(
-        "token-auth-method",
+        "api.token-auth-method",
         one_of(TOKEN_AUTH_METHODS),
         "how the client secret is sent to the token endpoint: basic, post or query",
         metavar="METHOD",
         default="basic",
         file_key="token_auth_method",
+        per_mandant=True,
+        variable="BEENERGISED_TOKEN_AUTH_METHOD",
+        old="token-auth-method",
+    ),
+    Option(
+        "api.authorization",
+        one_of(AUTHORIZATION_SETTINGS),
+        "how the access token goes into the Authorization header of API requests: bearer "
+        "(Bearer <token>, as the API quickstart's text says), raw (the bare token, as its curl "
+        "example sends it) or auto (bearer; when a token fresh from the token endpoint is "
+        "refused, the other form once; then the form that works)",
+        metavar="FORM",
+        default="auto",
+        file_key="authorization",
         per_mandant=True,
     ),
     Option(
@@ -175,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
         mandant=True,
     ),
     Option(
-        "target-firmware",
+        "firmware.target",
         firmware_target,
         "the firmware version a rollout aims at, exact (5.2.1) or a regular expression between "
         "slashes that must match the whole version (/5\\.2\\..*/); gives the "
@@ -183,6 +229,8 @@ OPTIONS: tuple[Option, ...] = (
         metavar="VERSION",
         file_key="target_firmware",
         mandant=True,
+        variable="BEENERGISED_TARGET_FIRMWARE",
+        old="target-firmware",
     ),
     Option(
         "firmware.max-versions",
@@ -206,7 +254,7 @@ OPTIONS: tuple[Option, ...] = (
         has_env=False,
     ),
     Option(
-        "refresh-interval",
+        "refresh.interval",
         duration,
         "time between refreshes, in seconds or as a Prometheus duration like 5m",
         metavar="DURATION",
@@ -214,12 +262,13 @@ OPTIONS: tuple[Option, ...] = (
         shown="5m",
         file_key="refresh_interval",
         setting="refresh_interval",
+        old="refresh-interval",
     ),
     Option(
         "refresh.timeout",
         duration,
         "time one refresh of a mandant may take, every page included; independent of "
-        "--refresh-interval: a refresh that takes longer than the interval delays the next one "
+        "--refresh.interval: a refresh that takes longer than the interval delays the next one "
         "(beenergised_refresh_overruns_total)",
         metavar="DURATION",
         default=DEFAULT_REFRESH_TIMEOUT,
@@ -262,16 +311,18 @@ OPTIONS: tuple[Option, ...] = (
         setting="max_stations",
     ),
     Option(
-        "page-limit",
+        "api.page-limit",
         positive_int,
         "stations requested per API page",
         metavar="N",
         default=DEFAULT_PAGE_LIMIT,
         file_key="page_limit",
         setting="page_limit",
+        variable="BEENERGISED_PAGE_LIMIT",
+        old="page-limit",
     ),
     Option(
-        "concurrency",
+        "api.concurrency",
         positive_int,
         "pages fetched at once per mandant once the first page told the total; halved for the "
         "rest of a refresh on HTTP 429",
@@ -279,6 +330,8 @@ OPTIONS: tuple[Option, ...] = (
         default=DEFAULT_CONCURRENCY,
         file_key="concurrency",
         setting="concurrency",
+        variable="BEENERGISED_CONCURRENCY",
+        old="concurrency",
     ),
     Option(
         "changes.max-entries",
@@ -297,12 +350,22 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "web.listen-address",
-        listen_address,
-        "address to serve metrics on: :PORT, HOST:PORT or [IPv6]:PORT",
+        listen_addresses,
+        "address to serve metrics on: :PORT, HOST:PORT or [IPv6]:PORT; give the flag again to "
+        "listen on several (the variable takes them separated by commas)",
         metavar="ADDRESS",
-        default=("", DEFAULT_PORT),
+        default=(("", DEFAULT_PORT),),
         shown=f":{DEFAULT_PORT}",
-        setting=("listen_host", "listen_port"),
+        setting="listen_addresses",
+        repeatable=True,
+    ),
+    Option(
+        "web.systemd-socket",
+        boolean,
+        "listen on the sockets systemd passes by socket activation (LISTEN_FDS) instead of "
+        "--web.listen-address",
+        default=False,
+        setting="systemd_socket",
     ),
     Option(
         "web.telemetry-path",
@@ -342,6 +405,14 @@ OPTIONS: tuple[Option, ...] = (
         setting="web_read_header_timeout",
     ),
     Option(
+        "web.enable-lifecycle",
+        boolean,
+        "answer POST /-/reload: the reload SIGHUP does, behind basic auth if the web config "
+        "sets users; without it the endpoint answers 403",
+        default=False,
+        setting="web_enable_lifecycle",
+    ),
+    Option(
         "log.level",
         one_of(LOG_LEVELS),
         "debug, info, warn or error",
@@ -365,13 +436,18 @@ OPTIONS: tuple[Option, ...] = (
         setting="demo",
     ),
     Option(
-        "no-station-info",
+        "collector.station-info",
         boolean,
-        "turn off the per-station info metric",
-        default=False,
+        "the per-station info metric beenergised_charging_station_info, one series a station; "
+        "turn it off for very large fleets",
+        default=True,
+        env_note="=true turns it off",
         file_key="station_info",
         setting="station_info",
-        negate=True,
+        variable="BEENERGISED_NO_STATION_INFO",
+        old="no-station-info",
+        negatable=True,
+        env_negated=True,
     ),
 )
 OPTION = {option.name: option for option in OPTIONS}
@@ -423,11 +499,13 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message.removeprefix('argument ')} (see --help)")
 
     def _suggestion(self, flags: list[str]) -> str:
-        """A hint for a flag written with underscores (--client_id for --client-id)."""
+        """A hint for a flag written with underscores (--api_url for --api.url, --client_id
+        for --api.client-id): the flag of that spelling, or what replaces its 0.1 name."""
         for flag in flags:
             spelled = flag.replace("_", "-").lower()
-            if spelled != flag and spelled in self._option_string_actions:
-                return f"; did you mean {spelled}?"
+            action = self._option_string_actions.get(spelled)
+            if spelled != flag and action is not None:
+                return f"; did you mean {getattr(action, 'new', None) or spelled}?"
         return ""
 
 
@@ -437,22 +515,26 @@ _ARGPARSE_VALUE_RE = re.compile(
 """The quoted value at the end of the argparse messages that show one."""
 _NO_SECRET_FLAG = (
     "the client secret has no flag, a command line is visible in ps; use "
-    "--client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET"
+    "--api.client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET"
 )
+_SECRET_FLAGS = ("--client-secret", "--api.client-secret")
+"""Spellings of the flag the client secret does not have, refused before argparse reads them."""
 
 _EPILOG = f"""\
 Each setting is taken from the flag, else the environment variable, else the config file,
 else the default. Environment variables that are set but empty count as unset.
 Booleans from the environment: true/false, 1/0, yes/no.
 
-The client secret has no flag (a command line is visible in ps): use --client-secret-file,
-BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET.
+The client secret has no flag (a command line is visible in ps): use
+--api.client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET.
 
 Without --config.file the flags and variables describe one mandant, named after the first
 label of its host name. Default token endpoint: {DEFAULT_TOKEN_URL}
 
-SIGHUP reloads the config file, the secret files and the web config file; a configuration
-with an error is logged and not applied.
+SIGHUP (and POST /-/reload with --web.enable-lifecycle) reloads the config file, the secret
+files and the web config file; a configuration with an error is logged and not applied.
+
+The flags of 0.1 without a dot still work in this release, with a warning naming the new one.
 """
 _CHECK_EPILOG = """
 To try a configuration once, run "beenergised-exporter check" with the same settings: it reads
@@ -474,7 +556,7 @@ def build_parser(
         description=description,
         epilog=_EPILOG + (_CHECK_EPILOG if prog == "beenergised-exporter" else ""),
         formatter_class=_HelpFormatter,
-        # Abbreviations would let "--client-secret VALUE" pass as --client-secret-file.
+        # Abbreviations would let "--api.client-secret VALUE" pass as --api.client-secret-file.
         allow_abbrev=False,
     )
     for option in OPTIONS:
@@ -483,17 +565,17 @@ def build_parser(
             continue
         if option.name == "log.level":
             option = replace(option, default=log_level)
-        if option.metavar is None:
+        common: dict[str, Any] = {
+            "dest": option.dest,
+            "action": _Flag,
+            "repeatable": option.repeatable,
+            **({"nargs": 0} if option.metavar is None else {"metavar": option.metavar}),
+        }
+        negation = [f"--no-{option.name}"] if option.negatable else []
+        parser.add_argument(flag, *negation, help=option.help_text, **common)
+        if option.old_flag is not None:
             parser.add_argument(
-                flag,
-                dest=option.dest,
-                action="store_true",
-                default=None,
-                help=option.help_text,
-            )
-        else:
-            parser.add_argument(
-                flag, dest=option.dest, metavar=option.metavar, help=option.help_text
+                option.old_flag, help=argparse.SUPPRESS, new=option.new_flag, **common
             )
     # Not a setting, like --help: it prints and exits before any setting is read.
     parser.add_argument(
@@ -501,7 +583,61 @@ def build_parser(
         action=_PrintVersion,
         help="print the version, the Python version and the platform, then exit",
     )
+    if prog == "beenergised-exporter":  # the usage names the command `check` too
+        flags = parser.format_usage().removeprefix("usage: ").rstrip()
+        parser.usage = f"{flags}\n       {prog} check [--output FORMAT] [the flags above]"
     return parser
+
+
+GIVEN_AS = "given_as"
+"""The parsed arguments' attribute that maps a dest to the flag that gave it, as written."""
+OLD_FLAGS_USED = "old_flags_used"
+"""The parsed arguments' attribute that maps each 0.1 flag name used to its new name."""
+
+
+class _Flag(argparse.Action):
+    """Stores a flag's raw value (a switch's: True, False for its --no- form; a repeatable
+    flag's: the list of its values) and the flag as written, so that messages name it as the
+    user did; a 0.1 name (``new`` set) is noted for the deprecation warning."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        *,
+        repeatable: bool = False,
+        new: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(option_strings, dest, default=None, **kwargs)
+        self.repeatable = repeatable
+        self.new = new
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        assert option_string is not None  # flags only, no positional arguments
+        if self.nargs == 0:
+            values = not option_string.startswith("--no-")
+        elif self.repeatable:
+            values = [*(getattr(namespace, self.dest) or []), values]
+        setattr(namespace, self.dest, values)
+        vars(namespace).setdefault(GIVEN_AS, {})[self.dest] = option_string
+        if self.new is not None:
+            vars(namespace).setdefault(OLD_FLAGS_USED, {})[option_string] = self.new
+
+
+def deprecation_warnings(args: argparse.Namespace) -> list[str]:
+    """One warning for each 0.1 flag name in ``args``, however often it was given."""
+    used: dict[str, str] = getattr(args, OLD_FLAGS_USED, {})
+    return [
+        f"{old} is deprecated and will be removed in a later release; use {new}"
+        for old, new in used.items()
+    ]
 
 
 class _PrintVersion(argparse.Action):
@@ -517,10 +653,11 @@ class _PrintVersion(argparse.Action):
 
 
 def reject_secret_flag(argv: Sequence[str]) -> None:
-    """Refuse --client-secret in any spelling before argparse could echo its value."""
+    """Refuse --api.client-secret and --client-secret in any spelling before argparse could
+    echo the value."""
     for arg in argv:
         if arg == "--":
             return
         flag = arg.partition("=")[0]
-        if flag.replace("_", "-").lower() == "--client-secret":
+        if flag.replace("_", "-").lower() in _SECRET_FLAGS:
             raise ConfigError(f"{flag}: not supported: {_NO_SECRET_FLAG}")

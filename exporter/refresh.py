@@ -19,6 +19,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 
 from exporter.api import MAX_STATIONS, CpoClient, RequestCounter, connect
 from exporter.auth import TokenSource
+from exporter.authheader import HeaderForm
 from exporter.changelog import ChangeLog
 from exporter.errors import PaginationError, RefreshError
 from exporter.http import DEFAULT_LIMITS, Deadline, Limits
@@ -67,7 +68,12 @@ class MandantRefresher:
         self.state = MandantState(name=mandant.name, firmware_target=mandant.target_firmware)
 
     def _connect(
-        self, mandant: Mandant, page_limit: int, concurrency: int, limits: Limits
+        self,
+        mandant: Mandant,
+        page_limit: int,
+        concurrency: int,
+        limits: Limits,
+        header: HeaderForm | None = None,
     ) -> tuple[TokenSource, CpoClient]:
         return connect(
             mandant,
@@ -78,6 +84,7 @@ class MandantRefresher:
             limits=limits,
             serial_numbers=self._serial_numbers,
             max_stations=self._max_stations,
+            header=header,
         )
 
     def reconnect(
@@ -91,9 +98,14 @@ class MandantRefresher:
         max_stations: int = MAX_STATIONS,
     ) -> None:
         """Use changed settings of the same mandant (a reload): a new HTTP session and token
-        source from the next refresh on; the published state and its counters stay."""
+        source from the next refresh on; the published state and its counters stay, and so does
+        the form of the Authorization header while the API and the setting stay."""
         self._max_stations = max_stations
-        self._connection = self._connect(mandant, page_limit, concurrency, limits)
+        header: HeaderForm | None = self._connection[1].header
+        old = self.mandant
+        if (old.api_url, old.authorization) != (mandant.api_url, mandant.authorization):
+            header = None
+        self._connection = self._connect(mandant, page_limit, concurrency, limits, header)
         self._timeout = timeout
         self.mandant = mandant
         self._publish(self.state)

@@ -218,6 +218,18 @@ def listen_address(given: Given) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def listen_addresses(given: Given) -> tuple[tuple[str, int], ...]:
+    """The addresses of a flag given once or more, or of a text that lists them with commas."""
+    written = given.value if isinstance(given.value, list) else text(given).split(",")
+    addresses: list[tuple[str, int]] = []
+    for item in written:
+        address = listen_address(Given(item, given.where))
+        if address in addresses and address[1] != 0:  # port 0: a free port each time
+            raise given.fail(f"{item.strip()!r} given twice; give each address once")
+        addresses.append(address)
+    return tuple(addresses)
+
+
 def telemetry_path(given: Given) -> str:
     """A URL path starting with '/', without query or fragment."""
     written = text(given)

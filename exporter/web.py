@@ -1,4 +1,5 @@
-"""The HTTP side: /metrics, /changes, /healthz, /readyz and a landing page at /, as a WSGI app.
+"""The HTTP side: /metrics, /changes, /healthz, /readyz, /-/reload and a landing page at /, as a
+WSGI app.
 
 Nothing here calls the remote API: every page reads the latest published mandant states.
 TLS and basic auth come from the web config file (:mod:`exporter.webconfig`).
@@ -6,7 +7,6 @@ TLS and basic auth come from the web config file (:mod:`exporter.webconfig`).
 
 from __future__ import annotations
 
-import errno
 import html
 import json
 import logging
@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 from exporter import __version__
 from exporter.changelog import ChangeEntry, ChangeLog
+from exporter.lifecycle import ReloadResult
 from exporter.metrics import Exposition, RefusedRequests
 from exporter.model import CHANGE_KINDS, MandantState
 from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
@@ -44,6 +45,8 @@ _CHANGES_PARAMETERS = ("mandant", "kind", "limit")
 _MAX_LIMIT_DIGITS = 9
 """Longer ``limit`` texts are refused before int() (which refuses over 4,300 digits)."""
 _METHODS = "GET, HEAD"
+_RELOAD_METHODS = ("POST", "PUT")  # as Prometheus' lifecycle API
+_TEXT = "text/plain; charset=utf-8"
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2
 _JSON_HEADERS = [("Content-Type", "application/json")]
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,7 +69,9 @@ class ExporterApp:
         telemetry_path: str = "/metrics",
         auth: BasicAuth | None = None,
         refused: RefusedRequests | None = None,
+        reload: Callable[[], ReloadResult] | None = None,
     ) -> None:
+        """``reload``: what POST /-/reload runs (--web.enable-lifecycle); None answers 403."""
         self._exposition = exposition
         self.refused = refused or RefusedRequests()
         """Requests refused, by the app (basic auth) and by the server it runs in."""
@@ -74,6 +79,7 @@ class ExporterApp:
         self._changelog = changelog
         self._telemetry_path = telemetry_path
         self._auth = auth
+        self._reload = reload
 
     def set_users(self, users: Mapping[str, bytes]) -> None:
         """Check requests against other users from now on (a reloaded web config); none
@@ -116,6 +122,8 @@ class ExporterApp:
                 return _respond(
                     start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
                 )
+        if path == "/-/reload":
+            return self._lifecycle(environ.get("REQUEST_METHOD", "GET"), start_response)
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             return _respond(
                 start_response,
@@ -144,6 +152,26 @@ class ExporterApp:
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept, Accept-Encoding"))
         return _respond(start_response, "200 OK", body, headers)
+
+    def _lifecycle(self, method: str, start_response: StartResponse) -> Iterable[bytes]:
+        """POST /-/reload as Prometheus answers it: 405 to other methods, 403 unless enabled;
+        then 200 with what the reload applied, 500 with why it did not (the log's words), or
+        503 when no reload ran."""
+        if method not in _RELOAD_METHODS:
+            allow = ", ".join(_RELOAD_METHODS)
+            headers = [("Content-Type", _TEXT), ("Allow", allow)]
+            body = f"Only {' or '.join(_RELOAD_METHODS)} requests allowed\n".encode()
+            return _respond(start_response, "405 Method Not Allowed", body, headers)
+        if self._reload is None:
+            return _respond(start_response, "403 Forbidden", b"Lifecycle API is not enabled.\n")
+        result = self._reload()
+        if result.applied:
+            status = "200 OK"
+        elif result.done:
+            status = "500 Internal Server Error"
+        else:
+            status = "503 Service Unavailable"
+        return _respond(start_response, status, result.message.encode() + b"\n")
 
     def _ready(self, start_response: StartResponse) -> Iterable[bytes]:
         waiting = [state.name for state in self._states() if not state.ready]
@@ -324,57 +352,23 @@ def _respond(
     return chunks
 
 
-class _ServerV6(Server):
-    address_family = socket.AF_INET6
-
-
-class _DualStackServer(_ServerV6):
-    """Listens on every IPv6 and IPv4 address (IPv4 clients appear as ::ffff:a.b.c.d)."""
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-
-_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
-
-
 def serve(
     app: ExporterApp,
-    host: str,
-    port: int,
+    listeners: Sequence[socket.socket],
     web_config: WebConfig | None = None,
     limits: ServerLimits = DEFAULT_LIMITS,
 ) -> tuple[Server, threading.Thread]:
-    """Start serving ``app`` on host:port within ``limits`` in a daemon thread.
+    """Start serving ``app`` on ``listeners`` (:mod:`exporter.listeners`) within ``limits``, one
+    accepting thread for all, in a daemon thread.
 
-    An empty host listens on every interface, IPv6 and IPv4 on one socket as node_exporter
-    does, or IPv4 only on a machine without IPv6. With a web config that has TLS, every
-    connection must speak TLS; basic auth is the app's (``ExporterApp(auth=...)``), as it
-    leaves /healthz open. The server counts its refusals where the app does.
+    With a web config that has TLS, every connection must speak TLS; basic auth is the app's
+    (``ExporterApp(auth=...)``), as it leaves /healthz open. The server counts its refusals
+    where the app does.
     """
-    server: Server | None = None
-    if not host:
-        try:
-            server = _DualStackServer(("::", port), limits=limits, refused=app.refused)
-        except OSError as e:
-            if e.errno not in _NO_IPV6:
-                raise
-            LOG.info("no IPv6 on this machine (%s): listening on IPv4 only", e.strerror)
-    if server is None:
-        server_class = _ServerV6 if ":" in host else Server
-        server = server_class((host, port), limits=limits, refused=app.refused)
+    server = Server(listeners, limits=limits, refused=app.refused)
     server.set_app(app)
     if web_config is not None:
         server.ssl_context = web_config.ssl_context
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return server, thread
-
-
-def listen_address(server: Server) -> str:
-    """Where ``server`` listens, as HOST:PORT with IPv6 hosts in brackets: ``[::]:10140``
-    (every address, IPv6 and IPv4), ``0.0.0.0:10140``, ``127.0.0.1:10140``."""
-    host, port = server.server_address[:2]
-    assert isinstance(host, str)  # an IP socket's address, never a Unix socket's path
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,11 +1,11 @@
 """The HTTP server under the WSGI app: every connection bounded in time, number and threads.
 
-One thread accepts connections and, without blocking, does their TLS handshakes and reads their
-request heads: a client that trickles its head costs a file descriptor and a few bytes, never a
-thread, and is cut ``header_timeout`` seconds after it connected (Go's ReadHeaderTimeout), however
-steadily it sends. A complete head goes to one of at most ``max_requests`` worker threads
-(node_exporter's --web.max-requests); as many more wait up to QUEUE_WAIT for one, and any
-more get 503 at once.
+One thread accepts the connections of every listening socket and, without blocking, does their
+TLS handshakes and reads their request heads: a client that trickles its head costs a file
+descriptor and a few bytes, never a thread, and is cut ``header_timeout`` seconds after it
+connected (Go's ReadHeaderTimeout), however steadily it sends. A complete head goes to one of at
+most ``max_requests`` worker threads (node_exporter's --web.max-requests); as many more wait up
+to QUEUE_WAIT for one, and any more get 503 at once.
 Connections still in their head are capped below the open-file limit and a new one closes the
 oldest, so a crowd of slow clients cannot keep a scraper out. Out of file descriptors, accepting
 backs off instead of spinning. Each refusal is counted by reason and warned about once a minute
@@ -23,12 +23,13 @@ import re
 import resource
 import selectors
 import socket
+import socketserver
 import ssl
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, cast
@@ -240,6 +241,8 @@ class _ServerHandler(ServerHandler):
     """wsgiref's handler, but a client that goes away or reads too slowly is one debug line
     instead of a traceback on stderr."""
 
+    server_software = "beenergised-exporter"  # the Server header; wsgiref's names Python's version
+
     def log_exception(
         self,
         exc_info: tuple[type[BaseException], BaseException, TracebackType]
@@ -304,6 +307,10 @@ class RequestHandler(WSGIRequestHandler):
             self.request_version = "HTTP/1.0"
         super().send_error(code, message, explain)
 
+    def version_string(self) -> str:
+        """The Server header of those answers, as of every other."""
+        return _ServerHandler.server_software
+
     def log_message(self, format: str, *args: Any) -> None:
         LOG.debug("%s %s", self.address_string(), format % args)
 
@@ -332,22 +339,28 @@ def _close(conn: socket.socket, answer: bytes = b"") -> None:
 
 
 class Server(WSGIServer):
-    """Serves a WSGI app within :class:`ServerLimits`; ``ssl_context`` set, every connection
-    must speak TLS. ``serve_forever`` runs the accepting thread; ``shutdown`` stops it."""
-
-    # The default backlog of 5 drops connections when many scrapers arrive at once, and a
-    # dropped SYN costs the client a 1 s (then 3 s) retransmission wait.
-    request_queue_size = 128
+    """Serves a WSGI app on listening sockets (:mod:`exporter.listeners`), all of them within
+    one :class:`ServerLimits`; ``ssl_context`` set, every connection must speak TLS.
+    ``serve_forever`` runs the accepting thread; ``shutdown`` stops it; ``server_close`` closes
+    the sockets."""
 
     def __init__(
         self,
-        address: tuple[str, int],
+        listeners: Sequence[socket.socket],
         *,
         limits: ServerLimits = DEFAULT_LIMITS,
         refused: RefusedRequests | None = None,
     ) -> None:
-        self._selector = selectors.DefaultSelector()  # server_close closes it, even in here
-        super().__init__(address, RequestHandler)
+        if not listeners:
+            raise ValueError("no socket to listen on")
+        self._selector = selectors.DefaultSelector()
+        self.listeners = list(listeners)
+        # TCPServer.__init__ would open and bind a socket of its own.
+        socketserver.BaseServer.__init__(self, listeners[0].getsockname(), RequestHandler)
+        self.socket = listeners[0]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = str(host)
+        self.setup_environ()
         self.limits = limits
         self.refused = refused or RefusedRequests()
         self.ssl_context: ssl.SSLContext | None = None
@@ -369,14 +382,15 @@ class Server(WSGIServer):
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Accept, read heads and hand them to the workers until ``shutdown``."""
-        self.socket.setblocking(False)
-        self._selector.register(self.socket, selectors.EVENT_READ)
+        for listener in self.listeners:
+            listener.setblocking(False)
+            self._selector.register(listener, selectors.EVENT_READ)
         self._reserve = _reserve()
         try:
             while not self._stop.is_set():
                 for key, _ in self._selector.select(self._wait_time(poll_interval)):
-                    if key.data is None:
-                        self._accept()
+                    if key.data is None:  # a listening socket
+                        self._accept(cast(socket.socket, key.fileobj))
                     elif not key.data.done:  # not closed by an earlier event of this round
                         self._advance(key.data)
                 self._expire()
@@ -393,7 +407,8 @@ class Server(WSGIServer):
             self._stopped.set()
 
     def server_close(self) -> None:
-        super().server_close()
+        for listener in self.listeners:
+            listener.close()
         self._selector.close()
 
     def shutdown(self) -> None:
@@ -412,17 +427,17 @@ class Server(WSGIServer):
 
     # accepting
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, address = self.socket.accept()
+                conn, address = listener.accept()
             except BlockingIOError:
                 return
             except ConnectionAbortedError:  # the client gave up while in the backlog
                 continue
             except OSError as e:
                 if e.errno in _NO_DESCRIPTORS:
-                    self._out_of_descriptors(e)
+                    self._out_of_descriptors(listener, e)
                 else:
                     self._warnings.warn("accept", "cannot accept connections: %s", e)
                     self._pause()
@@ -460,7 +475,7 @@ class Server(WSGIServer):
             held,
         )
 
-    def _out_of_descriptors(self, error: OSError) -> None:
+    def _out_of_descriptors(self, listener: socket.socket, error: OSError) -> None:
         """No file descriptor for a new connection: free one, or refuse one politely with the
         reserve, or rest a moment; never try again at once."""
         self._warnings.warn(
@@ -479,7 +494,7 @@ class Server(WSGIServer):
             self._reserve = None
             conn: socket.socket | None
             try:
-                conn, _ = self.socket.accept()
+                conn, _ = listener.accept()
             except OSError:  # nothing to accept after all, or still no descriptor
                 conn = None
             if conn is not None:
@@ -493,13 +508,15 @@ class Server(WSGIServer):
     def _pause(self) -> None:
         """Accept nothing for ACCEPT_PAUSE seconds; the connections already here go on."""
         if self._paused_until is None:
-            self._selector.unregister(self.socket)
+            for listener in self.listeners:
+                self._selector.unregister(listener)
         self._paused_until = time.monotonic() + ACCEPT_PAUSE
 
     def _resume(self) -> None:
         if self._paused_until is not None and time.monotonic() >= self._paused_until:
             self._paused_until = None
-            self._selector.register(self.socket, selectors.EVENT_READ)
+            for listener in self.listeners:
+                self._selector.register(listener, selectors.EVENT_READ)
             if self._reserve is None:
                 self._reserve = _reserve()
 

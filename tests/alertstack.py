@@ -155,14 +155,14 @@ class Replica:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.clock = clock
-        self._args = [*args, f"--web.listen-address={self.address}"]
+        self._args = list(args)
         self._env = env | (clock.environment() if clock else {})
         self.process: ExporterProcess | None = None
         self.processes: list[ExporterProcess] = []
 
     def start(self) -> None:
         """Start the exporter and wait (bounded) until it listens."""
-        self.process = ExporterProcess(self._args, self._env)
+        self.process = ExporterProcess(self._args, self._env, listen=self.address)
         self.processes.append(self.process)
 
     def stop(self) -> None:
@@ -220,7 +220,7 @@ class Stack:
                 if clocks:
                     (tmp / f"clock-{index}").mkdir()
                     clock = SteppedClock(tmp / f"clock-{index}")
-                self.replicas.append(Replica(["--refresh-interval=1s"], env, clock))
+                self.replicas.append(Replica(["--refresh.interval=1s"], env, clock))
             for replica in self.replicas:
                 replica.start()
             config = alertmanager_config(self.webhook.url, group_wait, group_interval)

@@ -1,5 +1,6 @@
-"""Fixtures that start real simulator and exporter processes and stop them afterwards, and
-the guard that keeps every test that starts a process in the ``e2e`` tier."""
+"""Fixtures that start real simulator and exporter processes and stop them afterwards, the
+guard that keeps every test that starts a process in the ``e2e`` tier, and the last line of a
+run: the system tools it skipped tests for."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.helpers import ExporterProcess, SimulatorProcess
+from tests.helpers import MISSING_TOOL, ExporterProcess, SimulatorProcess
 
 
 @pytest.fixture
@@ -90,3 +91,27 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     with processes_refused(item):
         return (yield)
+
+
+def skipped_for_tools(reports: list[pytest.TestReport]) -> list[str]:
+    """The tools that skipped reports name as missing (tests.helpers.require_tool), sorted."""
+    tools = set()
+    for report in reports:
+        if isinstance(report.longrepr, tuple):
+            match = MISSING_TOOL.match(report.longrepr[2].removeprefix("Skipped: "))
+            if match:
+                tools.add(match.group(1))
+    return sorted(tools)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """One line after everything else (xdist workers report to the controller, which prints
+    it): the tools missing here, so a skipped tier is not taken for a passed one."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or hasattr(config, "workerinput"):
+        return
+    tools = skipped_for_tools(reporter.stats.get("skipped", []))
+    if tools:
+        reporter.write_line(
+            f"skipped tests for want of {', '.join(tools)}: docs/development.md#system-tools"
+        )

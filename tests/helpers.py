@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import resource
@@ -14,14 +15,27 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from readme_renderer.markdown import render as render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of the repository (deploy/prometheusrule.py, deploy/image.py), not a package,
+    loaded from its path as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
@@ -45,6 +59,24 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
     }
 
 
+def rendered_links(markdown: str) -> list[str]:
+    """Every link and image target of ``markdown`` as the package index renders it (PyPI uses
+    readme_renderer), but for the anchors the renderer adds to its own headings, which lead to
+    an id of the same page."""
+    html = render_markdown(markdown)
+    assert html is not None, "readme_renderer could not render it (readme-renderer[md])"
+    found: list[str] = []
+    ids: set[str] = set()
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.extend(value for name, value in attrs if name in ("href", "src") and value)
+            ids.update(value for name, value in attrs if name == "id" and value)
+
+    Links().feed(html)
+    return [link for link in found if link.removeprefix("#") not in ids]
+
+
 TOOL_PACKAGES = {
     "amtool": "prometheus-alertmanager",
     "prometheus-alertmanager": "prometheus-alertmanager",
@@ -53,8 +85,13 @@ TOOL_PACKAGES = {
     "systemd-analyze": "systemd",
     "kubectl": "kubernetes-client",
     "faketime": "faketime",
+    "make": "make",
 }
 """Debian packages of the external tools the tests use, where not 'prometheus'."""
+
+
+MISSING_TOOL = re.compile(r"^(\S+) is not installed \(Debian package '")
+"""The start of the reason require_tool skips with; tests/conftest.py collects the names."""
 
 
 def require_tool(name: str) -> str:
@@ -64,6 +101,7 @@ def require_tool(name: str) -> str:
         return path
     package = TOOL_PACKAGES.get(name, "prometheus")
     message = f"{name} is not installed (Debian package '{package}'; .ci/run installs it)"
+    assert MISSING_TOOL.match(message)
     if IN_CI:
         pytest.fail(message + " but CI=true requires it")
     pytest.skip(message)
@@ -102,7 +140,7 @@ class SteppedClock:
 
 class Process:
     """A child process whose output is collected by a reader thread, so it never blocks;
-    ``open_files`` lowers its open-file limit (ulimit -n)."""
+    ``open_files`` lowers its open-file limit (ulimit -n), ``pass_fds`` it inherits."""
 
     def __init__(
         self,
@@ -110,6 +148,7 @@ class Process:
         env: dict[str, str] | None = None,
         cwd: Path = ROOT,
         open_files: int | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         def limit() -> None:
             if open_files is not None:
@@ -123,6 +162,7 @@ class Process:
             env=env,
             cwd=cwd,
             preexec_fn=limit if open_files is not None else None,
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -178,7 +218,8 @@ class SimulatorProcess(Process):
 
 
 class ExporterProcess(Process):
-    """The real ``beenergised-exporter`` console script, listening on a free loopback port."""
+    """The real ``beenergised-exporter`` console script, listening on a free loopback port
+    (or on ``listen``)."""
 
     def __init__(
         self,
@@ -186,12 +227,13 @@ class ExporterProcess(Process):
         env: dict[str, str],
         scheme: str = "http",
         open_files: int | None = None,
+        listen: str = "127.0.0.1:0",
     ) -> None:
         script = str(Path(sys.executable).with_name("beenergised-exporter"))
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEENERGISED_")}
         full_env |= env
         super().__init__(
-            [script, "--web.listen-address=127.0.0.1:0", "--log.level=debug", *args],
+            [script, f"--web.listen-address={listen}", "--log.level=debug", *args],
             full_env,
             open_files=open_files,
         )

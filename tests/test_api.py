@@ -1,5 +1,6 @@
 import json
 import threading
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,6 +16,7 @@ from exporter.api import (
     parse_station,
 )
 from exporter.auth import TokenSource
+from exporter.authheader import HeaderForm
 from exporter.errors import (
     ApiHttpError,
     ApiTimeoutError,
@@ -95,6 +97,7 @@ def make_client(
     concurrency: int = 1,
     retry=None,
     max_stations: int = 1000,
+    header: HeaderForm | None = None,
 ) -> CpoClient:
     session = requests.Session()
     hook = (lambda e, c: calls.append((e, c))) if calls is not None else None
@@ -117,6 +120,7 @@ def make_client(
         concurrency=concurrency,
         on_response=hook,
         retry=retry or RetryPolicy(attempts=1),
+        header=header,
     )
 
 
@@ -187,7 +191,9 @@ def test_a_server_that_never_ends_is_cut_off_by_the_page_bound():
     responses.add_callback(
         responses.GET, STATIONS_URL, callback=endless, content_type="application/json"
     )
-    message = r"no last page after 5 pages \(5 rows\), .* at most 5 pages; raise --page-limit if"
+    message = (
+        r"no last page after 5 pages \(5 rows\), .* at most 5 pages; raise --api.page-limit if"
+    )
     with pytest.raises(ListingTooLargeError, match=message):
         make_client(max_pages=5).stations(Deadline(60))
     assert len(offsets_requested()) == 5
@@ -276,12 +282,167 @@ def test_on_401_the_token_is_renewed_and_the_request_retried_once():
 
 
 @responses.activate
-def test_a_second_401_is_an_auth_failure():
+def test_a_fresh_token_refused_both_ways_is_one_auth_failure_of_three_requests():
     add_tokens("old", "new")
     responses.get(STATIONS_URL, status=401)
-    with pytest.raises(AuthError, match="fresh token was rejected"):
+    with pytest.raises(AuthError) as caught:
         make_client().stations(Deadline(60))
-    assert len(offsets_requested()) == 2
+    assert str(caught.value) == (
+        "charging stations of mandant.example.test: a fresh token was rejected (HTTP 401) as "
+        "Authorization: Bearer <token>, and as Authorization: <token> (HTTP 401); check that "
+        "the API client has a cpoapi scope"
+    )
+    assert authorizations() == ["Bearer old", "Bearer new", "new"]
+    assert tokens_requested() == 2
+
+
+@responses.activate
+def test_every_read_refused_both_ways_costs_the_same_few_requests():
+    add_tokens("t1", "t2", "t3", "t4")
+    responses.get(STATIONS_URL, status=401)
+    client = make_client(concurrency=4)
+    for _ in range(3):
+        with pytest.raises(AuthError, match="fresh token was rejected"):
+            client.stations(Deadline(60))
+    # The cached token first, then a fresh one in both forms: three a read, never more.
+    assert authorizations() == [
+        *("Bearer t1", "Bearer t2", "t2"),
+        *("Bearer t2", "Bearer t3", "t3"),
+        *("Bearer t3", "Bearer t4", "t4"),
+    ]
+    assert client.header.accepted is None
+
+
+@dataclass
+class HeaderApi:
+    """A stations endpoint that takes a token only in the header form ``accepts`` (bearer or
+    raw) and not if it is ``revoked``; pages of 2 of ``rows``. Tokens come from add_tokens."""
+
+    rows: list[dict]
+    accepts: str
+    revoked: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        responses.add_callback(responses.GET, STATIONS_URL, callback=self.answer)
+
+    def answer(self, request):
+        header = request.headers.get("Authorization", "")
+        form = "bearer" if header.startswith("Bearer ") else "raw"
+        if form != self.accepts or header.removeprefix("Bearer ") in self.revoked:
+            return 401, {"Content-Type": "application/json"}, "{}"
+        offset = int(parse_qs(urlsplit(request.url).query)["page[offset]"][0])
+        rows = self.rows[offset : offset + 2]
+        page = {"data": rows, "meta": {"pagination": {"total": len(self.rows)}}}
+        return 200, {"Content-Type": "application/vnd.api+json"}, json.dumps(page)
+
+
+def authorizations() -> list[str]:
+    """The Authorization header of every stations request, in order."""
+    return [
+        c.request.headers["Authorization"]
+        for c in responses.calls
+        if c.request.url.startswith(STATIONS_URL)
+    ]
+
+
+def tokens_requested() -> int:
+    return sum(c.request.url.startswith(TOKEN_URL) for c in responses.calls)
+
+
+@responses.activate
+def test_auto_finds_the_bare_token_and_keeps_it_for_every_later_page_and_read(caplog):
+    add_tokens("t1", "t2")
+    HeaderApi([row(str(i)) for i in range(5)], accepts="raw")
+    client = make_client(page_limit=2)
+    with caplog.at_level("INFO", logger="exporter.authheader"):
+        assert len(client.stations(Deadline(60))) == 5
+        assert len(client.stations(Deadline(60))) == 5
+    assert authorizations() == ["Bearer t1", "Bearer t2", "t2", "t2", "t2", "t2", "t2", "t2"]
+    assert tokens_requested() == 2
+    assert (client.header.form, client.header.accepted) == ("raw", "raw")
+    assert [r.getMessage() for r in caplog.records] == [
+        "mandant mandant.example.test: the API accepts the access token as "
+        "Authorization: <token> (--api.authorization=auto); sending that form from now on"
+    ]
+
+
+@responses.activate
+def test_auto_against_an_api_that_takes_bearer_costs_no_extra_request():
+    add_tokens("tok")
+    HeaderApi([row(str(i)) for i in range(5)], accepts="bearer")
+    client = make_client(page_limit=2)
+    assert len(client.stations(Deadline(60))) == 5
+    assert authorizations() == ["Bearer tok"] * 3
+    assert tokens_requested() == 1
+    assert client.header.accepted == "bearer"
+
+
+@responses.activate
+def test_a_401_to_a_cached_token_renews_it_and_does_not_change_the_form():
+    """A cached token may have expired or been revoked: its 401 says nothing of the form."""
+    add_tokens("t1", "t2", "t3")
+    api = HeaderApi([row("a")], accepts="raw")
+    client = make_client()
+    client.stations(Deadline(60))
+    responses.calls.reset()
+    api.revoked.add("t2")
+    assert len(client.stations(Deadline(60))) == 1
+    assert authorizations() == ["t2", "t3"]
+    assert client.header.form == "raw"
+
+
+@responses.activate
+def test_auto_follows_an_api_that_changes_its_form_and_logs_the_change(caplog):
+    add_tokens("t1", "t2", "t3")
+    api = HeaderApi([row("a")], accepts="bearer")
+    client = make_client()
+    client.stations(Deadline(60))
+    responses.calls.reset()
+    api.accepts = "raw"
+    with caplog.at_level("INFO", logger="exporter.authheader"):
+        assert len(client.stations(Deadline(60))) == 1
+    assert authorizations() == ["Bearer t1", "Bearer t2", "t2"]
+    assert client.header.form == "raw"
+    assert [r.getMessage() for r in caplog.records] == [
+        "mandant mandant.example.test: the API no longer accepts the access token as "
+        "Authorization: Bearer <token> but as Authorization: <token> "
+        "(--api.authorization=auto); sending that form from now on"
+    ]
+
+
+@pytest.mark.parametrize(("setting", "sent"), [("bearer", "Bearer t2"), ("raw", "t2")])
+@responses.activate
+def test_a_form_set_is_never_changed_and_its_refusal_names_the_setting(setting, sent):
+    add_tokens("t1", "t2")
+    HeaderApi([row("a")], accepts="raw" if setting == "bearer" else "bearer")
+    client = make_client(header=HeaderForm(setting, "north"))
+    with pytest.raises(AuthError) as caught:
+        client.stations(Deadline(60))
+    assert authorizations() == [sent.replace("t2", "t1"), sent]
+    assert f"(--api.authorization={setting}); check that the API client" in str(caught.value)
+    assert "or try --api.authorization=auto" in str(caught.value)
+    assert "t1" not in str(caught.value) and "t2" not in str(caught.value)
+
+
+@responses.activate
+def test_the_bare_token_is_sent_when_set():
+    add_tokens("tok")
+    HeaderApi([row("a"), row("b"), row("c")], accepts="raw")
+    client = make_client(header=HeaderForm("raw", "north"))
+    assert len(client.stations(Deadline(60))) == 3
+    assert authorizations() == ["tok", "tok"]
+
+
+@responses.activate
+def test_the_other_form_answered_otherwise_is_an_auth_failure_that_says_so():
+    add_tokens("t1", "t2")
+    statuses = iter([401, 401, 403])
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=lambda request: (next(statuses), {}, "{}")
+    )
+    with pytest.raises(AuthError, match=r"and as Authorization: <token> \(HTTP 403\)"):
+        make_client().stations(Deadline(60))
+    assert authorizations() == ["Bearer t1", "Bearer t2", "t2"]
 
 
 @responses.activate
@@ -712,7 +873,9 @@ def test_the_budget_of_a_refresh_counts_new_stations_over_its_reads():
 def test_a_listing_past_both_the_page_and_the_station_bound_names_both_settings():
     add_tokens("tok")
     serve_endless()
-    message = r"no last page after 3 pages \(9 rows\), .*raise --page-limit and --api.max-stations"
+    message = (
+        r"no last page after 3 pages \(9 rows\), .*raise --api.page-limit and --api.max-stations"
+    )
     with pytest.raises(ListingTooLargeError, match=message):
         make_client(page_limit=3, max_pages=3, max_stations=9).stations(Deadline(60))
 
@@ -721,7 +884,7 @@ def test_a_listing_past_both_the_page_and_the_station_bound_names_both_settings(
 def test_a_total_that_needs_more_pages_than_a_read_fetches_fails_at_the_first_page():
     add_tokens("tok")
     serve_fleet([row(str(i)) for i in range(20)])
-    message = r"20 stations in pages of 3 announced, .* at most 6 pages; raise --page-limit if"
+    message = r"20 stations in pages of 3 announced, .* at most 6 pages; raise --api.page-limit if"
     with pytest.raises(ListingTooLargeError, match=message):
         make_client(page_limit=3, max_pages=6, concurrency=4).stations(Deadline(60))
     assert offsets_requested() == [0]

@@ -142,7 +142,7 @@ def test_text_report_shows_the_simulators_fleet(sim, capsys, monkeypatch):
     add_problem_stations(sim)
     total = STATIONS + len(PROBLEM_STATIONS)
     code, out, err = run_check(
-        capsys, monkeypatch, mandant_env(sim), "--page-limit=7", "--target-firmware=2.5.0"
+        capsys, monkeypatch, mandant_env(sim), "--api.page-limit=7", "--firmware.target=2.5.0"
     )
     assert code == 0, out + err
     assert err == ""
@@ -154,6 +154,7 @@ def test_text_report_shows_the_simulators_fleet(sim, capsys, monkeypatch):
     assert table["pages"] == [str(math.ceil(total / 7))]
     assert table["time"][0].endswith("s")
     assert table["token"] == ["valid for 3600s"]
+    assert table["auth header"] == ["bearer (Authorization: Bearer <token>), found by auto"]
 
     firmware = {}
     for row in table["firmware"]:
@@ -171,6 +172,45 @@ def test_text_report_shows_the_simulators_fleet(sim, capsys, monkeypatch):
     assert issues == PROBLEMS
 
 
+@pytest.fixture
+def raw_sim() -> Iterator[Simulator]:
+    """A simulator that takes only the bare token, as the quickstart's curl sends it."""
+    with Simulator(
+        Inventory(size=STATIONS, seed=5),
+        client_id=CLIENT_ID,
+        client_secret=SECRET,
+        max_page_limit=MAX_PAGE_LIMIT,
+        authorization="raw",
+    ) as simulator:
+        yield simulator
+
+
+def test_the_form_of_the_header_the_api_takes_is_found_and_shown(raw_sim, capsys, monkeypatch):
+    code, out, err = run_check(capsys, monkeypatch, mandant_env(raw_sim))
+    assert code == 0, out + err
+    assert rows(out)["auth header"] == ["raw (Authorization: <token>), found by auto"]
+    code, out, _ = run_check(capsys, monkeypatch, mandant_env(raw_sim), "--output=json")
+    [mandant] = json.loads(out)["mandants"]
+    assert mandant["authorization"] == {"setting": "auto", "accepted": "raw"}
+    assert mandant["stations"] == STATIONS
+
+
+def test_a_form_set_that_the_api_refuses_fails_with_a_hint_to_try_auto(
+    raw_sim, capsys, monkeypatch
+):
+    env = mandant_env(raw_sim) | {"BEENERGISED_API_AUTHORIZATION": "bearer"}
+    code, out, _ = run_check(capsys, monkeypatch, env, "--output=json")
+    assert code == 1
+    [mandant] = json.loads(out)["mandants"]
+    assert mandant["authorization"] == {"setting": "bearer", "accepted": None}
+    assert mandant["error"]["reason"] == "auth"
+    assert "(--api.authorization=bearer)" in mandant["error"]["message"]
+    assert "set it to auto" in mandant["error"]["hint"]
+    code, out, _ = run_check(capsys, monkeypatch, env)
+    assert code == 1
+    assert "auth header" not in rows(out)
+
+
 def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
     add_problem_stations(sim)
     total = STATIONS + len(PROBLEM_STATIONS)
@@ -180,8 +220,8 @@ def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
         mandant_env(sim),
         "--output",
         "json",
-        "--page-limit=4",
-        "--target-firmware=/2\\.5\\..*|3\\..*/",
+        "--api.page-limit=4",
+        "--firmware.target=/2\\.5\\..*|3\\..*/",
     )
     assert code == 0, out + err
     report = json.loads(out)
@@ -196,6 +236,7 @@ def test_json_report_matches_the_simulator(sim, capsys, monkeypatch):
         "pages": math.ceil(total / 4),
         "stations": total,
         "token_expires_in": 3600,
+        "authorization": {"setting": "auto", "accepted": "bearer"},
         "firmware": firmware,
         "target": {
             "firmware": "/2\\.5\\..*|3\\..*/",
@@ -217,7 +258,7 @@ def test_firmware_beyond_the_bound_is_reported_as_metrics_show_it(sim, capsys, m
         mandant_env(sim),
         "--output=json",
         "--firmware.max-versions=1",
-        f"--target-firmware={rarest}",
+        f"--firmware.target={rarest}",
     )
     assert code == 0, out + err
     [mandant] = json.loads(out)["mandants"]
@@ -230,7 +271,7 @@ def test_firmware_beyond_the_bound_is_reported_as_metrics_show_it(sim, capsys, m
 def test_the_folded_row_is_never_marked_on_target(sim, capsys, monkeypatch):
     env = mandant_env(sim)
     code, out, err = run_check(
-        capsys, monkeypatch, env, "--firmware.max-versions=1", "--target-firmware=/.*/"
+        capsys, monkeypatch, env, "--firmware.max-versions=1", "--firmware.target=/.*/"
     )
     assert code == 0, out + err
     table = {row.split()[0]: row.split()[1:] for row in rows(out)["firmware"]}
@@ -245,7 +286,7 @@ def test_pages_are_capped_by_the_apis_page_limit(sim, capsys, monkeypatch):
     code, out, _ = run_check(capsys, monkeypatch, mandant_env(sim), "--output=json")
     assert code == 0
     [mandant] = json.loads(out)["mandants"]
-    # --page-limit defaults to 100; the simulator gives at most 10 rows a page.
+    # --api.page-limit defaults to 100; the simulator gives at most 10 rows a page.
     assert mandant["pages"] == math.ceil(STATIONS / MAX_PAGE_LIMIT)
     assert mandant["target"] is None
     assert mandant["data_issues"] == dict.fromkeys(DATA_ISSUES, 0)
@@ -283,7 +324,7 @@ def test_a_wrong_secret_fails_naming_the_credentials_and_never_shows_a_secret(
 
 def test_no_secret_and_no_token_even_at_debug_level(sim, capsys, monkeypatch):
     code, out, err = run_check(
-        capsys, monkeypatch, mandant_env(sim), "--log.level=debug", "--token-auth-method=query"
+        capsys, monkeypatch, mandant_env(sim), "--log.level=debug", "--api.token-auth-method=query"
     )
     assert code == 0
     tokens = sim.tokens["issued"]
@@ -325,7 +366,7 @@ def test_an_api_that_does_not_answer_in_time_fails_with_reason_timeout(sim, caps
         monkeypatch,
         mandant_env(sim),
         "--output=json",
-        "--refresh-interval=1s",
+        "--refresh.interval=1s",
         "--api.request-timeout=1s",
     )
     assert code == 1
@@ -380,7 +421,8 @@ def test_a_token_that_cannot_be_sent_gets_a_hint_about_the_token_endpoint_not_th
         ("too_large", "h: more than 9 stations listed (12 rows received in 4 pages); raise "
          "--api.max-stations if the fleet is that large", "raise --api.max-stations"),
         ("too_large", "h: no last page after 10000 pages (500 rows), and one read fetches at "
-         "most 10000 pages; raise --page-limit if the fleet is that large", "raise --page-limit"),
+         "most 10000 pages; raise --api.page-limit if the fleet is that large",
+         "raise --api.page-limit"),
         ("too_large", "h: answer larger than 8 MiB, refused; raise --api.max-response-size if "
          "answers this large are genuine", "--api.max-response-size"),
         ("pagination", "h: 101 rows at page[offset]=0, more than the page[limit]=100 asked for",
@@ -431,8 +473,8 @@ def test_every_mandant_of_a_config_file_is_checked(sim, tmp_path, capsys, monkey
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (["--page-limit=0"], {}, "--page-limit: must be at least 1"),
-        ([], {"BEENERGISED_CLIENT_ID": ""}, "BEENERGISED_CLIENT_ID (or --client-id): missing"),
+        (["--api.page-limit=0"], {}, "--api.page-limit: must be at least 1"),
+        ([], {"BEENERGISED_CLIENT_ID": ""}, "BEENERGISED_CLIENT_ID (or --api.client-id): missing"),
         (["--output=xml"], {}, "--output: invalid choice (the value is not shown) (choose from"),
     ],
 )
@@ -500,7 +542,7 @@ def test_demo_checks_the_built_in_simulator_and_stops_it(capsys, monkeypatch):
 def test_the_console_script_runs_check(sim):
     env = {"PATH": os.environ.get("PATH", "")} | mandant_env(sim)
     result = subprocess.run(
-        [SCRIPT, "check", "--output=json", "--page-limit=5"],
+        [SCRIPT, "check", "--output=json", "--api.page-limit=5"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -532,6 +574,6 @@ def test_check_help_shows_the_check_usage_with_every_flag():
     result = subprocess.run([SCRIPT, "check", "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert result.stdout.startswith("usage: beenergised-exporter check ")
-    for flag in ("--api-url", "--config.file", "--demo", "--web.config.file", "--output"):
+    for flag in ("--api.url", "--config.file", "--demo", "--web.config.file", "--output"):
         assert flag in result.stdout
     assert "default warn" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -73,13 +74,75 @@ def stop_with(exporter: ExporterProcess, signum: int) -> tuple[int, float]:
 @pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signals_stop_the_exporter_within_5_seconds_with_status_0(signum, exporter_process):
-    exporter = exporter_process(["--demo", "--refresh-interval=1s"], {})
+    exporter = exporter_process(["--demo", "--refresh.interval=1s"], {})
     exporter.wait_for_line("first refresh")
     code, elapsed = stop_with(exporter, signum)
     assert code == 0
     assert elapsed < 5
     assert "shutting down" in exporter.output
     assert "Traceback" not in exporter.output
+
+
+OLD_FLAGS = {
+    "--api-url": "--api.url",
+    "--token-url": "--api.token-url",
+    "--client-id": "--api.client-id",
+    "--client-secret-file": "--api.client-secret-file",
+    "--token-auth-method": "--api.token-auth-method",
+    "--target-firmware": "--firmware.target",
+    "--refresh-interval": "--refresh.interval",
+    "--page-limit": "--api.page-limit",
+    "--concurrency": "--api.concurrency",
+    "--no-station-info": "--no-collector.station-info",
+}
+
+
+@pytest.mark.e2e
+def test_the_flags_of_0_1_still_work_and_each_warns_once_naming_the_new_one(
+    tmp_path, simulator_process, exporter_process
+):
+    import json
+
+    simulator = simulator_process("--stations", "9", "--client-secret", SECRET)
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    values = {
+        "--api-url": simulator.url,
+        "--token-url": simulator.url + "/oauth2/token",
+        "--client-id": "demo-client",
+        "--client-secret-file": str(secret),
+        "--token-auth-method": "post",
+        "--target-firmware": "2.5.0",
+        "--refresh-interval": "1s",
+        "--page-limit": "4",
+        "--concurrency": "2",
+    }
+    args = [f"{flag}={value}" for flag, value in values.items()]
+    args += ["--no-station-info", "--page-limit", "4", "--log.format=json"]  # one given twice
+    exporter = exporter_process(args, {})
+    wait_until(
+        lambda: 'beenergised_up{mandant="127.0.0.1"} 1.0' in exporter.get("/metrics").text,
+        what="the mandant read with the old flags",
+    )
+    metrics = exporter.get("/metrics").text
+    assert 'beenergised_charging_stations_firmware_target{mandant="127.0.0.1",target="2.5.0"}' in (
+        metrics
+    )
+    assert "beenergised_charging_station_info{" not in metrics
+    assert "beenergised_refresh_interval_seconds 1.0" in metrics
+    paths = [request["path"] for request in simulator.request_log()]
+    assert any("limit%5D=4" in path or "limit]=4" in path for path in paths), paths
+    assert exporter.stop() == 0
+    lines = [json.loads(line) for line in exporter.lines]  # every line is the logger's
+    deprecations = [line["msg"] for line in lines if "deprecated" in line["msg"]]
+    assert sorted(deprecations) == sorted(
+        f"{old} is deprecated and will be removed in a later release; use {new}"
+        for old, new in OLD_FLAGS.items()
+    )
+    assert all(line["level"] == "warn" for line in lines if "deprecated" in line["msg"])
+    assert SECRET not in exporter.output
+    shown = set(re.findall(r"--[\w.-]+", run("--help").stdout))
+    assert not shown & set(OLD_FLAGS) and set(OLD_FLAGS.values()) <= shown
 
 
 @pytest.mark.e2e
@@ -147,7 +210,7 @@ def test_sigterm_ends_the_exporter_within_5_seconds_even_while_the_api_hangs(
         simulator.url + "/_sim/faults", json={"kind": "hang", "seconds": 60, "times": 1}, timeout=5
     ).raise_for_status()
     exporter = exporter_process(
-        ["--refresh-interval=5m"],
+        ["--refresh.interval=5m"],
         env_for(simulator, ("demo-client", "demo-secret")),
     )
     # the first refresh has its token and now waits on a page that never comes
@@ -172,7 +235,7 @@ def test_sigterm_during_a_retry_wait_says_it_is_shutting_down(simulator_process,
         timeout=5,
     ).raise_for_status()
     exporter = exporter_process(
-        ["--refresh-interval=5m"],
+        ["--refresh.interval=5m"],
         env_for(simulator, ("demo-client", "demo-secret")),
     )
     exporter.wait_for_line(r"HTTP 503|503; retry 1")
@@ -213,17 +276,28 @@ def test_version_prints_the_project_version_python_and_platform(
         ([signal.SIGHUP] * 500, signal.SIGHUP),
         ([signal.SIGHUP] * 200 + [signal.SIGTERM] + [signal.SIGHUP] * 200, signal.SIGTERM),
         ([signal.SIGINT, signal.SIGHUP], signal.SIGINT),
+        (["reload"] * 3, signal.SIGHUP),
+        ([signal.SIGHUP, "reload", signal.SIGHUP, "reload"], signal.SIGHUP),
+        (["reload", signal.SIGTERM, "reload"], signal.SIGTERM),
     ],
 )
 def test_a_burst_of_signals_counts_once_and_a_stop_wins(
-    burst: list[int], expected: signal.Signals
+    burst: list[int | str], expected: signal.Signals
 ) -> None:
+    """SIGHUPs and reloads asked for over HTTP in one burst are one reload, and every request
+    of the burst gets its outcome; a stop among them wins."""
     import queue
 
     from exporter.cli import _next_signal
+    from exporter.lifecycle import Event, ReloadRequest
 
-    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for signum in burst:
-        signals.put(signum)
-    assert _next_signal(signals) == expected
-    assert signals.empty()
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    requests = []
+    for event in burst:
+        if event == "reload":
+            requests.append(ReloadRequest())
+            events.put(requests[-1])
+        else:
+            events.put(event)
+    assert _next_signal(events) == (expected, requests)
+    assert events.empty()

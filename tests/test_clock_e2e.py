@@ -25,7 +25,7 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.e2e
 
-INTERVAL = 1.0  # --refresh-interval of the exporter under test
+INTERVAL = 1.0  # --refresh.interval of the exporter under test
 JITTER = 0.1 * INTERVAL  # the scheduler's jitter at that interval
 LOOK = 1.0  # the scheduler notices a step within a second
 SLACK = 2.0  # seconds a refresh may come late on a busy machine
@@ -65,7 +65,7 @@ def stepped(tmp_path: Path) -> Iterator[Callable[[], tuple[SteppedClock, Refresh
         )
         processes.append(simulator)
         exporter = ExporterProcess(
-            [f"--refresh-interval={INTERVAL:g}s"], env_for(simulator, **clock.environment())
+            [f"--refresh.interval={INTERVAL:g}s"], env_for(simulator, **clock.environment())
         )
         processes.append(exporter)
         refreshes = Refreshes(exporter)

@@ -16,7 +16,7 @@ import yaml
 
 from exporter.config import DEFAULT_PORT, load_settings
 from tests.dockerfile import DOCKERFILE, final_stage, instructions
-from tests.helpers import ROOT, require_tool
+from tests.helpers import ROOT, load_script, require_tool
 
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -118,7 +118,7 @@ def test_exporter_is_built_from_the_dockerfile_and_runs_a_valid_demo_command():
     settings = load_settings(exporter["command"], {})  # what the real CLI makes of it
     assert settings.demo
     assert settings.refresh_interval == 30
-    assert settings.listen_port == DEFAULT_PORT
+    assert settings.listen_addresses == (("", DEFAULT_PORT),)
 
 
 def test_each_service_publishes_its_usual_port():
@@ -339,6 +339,15 @@ def test_dockerfile_labels_and_environment():
         assert f"org.opencontainers.image.{key}=" in arguments
     license_ = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
     assert f'org.opencontainers.image.licenses="{license_}"' in arguments
+    # version and revision from build arguments that `make image` and the release both pass
+    release = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    image_script = load_script(ROOT / "deploy" / "image.py")
+    image_script.revision = lambda: "0" * 40  # git is a process: not in the unit tier
+    build_args = image_script.build_args()
+    for key, argument in (("version", "VERSION"), ("revision", "REVISION")):
+        assert f'org.opencontainers.image.{key}="${{{argument}}}"' in arguments
+        assert ("ARG", f'{argument}=""') in final_stage()
+        assert argument in build_args and f"            {argument}=${{{{" in release
     assert "PYTHONDONTWRITEBYTECODE=1" in arguments
     assert "PYTHONUNBUFFERED=1" in arguments
 
@@ -392,7 +401,13 @@ def build_stage_sources() -> list[str]:
 
 
 def test_dockerignore_keeps_what_the_build_needs():
-    assert build_stage_sources() == ["pyproject.toml", "README.md", "exporter"]
+    assert build_stage_sources() == [
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "LICENSE",
+        "exporter",
+    ]
     needed = [
         *build_stage_sources()[:-1],
         *(str(p.relative_to(ROOT)) for p in ROOT.glob("exporter/*.py")),

@@ -21,6 +21,7 @@ from exporter.config import (
 )
 from exporter.errors import ConfigError
 from exporter.model import Secret
+from exporter.options import OPTION
 
 SECRET = "s3cr3t-XYZ"
 API_URL = "https://yourmandant.beenergised.cloud"
@@ -31,14 +32,15 @@ ENV = {
 }
 
 FLAGS_AND_ENV = [
-    ("--api-url", "BEENERGISED_API_URL"),
-    ("--token-url", "BEENERGISED_TOKEN_URL"),
-    ("--client-id", "BEENERGISED_CLIENT_ID"),
-    ("--client-secret-file", "BEENERGISED_CLIENT_SECRET_FILE"),
-    ("--token-auth-method", "BEENERGISED_TOKEN_AUTH_METHOD"),
-    ("--refresh-interval", "BEENERGISED_REFRESH_INTERVAL"),
-    ("--page-limit", "BEENERGISED_PAGE_LIMIT"),
-    ("--concurrency", "BEENERGISED_CONCURRENCY"),
+    ("--api.url", "BEENERGISED_API_URL"),
+    ("--api.token-url", "BEENERGISED_TOKEN_URL"),
+    ("--api.client-id", "BEENERGISED_CLIENT_ID"),
+    ("--api.client-secret-file", "BEENERGISED_CLIENT_SECRET_FILE"),
+    ("--api.token-auth-method", "BEENERGISED_TOKEN_AUTH_METHOD"),
+    ("--api.authorization", "BEENERGISED_API_AUTHORIZATION"),
+    ("--refresh.interval", "BEENERGISED_REFRESH_INTERVAL"),
+    ("--api.page-limit", "BEENERGISED_PAGE_LIMIT"),
+    ("--api.concurrency", "BEENERGISED_CONCURRENCY"),
     ("--config.file", "BEENERGISED_CONFIG_FILE"),
     ("--web.listen-address", "BEENERGISED_WEB_LISTEN_ADDRESS"),
     ("--web.telemetry-path", "BEENERGISED_WEB_TELEMETRY_PATH"),
@@ -46,8 +48,8 @@ FLAGS_AND_ENV = [
     ("--log.level", "BEENERGISED_LOG_LEVEL"),
     ("--log.format", "BEENERGISED_LOG_FORMAT"),
     ("--demo", "BEENERGISED_DEMO"),
-    ("--no-station-info", "BEENERGISED_NO_STATION_INFO"),
-    ("--target-firmware", "BEENERGISED_TARGET_FIRMWARE"),
+    ("--collector.station-info", "BEENERGISED_NO_STATION_INFO"),
+    ("--firmware.target", "BEENERGISED_TARGET_FIRMWARE"),
     ("--changes.max-entries", "BEENERGISED_CHANGES_MAX_ENTRIES"),
     ("--api.ca-file", "BEENERGISED_API_CA_FILE"),
     ("--refresh.timeout", "BEENERGISED_REFRESH_TIMEOUT"),
@@ -57,6 +59,8 @@ FLAGS_AND_ENV = [
     ("--firmware.max-versions", "BEENERGISED_FIRMWARE_MAX_VERSIONS"),
     ("--web.max-requests", "BEENERGISED_WEB_MAX_REQUESTS"),
     ("--web.read-header-timeout", "BEENERGISED_WEB_READ_HEADER_TIMEOUT"),
+    ("--web.systemd-socket", "BEENERGISED_WEB_SYSTEMD_SOCKET"),
+    ("--web.enable-lifecycle", "BEENERGISED_WEB_ENABLE_LIFECYCLE"),
 ]
 
 
@@ -146,8 +150,7 @@ def test_defaults_with_one_mandant_from_the_environment() -> None:
         refresh_interval=300.0,
         page_limit=100,
         concurrency=4,
-        listen_host="",
-        listen_port=DEFAULT_PORT,
+        listen_addresses=(("", DEFAULT_PORT),),
         telemetry_path="/metrics",
         web_config_file=None,
         log_level="info",
@@ -188,7 +191,7 @@ class Case:
 
 PRECEDENCE = {
     "refresh_interval": Case(
-        ["--refresh-interval", "2m"],
+        ["--refresh.interval", "2m"],
         ("BEENERGISED_REFRESH_INTERVAL", "3m"),
         "refresh_interval: 4m",
         lambda s: s.refresh_interval,
@@ -198,7 +201,7 @@ PRECEDENCE = {
         300.0,
     ),
     "page_limit": Case(
-        ["--page-limit", "10"],
+        ["--api.page-limit", "10"],
         ("BEENERGISED_PAGE_LIMIT", "20"),
         "page_limit: 30",
         lambda s: s.page_limit,
@@ -208,7 +211,7 @@ PRECEDENCE = {
         100,
     ),
     "concurrency": Case(
-        ["--concurrency", "8"],
+        ["--api.concurrency", "8"],
         ("BEENERGISED_CONCURRENCY", "2"),
         "concurrency: 6",
         lambda s: s.concurrency,
@@ -218,7 +221,7 @@ PRECEDENCE = {
         4,
     ),
     "token_auth_method": Case(
-        ["--token-auth-method", "post"],
+        ["--api.token-auth-method", "post"],
         ("BEENERGISED_TOKEN_AUTH_METHOD", "query"),
         "token_auth_method: post",
         lambda s: s.mandants[0].token_auth_method,
@@ -226,6 +229,16 @@ PRECEDENCE = {
         "query",
         "post",
         "basic",
+    ),
+    "authorization": Case(
+        ["--api.authorization", "raw"],
+        ("BEENERGISED_API_AUTHORIZATION", "Bearer"),
+        "authorization: raw",
+        lambda s: s.mandants[0].authorization,
+        "raw",
+        "bearer",
+        "raw",
+        "auto",
     ),
     "firmware_max_versions": Case(
         ["--firmware.max-versions", "7"],
@@ -248,7 +261,7 @@ PRECEDENCE = {
         1000,
     ),
     "target_firmware": Case(
-        ["--target-firmware", "5.2.1"],
+        ["--firmware.target", "5.2.1"],
         ("BEENERGISED_TARGET_FIRMWARE", "/5\\.3\\..*/"),
         None,
         lambda s: s.mandants[0].target_firmware and s.mandants[0].target_firmware.text,
@@ -258,7 +271,7 @@ PRECEDENCE = {
         None,
     ),
     "station_info": Case(
-        ["--no-station-info"],
+        ["--no-collector.station-info"],
         ("BEENERGISED_NO_STATION_INFO", "false"),
         "station_info: false",
         lambda s: s.station_info,
@@ -271,11 +284,11 @@ PRECEDENCE = {
         ["--web.listen-address", "127.0.0.1:9001"],
         ("BEENERGISED_WEB_LISTEN_ADDRESS", ":9002"),
         None,
-        lambda s: (s.listen_host, s.listen_port),
-        ("127.0.0.1", 9001),
-        ("", 9002),
+        lambda s: s.listen_addresses,
+        (("127.0.0.1", 9001),),
+        (("", 9002),),
         None,
-        ("", DEFAULT_PORT),
+        (("", DEFAULT_PORT),),
     ),
     "telemetry_path": Case(
         ["--web.telemetry-path", "/flag"],
@@ -318,7 +331,7 @@ PRECEDENCE = {
         "logfmt",
     ),
     "token_url": Case(
-        ["--token-url", "https://flag.example/token"],
+        ["--api.token-url", "https://flag.example/token"],
         ("BEENERGISED_TOKEN_URL", "https://env.example/token"),
         None,
         lambda s: s.mandants[0].token_url,
@@ -328,7 +341,7 @@ PRECEDENCE = {
         DEFAULT_TOKEN_URL,
     ),
     "client_id": Case(
-        ["--client-id", "from-flag"],
+        ["--api.client-id", "from-flag"],
         ("BEENERGISED_CLIENT_ID", "from-env"),
         None,
         lambda s: s.mandants[0].client_id,
@@ -338,7 +351,7 @@ PRECEDENCE = {
         None,
     ),
     "api_url": Case(
-        ["--api-url", "https://flag.beenergised.cloud"],
+        ["--api.url", "https://flag.beenergised.cloud"],
         ("BEENERGISED_API_URL", "https://env.beenergised.cloud"),
         None,
         lambda s: (s.mandants[0].name, s.mandants[0].api_url),
@@ -389,7 +402,7 @@ def test_config_file_flag_beats_environment(tmp_path: Path) -> None:
 
 def test_secret_file_flag_beats_secret_in_environment(tmp_path: Path) -> None:
     path = secret_file(tmp_path, "from-file\n")
-    settings = load(["--client-secret-file", str(path)])
+    settings = load(["--api.client-secret-file", str(path)])
     assert settings.mandants[0].client_secret.reveal() == "from-file"
 
 
@@ -418,7 +431,9 @@ def test_demo_needs_no_mandant() -> None:
 
 
 def test_choices_are_case_insensitive() -> None:
-    settings = load(["--log.level", "WARN", "--log.format", "JSON", "--token-auth-method", "Post"])
+    settings = load(
+        ["--log.level", "WARN", "--log.format", "JSON", "--api.token-auth-method", "Post"]
+    )
     assert (settings.log_level, settings.log_format) == ("warn", "json")
     assert settings.mandants[0].token_auth_method == "post"
 
@@ -456,17 +471,17 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_refresh_interval_accepts_a_duration_flag_and_a_number_in_the_file(tmp_path: Path) -> None:
-    assert load(["--refresh-interval", "1h30m"]).refresh_interval == 5400.0
+    assert load(["--refresh.interval", "1h30m"]).refresh_interval == 5400.0
     config = write(tmp_path, "refresh_interval: 90")
     assert load(["--config.file", str(config)]).refresh_interval == 90.0
 
 
 def test_short_refresh_interval_is_accepted_with_a_warning() -> None:
-    settings = load(["--refresh-interval", "10s"])
+    settings = load(["--refresh.interval", "10s"])
     assert settings.refresh_interval == 10.0
     assert len(settings.warnings) == 1
-    assert settings.warnings[0].startswith("--refresh-interval: 10s is below 30s")
-    assert load(["--refresh-interval", "30s"]).warnings == ()
+    assert settings.warnings[0].startswith("--refresh.interval: 10s is below 30s")
+    assert load(["--refresh.interval", "30s"]).warnings == ()
 
 
 # --- listen address ---------------------------------------------------------------------------
@@ -486,7 +501,39 @@ def test_short_refresh_interval_is_accepted_with_a_warning() -> None:
 )
 def test_listen_address_forms(address: str, host: str, port: int) -> None:
     settings = load(["--web.listen-address", address])
-    assert (settings.listen_host, settings.listen_port) == (host, port)
+    assert settings.listen_addresses == ((host, port),)
+
+
+def test_listen_address_given_again_listens_on_each() -> None:
+    addresses = ("127.0.0.1", 9000), ("::1", 9001), ("", 9002)
+    argv = ["--web.listen-address=127.0.0.1:9000", "--web.listen-address", "[::1]:9001"]
+    assert load([*argv, "--web.listen-address=:9002"]).listen_addresses == addresses
+    env = {**ENV, "BEENERGISED_WEB_LISTEN_ADDRESS": "127.0.0.1:9000, [::1]:9001,:9002"}
+    assert load(env=env).listen_addresses == addresses
+    assert load(argv, env).listen_addresses == addresses[:2]  # the flags win, all of them
+    assert error([*argv, "--web.listen-address=[::1]:9001"]) == (
+        "--web.listen-address: '[::1]:9001' given twice; give each address once"
+    )
+    twice = ["--web.listen-address=127.0.0.1:0"] * 2  # a free port each
+    assert load(twice).listen_addresses == (("127.0.0.1", 0), ("127.0.0.1", 0))
+    env["BEENERGISED_WEB_LISTEN_ADDRESS"] = "127.0.0.1:9000,"
+    assert (
+        error(env=env)
+        == "BEENERGISED_WEB_LISTEN_ADDRESS: not an address: ''; expected :PORT or HOST:PORT"
+    )
+
+
+def test_systemd_socket_replaces_the_listen_addresses() -> None:
+    assert load(["--web.systemd-socket"]).systemd_socket is True
+    assert load().systemd_socket is False
+    assert error(["--web.systemd-socket", "--web.listen-address=:1"]) == (
+        "--web.listen-address: not used with --web.systemd-socket, which listens on the sockets "
+        "systemd passes; remove one"
+    )
+    env = {**ENV, "BEENERGISED_WEB_SYSTEMD_SOCKET": "true", "BEENERGISED_WEB_LISTEN_ADDRESS": ":1"}
+    assert error(env=env).startswith(
+        "BEENERGISED_WEB_LISTEN_ADDRESS: not used with BEENERGISED_WEB_SYSTEMD_SOCKET"
+    )
 
 
 @pytest.mark.parametrize(
@@ -515,29 +562,29 @@ def test_bad_listen_address(address: str, problem: str) -> None:
 
 @pytest.mark.parametrize("url", ["foo", "ftp://host", "https://", "https://host:99999", "//host"])
 def test_bad_api_url_names_flag_or_variable(url: str) -> None:
-    assert error(["--api-url", url]).startswith(f"--api-url: not a URL: {url!r}")
+    assert error(["--api.url", url]).startswith(f"--api.url: not a URL: {url!r}")
     env = {**ENV, "BEENERGISED_API_URL": url}
     assert error(env=env).startswith(f"BEENERGISED_API_URL: not a URL: {url!r}")
 
 
 def test_bad_token_url() -> None:
-    assert error(["--token-url", "cognito"]).startswith("--token-url: not a URL: 'cognito'")
+    assert error(["--api.token-url", "cognito"]).startswith("--api.token-url: not a URL: 'cognito'")
 
 
 def test_url_with_credentials_is_refused_without_echoing_them() -> None:
-    message = error(["--api-url", f"https://user:{SECRET}@host.example"])
-    assert message == "--api-url: must not contain a user name or password"
+    message = error(["--api.url", f"https://user:{SECRET}@host.example"])
+    assert message == "--api.url: must not contain a user name or password"
 
 
 def test_api_url_loses_trailing_slash_and_http_on_loopback_is_quiet() -> None:
-    settings = load(["--api-url", "http://127.0.0.1:8080/"])
+    settings = load(["--api.url", "http://127.0.0.1:8080/"])
     assert settings.mandants[0].api_url == "http://127.0.0.1:8080"
     assert settings.mandants[0].name == "127.0.0.1"
     assert settings.warnings == ()
 
 
 def test_plain_http_to_a_remote_host_warns() -> None:
-    settings = load(["--api-url", "http://north.beenergised.cloud"])
+    settings = load(["--api.url", "http://north.beenergised.cloud"])
     assert settings.mandants[0].api_url == "http://north.beenergised.cloud"
     assert any(
         "api_url http://north.beenergised.cloud is plain http" in w for w in settings.warnings
@@ -545,7 +592,7 @@ def test_plain_http_to_a_remote_host_warns() -> None:
 
 
 def test_query_auth_method_warns_that_the_secret_travels_in_the_url() -> None:
-    settings = load(["--token-auth-method", "query"])
+    settings = load(["--api.token-auth-method", "query"])
     assert settings.mandants[0].token_auth_method == "query"
     (warning,) = settings.warnings
     assert "mandant yourmandant" in warning
@@ -557,21 +604,21 @@ def test_query_auth_method_warns_that_the_secret_travels_in_the_url() -> None:
 def test_missing_client_id() -> None:
     env = {key: value for key, value in ENV.items() if key != "BEENERGISED_CLIENT_ID"}
     assert error(env=env) == (
-        "BEENERGISED_CLIENT_ID (or --client-id): missing: the client id of your CPO API token"
+        "BEENERGISED_CLIENT_ID (or --api.client-id): missing: the client id of your CPO API token"
     )
 
 
 def test_missing_client_secret() -> None:
     env = {key: value for key, value in ENV.items() if key != "BEENERGISED_CLIENT_SECRET"}
     assert error(env=env).startswith(
-        "BEENERGISED_CLIENT_SECRET_FILE (or --client-secret-file, or BEENERGISED_CLIENT_SECRET): "
-        "missing: the client secret of your CPO API token"
+        "BEENERGISED_CLIENT_SECRET_FILE (or --api.client-secret-file, or "
+        "BEENERGISED_CLIENT_SECRET): missing: the client secret of your CPO API token"
     )
 
 
 def test_missing_everything_points_at_the_variables_and_demo() -> None:
     message = error(env={})
-    assert message.startswith("BEENERGISED_API_URL (or --api-url): missing:")
+    assert message.startswith("BEENERGISED_API_URL (or --api.url): missing:")
     assert "BEENERGISED_CLIENT_ID" in message
     assert "--demo" in message
 
@@ -586,17 +633,21 @@ def test_secret_file_and_secret_variable_together_are_refused(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("argv", "env", "prefix"),
     [
-        (["--refresh-interval", "0"], {}, "--refresh-interval: must be positive, got '0'"),
-        (["--refresh-interval", "0s"], {}, "--refresh-interval: must be positive"),
-        (["--refresh-interval", "-5"], {}, "--refresh-interval: not a duration: '-5'"),
+        (["--refresh.interval", "0"], {}, "--refresh.interval: must be positive, got '0'"),
+        (["--refresh.interval", "0s"], {}, "--refresh.interval: must be positive"),
+        (["--refresh.interval", "-5"], {}, "--refresh.interval: not a duration: '-5'"),
         ([], {"BEENERGISED_REFRESH_INTERVAL": "soon"}, "BEENERGISED_REFRESH_INTERVAL: not a"),
-        (["--page-limit", "0"], {}, "--page-limit: must be at least 1, got '0'"),
-        (["--page-limit", "-3"], {}, "--page-limit: not an integer: '-3'"),
-        (["--page-limit", "\u00b2"], {}, "--page-limit: not an integer: '\u00b2'"),
+        (["--api.page-limit", "0"], {}, "--api.page-limit: must be at least 1, got '0'"),
+        (["--api.page-limit", "-3"], {}, "--api.page-limit: not an integer: '-3'"),
+        (["--api.page-limit", "\u00b2"], {}, "--api.page-limit: not an integer: '\u00b2'"),
         ([], {"BEENERGISED_PAGE_LIMIT": "many"}, "BEENERGISED_PAGE_LIMIT: not an integer: 'many'"),
         (["--log.level", "verbose"], {}, "--log.level: must be one of debug, info, warn, error"),
         ([], {"BEENERGISED_LOG_FORMAT": "xml"}, "BEENERGISED_LOG_FORMAT: must be one of logfmt"),
-        (["--token-auth-method", "jwt"], {}, "--token-auth-method: must be one of basic, post"),
+        (
+            ["--api.token-auth-method", "jwt"],
+            {},
+            "--api.token-auth-method: must be one of basic, post",
+        ),
         (["--web.telemetry-path", "metrics"], {}, "--web.telemetry-path: must be a path"),
         ([], {"BEENERGISED_DEMO": "maybe"}, "BEENERGISED_DEMO: not a boolean: 'maybe'"),
         ([], {"BEENERGISED_NO_STATION_INFO": "2"}, "BEENERGISED_NO_STATION_INFO: not a boolean"),
@@ -613,7 +664,7 @@ def test_secret_on_the_command_line_is_refused_without_echoing_it() -> None:
 
 def test_unknown_flag_is_a_config_error() -> None:
     assert error(["--bogus"]) == "unrecognized arguments: --bogus (see --help)"
-    assert error(["--page-limit"]) == "--page-limit: expected one argument (see --help)"
+    assert error(["--api.page-limit"]) == "--api.page-limit: expected one argument (see --help)"
 
 
 def test_abbreviated_flags_are_refused_and_their_values_not_echoed() -> None:
@@ -625,7 +676,7 @@ def test_abbreviated_flags_are_refused_and_their_values_not_echoed() -> None:
 @pytest.mark.parametrize(
     ("argv", "env", "offender"),
     [
-        (["--demo", "--api-url", API_URL], {}, "--api-url"),
+        (["--demo", "--api.url", API_URL], {}, "--api.url"),
         (["--demo"], {"BEENERGISED_API_URL": API_URL}, "BEENERGISED_API_URL"),
         (["--demo"], {"BEENERGISED_CLIENT_SECRET": SECRET}, "BEENERGISED_CLIENT_SECRET"),
         ([], {"BEENERGISED_DEMO": "1", "BEENERGISED_CLIENT_ID": "abc"}, "BEENERGISED_CLIENT_ID"),
@@ -654,14 +705,17 @@ def test_demo_with_config_file_mandants_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", [SECRET, SECRET + "\n", SECRET + "\r\n", SECRET + " \n\n"])
 def test_secret_file_loses_trailing_whitespace(content: str, tmp_path: Path) -> None:
     path = secret_file(tmp_path, content)
-    assert load(["--client-secret-file", str(path)]).mandants[0].client_secret.reveal() == SECRET
+    assert (
+        load(["--api.client-secret-file", str(path)]).mandants[0].client_secret.reveal() == SECRET
+    )
 
 
 def test_unreadable_secret_file_names_setting_and_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    message = error(["--client-secret-file", str(missing)])
+    message = error(["--api.client-secret-file", str(missing)])
     assert (
-        message == f"--client-secret-file: cannot read {str(missing)!r}: No such file or directory"
+        message
+        == f"--api.client-secret-file: cannot read {str(missing)!r}: No such file or directory"
     )
     env = {**ENV, "BEENERGISED_CLIENT_SECRET_FILE": str(missing)}
     del env["BEENERGISED_CLIENT_SECRET"]
@@ -673,19 +727,19 @@ def test_unreadable_secret_file_names_setting_and_path(tmp_path: Path) -> None:
 def test_empty_secret_file_is_refused(tmp_path: Path) -> None:
     path = secret_file(tmp_path, "\n")
     assert (
-        error(["--client-secret-file", str(path)])
-        == f"--client-secret-file: {str(path)!r} is empty"
+        error(["--api.client-secret-file", str(path)])
+        == f"--api.client-secret-file: {str(path)!r} is empty"
     )
 
 
 def test_secret_file_that_is_not_text_is_refused_without_its_bytes(tmp_path: Path) -> None:
     path = secret_file(tmp_path, SECRET.encode() + b"\xff\xfe")
-    assert error(["--client-secret-file", str(path)]).endswith("is not UTF-8 text")
+    assert error(["--api.client-secret-file", str(path)]).endswith("is not UTF-8 text")
 
 
 def test_secret_file_that_is_a_directory(tmp_path: Path) -> None:
-    assert error(["--client-secret-file", str(tmp_path)]).startswith(
-        f"--client-secret-file: cannot read {str(tmp_path)!r}"
+    assert error(["--api.client-secret-file", str(tmp_path)]).startswith(
+        f"--api.client-secret-file: cannot read {str(tmp_path)!r}"
     )
 
 
@@ -778,7 +832,7 @@ def test_default_mandant_name_from_host(url: str, name: str, tmp_path: Path) -> 
         tmp_path, f"mandants:\n  - api_url: '{url}'\n    client_id: a\n    client_secret: b\n"
     )
     assert load(["--config.file", str(config)], {}).mandants[0].name == name
-    assert load(["--api-url", url]).mandants[0].name == name
+    assert load(["--api.url", url]).mandants[0].name == name
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
@@ -908,9 +962,9 @@ def test_secret_given_as_its_file_name_is_not_printed() -> None:
 @pytest.mark.parametrize(
     ("argv", "env", "offender"),
     [
-        (["--api-url", API_URL], {}, "--api-url"),
+        (["--api.url", API_URL], {}, "--api.url"),
         ([], {"BEENERGISED_API_URL": API_URL}, "BEENERGISED_API_URL"),
-        (["--client-id", "a"], {}, "--client-id"),
+        (["--api.client-id", "a"], {}, "--api.client-id"),
         ([], {"BEENERGISED_CLIENT_SECRET": SECRET}, "BEENERGISED_CLIENT_SECRET"),
         ([], {"BEENERGISED_TOKEN_URL": "https://auth.example"}, "BEENERGISED_TOKEN_URL"),
     ],
@@ -958,6 +1012,28 @@ def test_firmware_max_versions_per_mandant_in_the_config_file(tmp_path: Path) ->
     assert [m.firmware_max_versions for m in load(flag, {}).mandants] == [500, 3]
 
 
+def test_authorization_per_mandant_in_the_config_file(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    entry = f"  - api_url: {{url}}\n    client_id: a\n    client_secret_file: {path}\n"
+    config = write(
+        tmp_path,
+        "authorization: bearer\nmandants:\n"
+        + entry.format(url="https://north.example")
+        + "    authorization: raw\n"
+        + entry.format(url="https://south.example"),
+    )
+    north, south = load(["--config.file", str(config)], {}).mandants
+    assert (north.authorization, south.authorization) == ("raw", "bearer")
+    flag = ["--api.authorization", "auto", "--config.file", str(config)]
+    assert [m.authorization for m in load(flag, {}).mandants] == ["raw", "auto"]
+
+
+def test_authorization_must_be_one_of_the_forms() -> None:
+    assert error(["--api.authorization", "basic"]) == (
+        "--api.authorization: must be one of auto, bearer, raw, got 'basic'"
+    )
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "many"])
 def test_firmware_max_versions_must_be_a_positive_number(value: str) -> None:
     assert error(["--firmware.max-versions", value]).startswith("--firmware.max-versions: ")
@@ -987,8 +1063,8 @@ def test_bad_target_firmware_in_the_file_names_the_field(
 
 
 def test_bad_target_firmware_flag_names_the_flag() -> None:
-    assert error(["--target-firmware", "/[/"]).startswith(
-        "--target-firmware: not a regular expression: '/[/'"
+    assert error(["--firmware.target", "/[/"]).startswith(
+        "--firmware.target: not a regular expression: '/[/'"
     )
 
 
@@ -1013,7 +1089,7 @@ def test_secret_absent_from_settings_reprs(tmp_path: Path) -> None:
     for text in (repr(settings), str(settings), f"{settings}", repr(settings.mandants)):
         assert SECRET not in text
         assert "***" in text
-    assert all(SECRET not in w for w in load(["--token-auth-method", "query"]).warnings)
+    assert all(SECRET not in w for w in load(["--api.token-auth-method", "query"]).warnings)
 
 
 def test_secret_absent_from_every_provoked_error(tmp_path: Path) -> None:
@@ -1027,13 +1103,13 @@ def test_secret_absent_from_every_provoked_error(tmp_path: Path) -> None:
         "b.yml",
     )
     scenarios: list[tuple[list[str], dict[str, str]]] = [
-        (["--api-url", "foo"], ENV),
+        (["--api.url", "foo"], ENV),
         (["--demo"], ENV),
-        (["--page-limit", "x"], ENV),
+        (["--api.page-limit", "x"], ENV),
         (["--client-secret", SECRET], ENV),
         ([f"--client-secret={SECRET}"], ENV),
-        (["--client-secret-file", SECRET], ENV),
-        (["--client-secret-file", str(tmp_path)], ENV),
+        (["--api.client-secret-file", SECRET], ENV),
+        (["--api.client-secret-file", str(tmp_path)], ENV),
         (["--config.file", str(bad_yaml)], {}),
         (["--config.file", str(int_secret)], {}),
         ([], {**ENV, "BEENERGISED_CLIENT_SECRET_FILE": str(secret_path)}),
@@ -1045,6 +1121,62 @@ def test_secret_absent_from_every_provoked_error(tmp_path: Path) -> None:
             load(argv, env)
         assert SECRET not in str(caught.value), argv
         assert SECRET not in repr(caught.value), argv
+
+
+# --- the flags of 0.1 -------------------------------------------------------------------------
+
+OLD_FLAG_VALUES = {
+    "api.url": "https://flag.beenergised.cloud",
+    "api.token-url": "https://flag.example/token",
+    "api.client-id": "from-flag",
+    "api.client-secret-file": "SECRET FILE",
+    "api.token-auth-method": "post",
+    "firmware.target": "/5\\.2\\..*/",
+    "refresh.interval": "2m",
+    "api.page-limit": "7",
+    "api.concurrency": "3",
+    "collector.station-info": None,  # the switch; its old name is the --no- form
+}
+
+
+@pytest.mark.parametrize("name", OLD_FLAG_VALUES)
+def test_a_flag_of_0_1_works_as_its_new_name_with_one_warning(name: str, tmp_path: Path) -> None:
+    option = OPTION[name]
+    assert option.old_flag is not None and option.new_flag is not None
+    value = OLD_FLAG_VALUES[name]
+    if value == "SECRET FILE":
+        value = str(secret_file(tmp_path, "another-Secret-9\n"))
+    given = [] if value is None else [value]
+    env = {"BEENERGISED_CLIENT_SECRET": SECRET}  # the mandant's other settings as flags
+    basics = ["--api.url", API_URL, "--api.client-id", "abc"]
+    new = load([*basics, option.new_flag, *given], env)
+    old = load([*basics, option.old_flag, *given], env)
+    assert new != load(basics, env), "the value must differ from the default to prove it"
+    warning = (
+        f"{option.old_flag} is deprecated and will be removed in a later release; "
+        f"use {option.new_flag}"
+    )
+    assert old.warnings == (warning, *new.warnings)
+    assert dataclasses.replace(old, warnings=()) == dataclasses.replace(new, warnings=())
+    twice = load([*basics, option.old_flag, *given, option.old_flag, *given], env)
+    assert twice.warnings.count(warning) == 1
+
+
+def test_a_message_names_a_flag_of_0_1_as_it_was_given() -> None:
+    assert error(["--page-limit", "0"]) == "--page-limit: must be at least 1, got '0'"
+    assert error(["--api.page-limit", "0"]) == "--api.page-limit: must be at least 1, got '0'"
+    assert load(["--refresh-interval=10s"]).warnings[1].startswith("--refresh-interval: 10s is")
+
+
+def test_the_environment_and_the_file_of_0_1_need_no_change(tmp_path: Path) -> None:
+    """BEENERGISED_NO_STATION_INFO says "no" and station_info says "yes", as in 0.1."""
+    assert load(env={**ENV, "BEENERGISED_NO_STATION_INFO": "true"}).station_info is False
+    assert load(env={**ENV, "BEENERGISED_NO_STATION_INFO": "false"}).station_info is True
+    config = write(tmp_path, "station_info: false\n")
+    assert load([f"--config.file={config}"]).station_info is False
+    assert load([f"--config.file={config}", "--collector.station-info"]).station_info is True
+    assert load(["--no-collector.station-info"]).station_info is False
+    assert load(["--collector.station-info", "--no-collector.station-info"]).station_info is False
 
 
 # --- help -------------------------------------------------------------------------------------
@@ -1073,8 +1205,8 @@ def test_help_lists_every_flag_with_its_variable_and_default() -> None:
         assert f"env {env}" in blocks[flag], flag
         assert re.search(r"default|required", blocks[flag]), flag
     assert f"default :{DEFAULT_PORT}" in blocks["--web.listen-address"]
-    assert f"default {DEFAULT_TOKEN_URL}" in blocks["--token-url"]
-    assert "env BEENERGISED_CLIENT_SECRET;" in blocks["--client-secret-file"]
+    assert f"default {DEFAULT_TOKEN_URL}" in blocks["--api.token-url"]
+    assert "env BEENERGISED_CLIENT_SECRET;" in blocks["--api.client-secret-file"]
     assert set(blocks) == {"-h", "--version", *(flag for flag, _ in FLAGS_AND_ENV)}
 
 
@@ -1097,11 +1229,17 @@ def test_help_points_new_users_at_the_check_subcommand() -> None:
     [
         ([f"--client_secret={SECRET}"], "--client_secret: not supported: the client secret has"),
         ([f"--CLIENT-SECRET={SECRET}"], "--CLIENT-SECRET: not supported"),
-        ([f"--client_id={SECRET}"], "unrecognized arguments: --client_id; did you mean --client-i"),
+        ([f"--client_id={SECRET}"], "unrecognized arguments: --client_id; did you mean --api.cli"),
+        ([f"--api_url={SECRET}"], "unrecognized arguments: --api_url; did you mean --api.url?"),
+        ([f"--api.client-secret={SECRET}"], "--api.client-secret: not supported: the client"),
         ([f"--bogus={SECRET}"], "unrecognized arguments: --bogus (see --help)"),
         ([SECRET], "unrecognized arguments: values that belong to no flag"),
         ([f"-{SECRET}"], "unrecognized arguments: values that belong to no flag"),
         ([f"--demo={SECRET}"], "--demo: ignored explicit argument (the value is not shown)"),
+        (
+            [f"--no-collector.station-info={SECRET}"],
+            "--collector.station-info/--no-collector.station-info: ignored explicit argument (the",
+        ),
         ([f"--no-station-info={SECRET}"], "--no-station-info: ignored explicit argument (the"),
     ],
 )
@@ -1242,7 +1380,7 @@ mandants:
 
 
 def test_time_and_size_bounds_have_defaults_independent_of_the_interval() -> None:
-    settings = load(["--refresh-interval=30s"])
+    settings = load(["--refresh.interval=30s"])
     assert settings.refresh_timeout == 600.0
     assert settings.request_timeout == 30.0
     assert settings.max_response_size == 8 * 1024 * 1024

@@ -2,7 +2,8 @@
 
 Units: every panel states one, except ``table`` panels (they show label values, their value
 column is hidden) and ``text`` panels (no data). That every query runs and returns data against
-a real Prometheus is the end-to-end test's job; here: structure, variables, metric names.
+a real Prometheus is the end-to-end test's job; here: structure, variables, metric names, and
+that the alert panels select the alerts of ``prometheus/alerts.yml``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tests.dashboards import (
 from tests.states import fixture_states
 
 PROVISIONING = ROOT / "grafana" / "provisioning"
+ALERT_RULES = ROOT / "prometheus" / "alerts.yml"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 UIDS = {
     "beenergised-fleet.json": "beenergised-fleet",
@@ -45,6 +47,7 @@ CORE_PANEL_TYPES = {"stat", "timeseries", "bargauge", "piechart", "table", "stat
 WITHOUT_UNIT = {"table", "text"}
 TARGET_LABELS = {"instance", "job"}
 MAY_BE_EMPTY = {
+    ("beenergised-fleet.json", "Station alerts firing"),
     ("beenergised-fleet.json", "Stations that disappeared"),
     ("beenergised-fleet.json", "Stations whose firmware changed"),
     ("beenergised-fleet.json", "Stations sharing a charge box identity"),
@@ -58,6 +61,15 @@ STATION_COLUMNS = [
     "serial_number",
     "station_id",
 ]
+
+STATION_ALERTS = {"BeenergisedStationDisappeared", "BeenergisedStationAdded"}
+FLEET_CHANGE_ALERTS = STATION_ALERTS | {
+    "BeenergisedFleetLargelyDisappeared",
+    "BeenergisedStationsDisappearedUnnamed",
+    "BeenergisedStationsAddedUnnamed",
+}
+ALERTS = "ALERTS"
+"""Prometheus' own series of the alerts its rules fire (no exporter metric)."""
 
 DASHBOARDS = load_dashboards()
 NAMES = sorted(DASHBOARDS)
@@ -80,6 +92,32 @@ def exposition() -> dict[str, set[str]]:
         for sample in family.samples:
             labels.setdefault(sample.name, set()).update(sample.labels)
     return labels
+
+
+@cache
+def alert_rules() -> dict[str, dict]:
+    """The alerting rules of ``prometheus/alerts.yml``, by alert name."""
+    document = yaml.safe_load(ALERT_RULES.read_text())
+    return {rule["alert"]: rule for group in document["groups"] for rule in group["rules"]}
+
+
+@cache
+def series_labels() -> dict[str, set[str]]:
+    """Label names of every series a panel may select: the exporter's, and ALERTS with
+    alertname, alertstate, the rules' own labels and what their expressions group by."""
+    alert_labels = {"alertname", "alertstate"}
+    for rule in alert_rules().values():
+        alert_labels |= set(rule.get("labels", {}))
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"]):
+            alert_labels |= {label.strip() for label in group.split(",") if label.strip()}
+    return exposition() | {ALERTS: alert_labels}
+
+
+def alert_names(matchers: str) -> list[str]:
+    """The names an ALERTS selector's alertname matcher lists (``=`` one, ``=~`` joined by ``|``);
+    none without such a matcher."""
+    match = re.search(r'\balertname\s*=~?\s*"([^"]*)"', matchers)
+    return match.group(1).split("|") if match else []
 
 
 def targets(dashboard: dict) -> Iterator[tuple[dict, dict]]:
@@ -227,7 +265,7 @@ def test_every_target_has_the_datasource_and_a_unique_ref_id(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_selector_of_a_mandant_metric_filters_by_mandant(name):
-    labels = exposition()
+    labels = series_labels()
     for panel, target in targets(DASHBOARDS[name]):
         expr = target["expr"]
         assert 'mandant=~"$mandant"' in expr, panel["title"]
@@ -253,12 +291,31 @@ def test_every_metric_is_one_the_exporter_exposes(name):
     for title, expr, _ in queries:
         names = metric_names(expr)
         assert names, f"{title}: no metric in {expr!r}"
+        if ALERTS in names:
+            # Not the exporter's but Prometheus' own: allowed only where an alertname matcher
+            # names the alerts (that they are ours is checked against the rules below).
+            for matchers in selectors(expr, ALERTS):
+                assert alert_names(matchers), f"{title}: ALERTS without an alertname matcher"
+            names -= {ALERTS}
         assert names <= set(known), f"{title}: unknown {names - set(known)}"
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_every_alert_a_panel_selects_is_a_firing_alert_of_the_rules(name):
+    # Names, not patterns: a renamed alert fails here instead of leaving an empty panel, and
+    # a search for the alert name finds the panel.
+    rules = set(alert_rules())
+    for panel, target in targets(DASHBOARDS[name]):
+        for matchers in selectors(target["expr"], ALERTS):
+            names = alert_names(matchers)
+            assert names, f"{panel['title']}: ALERTS without an alertname matcher"
+            assert set(names) <= rules, f"{panel['title']}: no such alert {set(names) - rules}"
+            assert 'alertstate="firing"' in matchers, f"{panel['title']}: pending alerts too"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_legends_and_groupings_use_labels_the_metrics_have(name):
-    known = exposition()
+    known = series_labels()
     for panel, target in targets(DASHBOARDS[name]):
         expr = target["expr"]
         available = set(TARGET_LABELS)
@@ -303,6 +360,70 @@ def test_disappeared_stations_match_by_station_and_need_a_current_fleet():
         'and on (mandant) group by (mandant) (beenergised_charging_stations{mandant=~"$mandant"})'
     )
     assert "firmware" in panel["description"] and "stale" in panel["description"]
+    assert "*Station alerts firing*" in panel["description"]
+
+
+def test_station_alerts_table_shows_the_alerts_as_notified():
+    panel = fleet_panel("Station alerts firing")
+    (target,) = panel["targets"]
+    (matchers,) = selectors(target["expr"], ALERTS)
+    assert target["expr"] == f"ALERTS{matchers}"  # the alerts themselves, nothing derived
+    assert set(alert_names(matchers)) == STATION_ALERTS
+    assert target["instant"] is True
+    assert target["format"] == "table"
+    (organize,) = [t for t in panel["transformations"] if t["id"] == "organize"]
+    hidden = {k for k, v in organize["options"]["excludeByName"].items() if v}
+    assert {"Time", "Value", "__name__", "instance", "job", "alertstate", "severity"} <= hidden
+    order = organize["options"]["indexByName"]
+    columns = sorted(order, key=order.get)
+    assert columns == ["alertname", "mandant", "label", "charge_box_identity", "station_id"]
+    # every label the notification names a station by is a column
+    for name in STATION_ALERTS:
+        annotations = alert_rules()[name]["annotations"]
+        notified = re.findall(
+            r"\$labels\.(\w+)", annotations["summary"] + annotations["description"]
+        )
+        assert set(notified) <= set(columns), name
+    renamed = organize["options"]["renameByName"]
+    (override,) = panel["fieldConfig"]["overrides"]
+    assert override["matcher"] == {"id": "byName", "options": renamed["alertname"]}
+    (mappings,) = [p["value"] for p in override["properties"] if p["id"] == "mappings"]
+    (mapping,) = mappings
+    texts = {value: shown["text"] for value, shown in mapping["options"].items()}
+    assert texts == {
+        "BeenergisedStationDisappeared": "Disappeared",
+        "BeenergisedStationAdded": "Added",
+    }
+    description = panel["description"]
+    assert "Alertmanager" in description and "15 minutes" in description
+    assert "http" not in description
+
+
+def test_fleet_alerts_stat_counts_every_fleet_change_alert_and_shows_zero():
+    panel = fleet_panel("Fleet alerts firing")
+    (target,) = panel["targets"]
+    (matchers,) = selectors(target["expr"], ALERTS)
+    assert target["expr"] == f"count(ALERTS{matchers}) or vector(0)"
+    assert set(alert_names(matchers)) == FLEET_CHANGE_ALERTS
+    assert target["instant"] is True
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(step["color"], step["value"]) for step in steps] == [("green", None), ("orange", 1)]
+    for name in FLEET_CHANGE_ALERTS:
+        assert name in panel["description"]
+
+
+@pytest.mark.parametrize(
+    ("matchers", "names"),
+    [
+        ('{alertname="A", mandant=~".*"}', ["A"]),
+        ('{alertstate="firing", alertname=~"A|B"}', ["A", "B"]),
+        ('{alertname!="A"}', []),
+        ('{mandant=~".*"}', []),
+        ("", []),
+    ],
+)
+def test_alert_names(matchers, names):
+    assert alert_names(matchers) == names
 
 
 @pytest.mark.parametrize("title", ["On target firmware", "Firmware rollout"])
@@ -319,7 +440,7 @@ def test_rollout_panels_show_percent_of_the_fleet_per_mandant_and_target(title):
     )
     defaults = panel["fieldConfig"]["defaults"]
     assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percent", 0, 100)
-    assert "--target-firmware" in panel["description"]
+    assert "--firmware.target" in panel["description"]
 
 
 def test_rollout_legend_names_the_target():

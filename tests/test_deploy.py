@@ -1,11 +1,12 @@
-"""Deployment files: the Kubernetes manifests (deploy/kubernetes/) and the systemd unit
-(deploy/systemd/), checked against the exporter they deploy; and the PrometheusRule that
-`make rules` (deploy/prometheusrule.py) writes from prometheus/alerts.yml.
+"""Deployment files: the Kubernetes manifests (deploy/kubernetes/: a base for any cluster and
+an overlay adding the Prometheus Operator's resources) and the systemd unit (deploy/systemd/),
+checked against the exporter they deploy; and the PrometheusRule that `make rules`
+(deploy/prometheusrule.py) writes from prometheus/alerts.yml.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import re
 import subprocess
 import tomllib
@@ -18,35 +19,42 @@ import yaml
 
 from exporter.config import DEFAULT_PORT, load_settings, parse_duration
 from tests.dockerfile import final_stage
-from tests.helpers import IN_CI, ROOT, require_tool, wait_until
+from tests.helpers import IN_CI, ROOT, load_script, require_tool, wait_until
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
+BASE_DIR = KUBERNETES_DIR / "base"  # applies on any cluster
+OPERATOR_DIR = KUBERNETES_DIR / "prometheus-operator"  # the base and the operator's resources
+KUSTOMIZATIONS = (BASE_DIR, OPERATOR_DIR)
 SYSTEMD_DIR = ROOT / "deploy" / "systemd"
 ALERTS = ROOT / "prometheus" / "alerts.yml"
-PROMETHEUS_RULE = KUBERNETES_DIR / "prometheusrule.yaml"
-SECRET_EXAMPLE = KUBERNETES_DIR / "secret.example.yaml"
+PROMETHEUS_RULE = OPERATOR_DIR / "prometheusrule.yaml"
+SECRET_EXAMPLE = BASE_DIR / "secret.example.yaml"
+PERFORMANCE = ROOT / "docs" / "performance.md"
 UNIT = SYSTEMD_DIR / "beenergised-exporter.service"
+SOCKET_UNIT = SYSTEMD_DIR / "beenergised-exporter.socket"
 ENV_EXAMPLE = SYSTEMD_DIR / "beenergised-exporter.env.example"
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # CRDs of the Prometheus Operator
+CORE_API_VERSIONS = {"v1", "apps/v1", "networking.k8s.io/v1"}  # built into every cluster
 
 
 def rule_generator() -> ModuleType:
-    """deploy/prometheusrule.py, a script rather than a package, loaded from its path."""
-    spec = importlib.util.spec_from_file_location(
-        "prometheusrule", ROOT / "deploy" / "prometheusrule.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """deploy/prometheusrule.py, which `make rules` runs."""
+    return load_script(ROOT / "deploy" / "prometheusrule.py")
 
 
 def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def manifest_files() -> list[Path]:
-    return sorted(p for p in KUBERNETES_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+def manifest_files(directory: Path | None = None) -> list[Path]:
+    """The manifests of one kustomization directory, or of all."""
+    directories = KUSTOMIZATIONS if directory is None else (directory,)
+    return sorted(
+        path
+        for folder in directories
+        for path in folder.glob("*.yaml")
+        if path.name != "kustomization.yaml"
+    )
 
 
 def manifest(kind: str) -> dict:
@@ -54,8 +62,8 @@ def manifest(kind: str) -> dict:
     return found
 
 
-def kustomization() -> dict:
-    return load(KUBERNETES_DIR / "kustomization.yaml")
+def kustomization(directory: Path = BASE_DIR) -> dict:
+    return load(directory / "kustomization.yaml")
 
 
 def deployment() -> dict:
@@ -99,20 +107,56 @@ def test_manifest_has_api_version_kind_name_and_labels(path: Path):
     assert resource["metadata"]["labels"]["app.kubernetes.io/name"] == "beenergised-exporter"
 
 
-def test_kustomization_lists_every_manifest_but_the_secret_example():
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda path: path.name)
+def test_kustomization_lists_every_manifest_but_the_secret_example(directory: Path):
     """Applying the directory again must never replace the real secret with the placeholder."""
-    resources = kustomization()["resources"]
-    expected = [p.name for p in manifest_files() if p != SECRET_EXAMPLE]
+    resources = [r for r in kustomization(directory)["resources"] if not r.startswith("../")]
+    expected = [p.name for p in manifest_files(directory) if p != SECRET_EXAMPLE]
     assert sorted(resources) == expected
     assert SECRET_EXAMPLE.name not in resources
 
 
-def test_kustomization_image_tag_is_the_project_version():
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+def test_the_base_holds_no_custom_resource_and_the_overlay_adds_the_operators():
+    """The base applies on a cluster without the Prometheus Operator's CRDs."""
+    base = {load(BASE_DIR / name)["kind"] for name in kustomization()["resources"]}
+    assert base == {"Namespace", "ConfigMap", "Deployment", "Service", "NetworkPolicy"}
+    overlay = kustomization(OPERATOR_DIR)["resources"]
+    assert "../base" in overlay
+    added = {load(OPERATOR_DIR / name)["kind"] for name in overlay if name != "../base"}
+    assert added == OPERATOR_KINDS
+
+
+def test_the_namespace_is_set_once_and_the_base_creates_it():
+    namespace = kustomization()["namespace"]
+    assert kustomization(OPERATOR_DIR)["namespace"] == namespace
+    created = manifest("Namespace")
+    assert created["metadata"]["name"] == namespace
+    assert created["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_the_overlay_labels_the_custom_resources_for_kube_prometheus_stack():
+    """kube-prometheus-stack's Prometheus selects ServiceMonitors and PrometheusRules by
+    `release: <Helm release>`; the overlay patches exactly the operator's kinds."""
+    (patch,) = kustomization(OPERATOR_DIR)["patches"]
+    assert patch["target"] == {"group": "monitoring.coreos.com"}
+    (operation,) = yaml.safe_load(patch["patch"])
+    assert operation == {
+        "op": "add",
+        "path": "/metadata/labels/release",
+        "value": "kube-prometheus-stack",
+    }
+    documented = (ROOT / "docs" / "deployment.md").read_text()
+    assert "release: <" in documented and "deploy/kubernetes/prometheus-operator" in documented
+
+
+def test_kustomization_image_is_the_released_image_of_the_project_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    repository = project["urls"]["Source"].removeprefix("https://github.com/")
     (image,) = kustomization()["images"]
     assert image["name"] == exporter_container()["image"].split(":")[0]
-    assert image["newTag"] == version
-    assert exporter_container()["image"] == f"beenergised-exporter:{version}"
+    assert image["newName"] == f"ghcr.io/{repository.lower()}"  # as the release workflow pushes
+    assert image["newTag"] == project["version"]
+    assert exporter_container()["image"] == f"beenergised-exporter:{project['version']}"
 
 
 def kubernetes_validate():
@@ -148,20 +192,58 @@ def test_manifest_passes_kubernetes_validate_strictly(path: Path):
         validator.validate(resource, version, strict=True)
 
 
-@pytest.mark.e2e
-def test_kustomize_builds_the_directory():
+@functools.cache
+def rendered(directory: Path) -> tuple[dict, ...]:
+    """The objects `kubectl kustomize` renders of a kustomization directory."""
     kubectl = require_tool("kubectl")
     result = subprocess.run(
-        [kubectl, "kustomize", str(KUBERNETES_DIR)], capture_output=True, text=True, timeout=60
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    built = list(yaml.safe_load_all(result.stdout))
+    return tuple(yaml.safe_load_all(result.stdout))
+
+
+@pytest.mark.e2e
+def test_kustomize_renders_the_base_in_its_namespace_without_custom_resources():
+    built = rendered(BASE_DIR)
     assert sorted(r["kind"] for r in built) == sorted(
-        load(KUBERNETES_DIR / name)["kind"] for name in kustomization()["resources"]
+        load(BASE_DIR / name)["kind"] for name in kustomization()["resources"]
     )
+    assert not [r["kind"] for r in built if r["apiVersion"] not in CORE_API_VERSIONS]
+    (namespace,) = [r["metadata"]["name"] for r in built if r["kind"] == "Namespace"]
+    assert {r["metadata"].get("namespace") for r in built if r["kind"] != "Namespace"} == {
+        namespace
+    }
     (built_deployment,) = [r for r in built if r["kind"] == "Deployment"]
     (container,) = built_deployment["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == exporter_container()["image"]
+    (image,) = kustomization()["images"]
+    assert container["image"] == f"{image['newName']}:{image['newTag']}"
+
+
+@pytest.mark.e2e
+def test_kustomize_renders_the_overlay_as_the_base_plus_the_labelled_custom_resources():
+    base, overlay = rendered(BASE_DIR), rendered(OPERATOR_DIR)
+    core = [r for r in overlay if r["kind"] not in OPERATOR_KINDS]
+    assert sorted(core, key=str) == sorted(base, key=str), "the overlay changes no base object"
+    custom = [r for r in overlay if r["kind"] in OPERATOR_KINDS]
+    assert sorted(r["kind"] for r in custom) == sorted(OPERATOR_KINDS)
+    (namespace,) = [r["metadata"]["name"] for r in base if r["kind"] == "Namespace"]
+    for resource in custom:
+        assert resource["apiVersion"] == "monitoring.coreos.com/v1"
+        assert resource["metadata"]["namespace"] == namespace
+        assert resource["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda path: path.name)
+def test_rendered_core_objects_pass_kubernetes_validate_strictly(directory: Path):
+    """What a cluster receives, namespace and image set, against Kubernetes' schemas."""
+    validator = kubernetes_validate()
+    core = [r for r in rendered(directory) if r["kind"] not in OPERATOR_KINDS]
+    assert len(core) == len(kustomization()["resources"])
+    for resource in core:
+        for version in kubernetes_versions():
+            validator.validate(resource, version, strict=True)
 
 
 # -- Deployment -------------------------------------------------------------------------------
@@ -219,6 +301,13 @@ def test_probe_paths_answer_on_a_real_exporter(exporter_process):
     )
 
 
+def measured_peak(stations: str) -> float:
+    """Peak RSS in bytes at a fleet size, from the one place that states it:
+    docs/performance.md's Memory table."""
+    (mib,) = re.findall(rf"^\| {stations} \| (\d+) MiB", PERFORMANCE.read_text(), re.MULTILINE)
+    return int(mib) * 2**20
+
+
 def quantity(value: str) -> float:
     """A Kubernetes quantity (cpu: 25m, 1; memory: 64Mi, 1Gi) as a number."""
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1}
@@ -232,9 +321,14 @@ def test_deployment_requests_and_limits_cover_the_measured_memory():
         request = quantity(resources["requests"][resource])
         limit = quantity(resources["limits"][resource])
         assert 0 < request <= limit, resource
-    # Peak RSS measured with 10,000 stations and 4 scrapers: 51 MiB (see deployment.yaml).
-    assert quantity(resources["requests"]["memory"]) >= 51 * 2**20
-    assert quantity(resources["limits"]["memory"]) >= 2 * 51 * 2**20
+    assert quantity(resources["requests"]["memory"]) >= measured_peak("10,000")
+    assert quantity(resources["limits"]["memory"]) >= measured_peak("100,000")
+
+
+def test_unit_memory_limit_covers_the_measured_memory():
+    assert quantity(unit_value("Service", "MemoryMax").replace("M", "Mi")) >= measured_peak(
+        "100,000"
+    )
 
 
 def test_client_secret_is_a_mounted_file_named_by_the_environment():
@@ -266,9 +360,9 @@ def test_secret_example_holds_only_a_placeholder():
 @pytest.mark.parametrize("path", ["client-secret", "secret.yaml"])
 def test_local_secret_files_are_ignored_by_git(path):
     result = subprocess.run(
-        ["git", "check-ignore", "--quiet", str(KUBERNETES_DIR / path)], cwd=ROOT, timeout=30
+        ["git", "check-ignore", "--quiet", str(BASE_DIR / path)], cwd=ROOT, timeout=30
     )
-    assert result.returncode == 0, f"deploy/kubernetes/{path} would be committed"
+    assert result.returncode == 0, f"deploy/kubernetes/base/{path} would be committed"
 
 
 def test_configmap_and_secret_make_valid_settings(tmp_path):
@@ -285,7 +379,7 @@ def test_configmap_and_secret_make_valid_settings(tmp_path):
     settings = load_settings(container.get("args", []), environment)
     (mandant,) = settings.mandants
     assert mandant.api_url == configmap["data"]["BEENERGISED_API_URL"]
-    assert settings.listen_port == DEFAULT_PORT
+    assert settings.listen_addresses == (("", DEFAULT_PORT),)
 
 
 # -- Service, ServiceMonitor, PrometheusRule --------------------------------------------------
@@ -304,6 +398,20 @@ def test_service_exposes_the_metrics_port_of_the_pods():
     }
     # Scraped before the first successful refresh too, so failures reach the alerts.
     assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_networkpolicy_lets_scrapers_in_and_the_exporter_out_to_dns_and_https_only():
+    policy = manifest("NetworkPolicy")["spec"]
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert [p["name"] for p in exporter_container()["ports"]] == ["metrics"]
+    egress = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert egress == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+    api_url = manifest("ConfigMap")["data"]["BEENERGISED_API_URL"]
+    assert api_url.startswith("https://") and ":" not in api_url.removeprefix("https://")
 
 
 def test_servicemonitor_scrapes_the_service_as_the_job_the_alerts_expect():
@@ -335,17 +443,17 @@ def test_prometheusrule_is_what_make_rules_writes():
     assert generator.PROMETHEUS_RULE == PROMETHEUS_RULE
     assert generator.ALERTS == ALERTS
     assert PROMETHEUS_RULE.read_text() == generator.render(ALERTS.read_text()), (
-        "deploy/kubernetes/prometheusrule.yaml is stale: run `make rules`"
+        "deploy/kubernetes/prometheus-operator/prometheusrule.yaml is stale: run `make rules`"
     )
 
 
 # -- systemd ----------------------------------------------------------------------------------
 
 
-def unit_settings() -> list[tuple[str, str, str]]:
+def unit_settings(unit: Path = UNIT) -> list[tuple[str, str, str]]:
     """(section, key, value) of each line of the unit; keys may repeat, as systemd allows."""
     settings, section = [], ""
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -357,8 +465,8 @@ def unit_settings() -> list[tuple[str, str, str]]:
     return settings
 
 
-def unit_value(section: str, key: str) -> str:
-    (value,) = [v for s, k, v in unit_settings() if (s, k) == (section, key)]
+def unit_value(section: str, key: str, unit: Path = UNIT) -> str:
+    (value,) = [v for s, k, v in unit_settings(unit) if (s, k) == (section, key)]
     return value
 
 
@@ -374,6 +482,25 @@ def test_unit_starts_the_console_script_with_its_environment_file():
     assert unit_value("Unit", "After") == "network-online.target"
     assert unit_value("Install", "WantedBy") == "multi-user.target"
     assert not [k for _, k, _ in unit_settings() if k == "Environment"], "settings go in the file"
+
+
+def test_systemctl_reload_sends_sighup():
+    assert unit_value("Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+
+
+def test_socket_unit_listens_on_the_default_port_for_the_service_of_its_name():
+    """systemd hands a socket to the service of the same name; the exporter takes it with
+    --web.systemd-socket, which the environment file's example names."""
+    assert SOCKET_UNIT.stem == UNIT.stem
+    assert {s for s, _, _ in unit_settings(SOCKET_UNIT)} == {"Unit", "Socket", "Install"}
+    assert unit_value("Socket", "ListenStream", SOCKET_UNIT) == str(DEFAULT_PORT)
+    assert unit_value("Socket", "BindIPv6Only", SOCKET_UNIT) == "both"  # as the default :PORT
+    assert unit_value("Install", "WantedBy", SOCKET_UNIT) == "sockets.target"
+    assert "# BEENERGISED_WEB_SYSTEMD_SOCKET=true" in ENV_EXAMPLE.read_text()
+    settings = load_settings(
+        [], {"BEENERGISED_WEB_SYSTEMD_SOCKET": "true", "BEENERGISED_DEMO": "1"}
+    )
+    assert settings.systemd_socket
 
 
 HARDENING = {
@@ -447,6 +574,23 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
         timeout=60,
     )
     # verify exits 0 on unknown keys and bad values too (it ignores them): its output counts.
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
+
+
+@pytest.mark.e2e
+def test_socket_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    service = copy_of_the_unit(tmp_path)
+    socket_unit = tmp_path / SOCKET_UNIT.name
+    socket_unit.write_text(SOCKET_UNIT.read_text())
+    result = subprocess.run(
+        [analyze, "verify", str(socket_unit), str(service)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr
     )

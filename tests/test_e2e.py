@@ -42,7 +42,9 @@ def test_fleet_changes_and_one_token_end_to_end(simulator_process, exporter_proc
         "--stations", "57", "--max-page-limit", "10", "--client-id", "e2e-client",
         "--client-secret", SECRET, "--seed", "3", "--quickstart-next-links",
     )  # fmt: skip
-    exporter = exporter_process(["--refresh-interval=1s", "--page-limit=25"], env_for(simulator))
+    exporter = exporter_process(
+        ["--refresh.interval=1s", "--api.page-limit=25"], env_for(simulator)
+    )
     mandant = "127.0.0.1"  # the default name of a mandant whose URL has an IP address
     wait_until(
         lambda: value(scrape(exporter), "beenergised_charging_stations", mandant=mandant) == 57,
@@ -172,20 +174,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_a_wrong_setting_exits_2_with_one_line_naming_it():
-    result = run_cli("--api-url", "foo", env={"BEENERGISED_CLIENT_SECRET": SECRET})
+    result = run_cli("--api.url", "foo", env={"BEENERGISED_CLIENT_SECRET": SECRET})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--api-url" in lines[0] and "'foo'" in lines[0]
+    assert len(lines) == 1 and "--api.url" in lines[0] and "'foo'" in lines[0]
     assert SECRET not in result.stderr + result.stdout
 
 
 def test_help_lists_every_setting():
     result = run_cli("--help")
     assert result.returncode == 0
-    for name in ["--api-url", "--token-url", "--client-id", "--client-secret-file",
-                 "BEENERGISED_CLIENT_SECRET", "--refresh-interval", "--page-limit",
+    for name in ["--api.url", "--api.token-url", "--api.client-id", "--api.client-secret-file",
+                 "BEENERGISED_CLIENT_SECRET", "--refresh.interval", "--api.page-limit",
                  "--config.file", "--web.listen-address", "--web.telemetry-path", "--log.level",
-                 "--log.format", "--demo", "--token-auth-method", "--no-station-info"]:  # fmt: skip
+                 "--log.format", "--demo", "--api.token-auth-method",
+                 "--no-collector.station-info"]:  # fmt: skip
         assert name in result.stdout, name
 
 
@@ -193,7 +196,7 @@ def test_python_dash_m_runs_the_same_cli():
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True, timeout=30
     )
-    assert result.returncode == 0 and "--api-url" in result.stdout
+    assert result.returncode == 0 and "--api.url" in result.stdout
 
 
 TRICKY = [
@@ -220,7 +223,7 @@ def test_tricky_label_values_come_out_escaped_or_repaired(simulator_process, exp
     stations = [{"attributes": attributes} for attributes in TRICKY]
     ids = simulator.change(stations=stations)["added"]
     exporter = exporter_process(
-        ["--refresh-interval=1s"],
+        ["--refresh.interval=1s"],
         env_for(simulator)
         | {"BEENERGISED_CLIENT_ID": "demo-client", "BEENERGISED_CLIENT_SECRET": "demo-secret"},
     )

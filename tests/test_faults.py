@@ -37,7 +37,7 @@ def stack() -> Iterator[Stack]:
         "--stations", str(STATIONS), "--max-page-limit", "20", "--client-secret", SECRET,
     )  # fmt: skip
     exporter = ExporterProcess(
-        ["--refresh-interval=1s", "--page-limit=20", "--api.request-timeout=2s"],
+        ["--refresh.interval=1s", "--api.page-limit=20", "--api.request-timeout=2s"],
         env_for(simulator, ("demo-client", SECRET)),
     )
     stack = Stack(simulator, exporter)

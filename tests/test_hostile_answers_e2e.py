@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 SECRET = "hostile-Secret-5e8c1"
 MANDANT = "127.0.0.1"  # the exporter names the mandant after the API host
-INTERVAL = 2.0  # seconds: --refresh-interval
+INTERVAL = 2.0  # seconds: --refresh.interval
 SLACK = 3.0  # seconds a refresh may start late on a busy machine (jitter is 10%)
 
 
@@ -59,7 +59,7 @@ def start(exporter_process: Callable[..., ExporterProcess]) -> Iterator[Callable
         server = RawServer(double)
         servers.append(server)
         exporter = exporter_process(
-            [f"--refresh-interval={INTERVAL:g}s", "--api.request-timeout=2s"],
+            [f"--refresh.interval={INTERVAL:g}s", "--api.request-timeout=2s"],
             {
                 "BEENERGISED_API_URL": server.url,
                 "BEENERGISED_TOKEN_URL": server.url + "/oauth2/token",

@@ -1,17 +1,14 @@
 """The container image: the real Dockerfile linted, built with buildah and run in demo mode.
 
-No Docker engine and no container registry are needed. buildah builds and runs images as root
-with chroot isolation (the container shares the host's network, so the exporter listens on a
-free loopback port). The Dockerfile's base image cannot be pulled, so a stand-in is made
-first: Debian bookworm from debootstrap with python3, python3-venv and python3-pip, tagged with
-the name the Dockerfile's FROM uses. The stand-in and buildah's storage are kept under
-CACHE_DIR, so only the first run on a machine pays for debootstrap (about a minute).
+No Docker engine and no container registry are needed. The image is built by deploy/image.py,
+which `make image` runs: buildah as root with chroot isolation, on a debootstrap stand-in for
+the Dockerfile's base image that cannot be pulled here, cached under its CACHE_DIR (only the
+first run on a machine pays for debootstrap, about a minute). The container shares the host's
+network, so the exporter listens on a free loopback port.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -20,8 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,54 +28,17 @@ import requests
 
 from exporter.config import DEFAULT_PORT
 from exporter.demo import DEMO_STATIONS
-from tests.dockerfile import DOCKERFILE, final_stage, instructions
-from tests.helpers import IN_CI, ROOT, Process, require_tool, wait_until
+from tests.dockerfile import DOCKERFILE, final_stage
+from tests.helpers import IN_CI, ROOT, Process, load_script, require_tool, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CACHE_DIR = Path("/var/cache/beenergised-exporter-ci")  # the stand-in and buildah's storage
-RUN_ROOT = Path("/run/beenergised-exporter-ci")  # buildah's locks and mounts
-BUILDAH = [
-    "buildah",
-    "--root",
-    str(CACHE_DIR / "containers"),
-    "--runroot",
-    str(RUN_ROOT),
-    "--storage-driver",
-    "vfs",  # works everywhere, overlay mounts need not
-]
-DEBIAN_SUITE = "bookworm"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
-STANDIN_PACKAGES = ("python3", "python3-venv", "python3-pip")
-# The stand-in trusts the CA certificates this machine added (e.g. of a TLS-inspecting proxy
-# on the way to PyPI), so that pip in the build reaches PyPI as the host does.
-LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
-STANDIN_RECIPE = 1  # bump when the recipe below changes, to rebuild cached stand-ins
-STANDIN_LABEL = "io.beenergised-exporter.ci-standin"
 IMAGE_UID = 10001
 NAME_PREFIX = "beenergised-exporter-test"
 
 
-def base_image() -> str:
-    """The Dockerfile's base image, fully qualified as buildah resolves it."""
-    (base,) = {arguments.split()[0] for keyword, arguments in instructions() if keyword == "FROM"}
-    return base if "/" in base else f"docker.io/library/{base}"
-
-
-def buildah(*args: str, timeout: float = 120, check: bool = True) -> str:
-    result = subprocess.run([*BUILDAH, *args], capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"{' '.join(args[:2])}: {result.stdout}{result.stderr}"
-    return result.stdout
-
-
-def inspect_image(name: str) -> dict | None:
-    output = buildah("inspect", "--type", "image", name, check=False)
-    return json.loads(output) if output.strip() else None
-
-
-def image_labels(inspected: dict) -> dict[str, str]:
-    return inspected["Docker"]["config"].get("Labels") or {}
+IMAGE = load_script(ROOT / "deploy" / "image.py")  # `make image` runs it: the same build
+BUILDAH, buildah, inspect_image = IMAGE.BUILDAH, IMAGE.buildah, IMAGE.inspect_image
 
 
 def require_root_buildah_and_debootstrap() -> None:
@@ -89,110 +49,6 @@ def require_root_buildah_and_debootstrap() -> None:
         if IN_CI:
             pytest.fail(message + " but CI=true requires the image test")
         pytest.skip(message)
-
-
-# -- the stand-in base image ------------------------------------------------------------------
-
-
-def standin_key() -> str:
-    recipe = [DEBIAN_SUITE, DEBIAN_MIRROR, *STANDIN_PACKAGES, str(STANDIN_RECIPE)]
-    for certificate in sorted(LOCAL_CA_DIR.glob("**/*.crt")):
-        recipe.append(certificate.read_text())
-    return hashlib.sha256("\n".join(recipe).encode()).hexdigest()[:16]
-
-
-def debootstrap_rootfs(tarball: Path) -> None:
-    """Debian with Python as the official image has it: pip may install, no docs or apt lists."""
-    partial = tarball.with_suffix(".partial")
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as work:
-        rootfs = Path(work) / "rootfs"
-        try:
-            make_rootfs(rootfs)
-            subprocess.run(
-                ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(partial), "."],
-                check=True,
-                timeout=300,
-            )
-        finally:
-            unmount_below(rootfs)  # a failed debootstrap may leave /proc mounted in it
-    partial.replace(tarball)
-
-
-def unmount_below(path: Path) -> None:
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(f"{path}/")), reverse=True):
-        subprocess.run(["umount", "--lazy", mount], capture_output=True, timeout=60)
-
-
-def make_rootfs(rootfs: Path) -> None:
-    result = subprocess.run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(STANDIN_PACKAGES)}",
-            DEBIAN_SUITE,
-            str(rootfs),
-            DEBIAN_MIRROR,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, f"debootstrap failed:\n{result.stdout}{result.stderr}"
-    for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
-        marker.unlink()
-    for certificate in LOCAL_CA_DIR.glob("**/*.crt"):
-        target = rootfs / certificate.relative_to("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(certificate, target)
-    subprocess.run(
-        ["chroot", str(rootfs), "update-ca-certificates"],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    clutter = [*rootfs.glob("var/cache/apt/archives/*.deb"), *rootfs.glob("var/lib/apt/lists/*_*")]
-    for path in clutter:
-        path.unlink()
-    for folder in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"):
-        shutil.rmtree(rootfs / folder, ignore_errors=True)
-
-
-def ensure_standin(image: str) -> None:
-    """Tag a stand-in for ``image`` in buildah's storage unless the current one is there."""
-    key = standin_key()
-    existing = inspect_image(image)
-    if existing is not None and image_labels(existing).get(STANDIN_LABEL) == key:
-        return
-    context = CACHE_DIR / f"standin-{key}"
-    context.mkdir(parents=True, exist_ok=True)
-    tarball = context / "rootfs.tar"
-    if not tarball.exists():
-        debootstrap_rootfs(tarball)
-    (context / "Containerfile").write_text(
-        "FROM scratch\n"
-        "ADD rootfs.tar /\n"
-        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8\n"
-        f'LABEL {STANDIN_LABEL}="{key}"\n'
-        'CMD ["python3"]\n'
-    )
-    buildah(
-        "bud",
-        "--isolation",
-        "chroot",
-        "--pull=never",
-        "--format",
-        "docker",
-        "--tag",
-        image,
-        "--file",
-        str(context / "Containerfile"),
-        str(context),
-        timeout=600,
-    )
-    for stale in CACHE_DIR.glob("standin-*"):
-        if stale != context:
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 def remove_leftovers() -> None:
@@ -224,27 +80,11 @@ class Image:
 @pytest.fixture(scope="module")
 def image() -> Iterator[Image]:
     require_root_buildah_and_debootstrap()
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    RUN_ROOT.mkdir(parents=True, exist_ok=True)
     name = f"localhost/{NAME_PREFIX}:{os.getpid()}"
-    with open(CACHE_DIR / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one stand-in build at a time per machine
+    with IMAGE.locked():
         remove_leftovers()
-        ensure_standin(base_image())
-    buildah(
-        "bud",
-        "--isolation",
-        "chroot",
-        "--pull=never",
-        "--format",
-        "docker",  # OCI images have no HEALTHCHECK
-        "--tag",
-        name,
-        "--file",
-        str(DOCKERFILE),
-        str(ROOT),
-        timeout=900,
-    )
+        IMAGE.ensure_standin(IMAGE.base_image())
+    IMAGE.build(name)
     inspected = inspect_image(name)
     assert inspected is not None
     yield Image(name, inspected["Docker"]["config"])
@@ -372,6 +212,13 @@ def test_image_keeps_the_healthcheck_and_labels(image: Image):
     labels = image.config["Labels"]
     for key in ("title", "description", "source", "licenses"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert labels["org.opencontainers.image.source"] == project["urls"]["Source"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    assert labels["org.opencontainers.image.version"] == project["version"]
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert re.fullmatch(r"[0-9a-f]{40}", git.stdout.strip()), "a git checkout gives the commit"
+    assert labels["org.opencontainers.image.revision"] == git.stdout.strip()
 
 
 def test_image_environment_holds_no_secret(image: Image):

@@ -99,7 +99,7 @@ def published(exporter: ExporterProcess, fleet: dict[str, dict]) -> bool:
 
 def test_the_change_log_matches_the_simulators_changes_exactly(simulator_process, exporter_process):
     simulator = start_simulator(simulator_process, 30)
-    exporter = exporter_process(["--refresh-interval=1s"], env_for(simulator))
+    exporter = exporter_process(["--refresh.interval=1s"], env_for(simulator))
     fleet = api_fleet(simulator)
     wait_until(lambda: published(exporter, fleet), what="the first fleet on /metrics")
     assert changes(exporter) == []  # the first fleet is the baseline
@@ -151,7 +151,7 @@ def test_the_change_log_matches_the_simulators_changes_exactly(simulator_process
 def test_the_rollout_gauge_follows_a_rollout(simulator_process, exporter_process):
     simulator = start_simulator(simulator_process, 40)
     exporter = exporter_process(
-        ["--refresh-interval=1s", r"--target-firmware=/3\.1\.\d+/"], env_for(simulator)
+        ["--refresh.interval=1s", r"--firmware.target=/3\.1\.\d+/"], env_for(simulator)
     )
     target = r"/3\.1\.\d+/"
 
@@ -195,7 +195,7 @@ def test_data_issue_counts_match_a_fleet_with_known_problems(simulator_process, 
             station(""),
         ]
     )
-    exporter = exporter_process(["--refresh-interval=1s"], env_for(simulator))
+    exporter = exporter_process(["--refresh.interval=1s"], env_for(simulator))
     wait_until(
         lambda: value(scrape(exporter), "beenergised_charging_stations", mandant=MANDANT) == 23,
         what="23 stations on /metrics",

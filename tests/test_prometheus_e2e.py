@@ -2,9 +2,10 @@
 
 Needs Debian's `prometheus` package (`.ci/run` installs it): every PromQL expression of every
 dashboard panel runs through the Prometheus HTTP API, every metric name a dashboard or rule
-uses must be one the exporter exports, the "stations disappeared" alert must fire when
-stations are removed but not during an API outage, the rollout panels must follow a firmware
-rollout and the duplicate identity alert must go pending when two stations share one.
+uses must be one the exporter exports, the "station disappeared" alert must fire when
+stations are removed (and the dashboard's alert panels show them) but not during an API
+outage, the rollout panels must follow a firmware rollout and the duplicate identity alert
+must go pending when two stations share one.
 
 The tests share one stack and change its fleet, so each works from the fleet as it finds it
 (the simulator's state), not from the fleet it started with. The outage test must run before
@@ -93,7 +94,7 @@ class Stack:
         binary = require_tool("prometheus")
         self.simulator = SimulatorProcess("--stations", str(STATIONS), "--seed", "4")
         self.exporter = ExporterProcess(
-            ["--refresh-interval=1s", "--log.level=info"],
+            ["--refresh.interval=1s", "--log.level=info"],
             {
                 "BEENERGISED_API_URL": self.simulator.url,
                 "BEENERGISED_TOKEN_URL": self.simulator.url + "/oauth2/token",
@@ -245,6 +246,20 @@ def test_removed_stations_fire_one_disappearance_alert_each(stack):
         assert alert["labels"]["station_id"] in alert["annotations"]["description"]
     # 3 of 30 or more is 10% at most: below the 25% of the critical alert
     assert firing_or_pending(stack, "BeenergisedFleetLargelyDisappeared") == []
+
+    # The dashboard's alert panels show the same stations, by the labels the alerts carry.
+    def notified(labels: dict[str, str]) -> tuple[str, ...]:
+        names = ("alertname", "mandant", "label", "charge_box_identity", "station_id")
+        return tuple(labels.get(name, "") for name in names)
+
+    def table_rows() -> list[dict] | None:
+        rows = stack.prometheus.query(panel_expression("Station alerts firing"))
+        return rows if len(rows) >= 3 else None
+
+    rows = wait_until(table_rows, timeout=10, what="three rows in 'Station alerts firing'")
+    expected = sorted(notified(alert["labels"]) for alert in alerts)
+    assert sorted(notified(row["metric"]) for row in rows) == expected
+    assert stack.prometheus.value(panel_expression("Fleet alerts firing")) == 3
 
 
 def panel_expression(title: str) -> str:

@@ -254,6 +254,38 @@ def test_without_the_info_metric_the_fleet_holds_no_serial_numbers(simulator):
     assert not any(s.serial_number for s in refresher.state.snapshot.stations.values())
 
 
+def test_a_reload_keeps_the_form_of_the_header_found_unless_its_setting_or_api_changes(
+    inventory,
+):
+    with Simulator(inventory, max_page_limit=10, authorization="raw") as sim:
+        refresher = MandantRefresher(mandant_for(sim), page_limit=10, timeout=30)
+        refresher.refresh()
+        assert refresher.state.up
+        found = refresher._connection[1].header
+        assert found.accepted == "raw"
+        before = len(sim.requests)
+        refresher.reconnect(
+            replace(refresher.mandant, target_firmware=None, firmware_max_versions=7),
+            page_limit=10,
+            concurrency=1,
+            timeout=30,
+            limits=DEFAULT_LIMITS,
+        )
+        assert refresher._connection[1].header is found
+        refresher.refresh()
+        assert [r.status for r in sim.requests[before:]] == [200, 200, 200, 200]  # no 401
+        refresher.reconnect(
+            replace(refresher.mandant, authorization="raw"),
+            page_limit=10,
+            concurrency=1,
+            timeout=30,
+            limits=DEFAULT_LIMITS,
+        )
+        header = refresher._connection[1].header
+        assert header is not found
+        assert (header.setting, header.form, header.accepted) == ("raw", "raw", None)
+
+
 def test_a_refresh_leaves_no_idle_connection_open(simulator):
     refresher = MandantRefresher(mandant_for(simulator), page_limit=5, timeout=30, concurrency=4)
     _, client = refresher._connection

@@ -87,7 +87,7 @@ def test_sighup_applies_a_changed_config_and_a_rotated_secret(
     secret.write_text(OLD_SECRET + "\n")
     config = tmp_path / "exporter.yml"
     config.write_text("mandants:\n" + mandant_entry("north", simulator))
-    exporter = exporter_process(["--config.file", str(config), "--refresh-interval=1s"], {})
+    exporter = exporter_process(["--config.file", str(config), "--refresh.interval=1s"], {})
     wait_until(lambda: value(exporter, "beenergised_up", mandant="north") == 1, what="north up")
     started_at = value(exporter, "beenergised_config_last_reload_success_timestamp_seconds")
     assert value(exporter, "beenergised_config_last_reload_successful") == 1
@@ -155,7 +155,7 @@ def test_sighup_with_a_bad_config_keeps_the_running_one(
     config = tmp_path / "exporter.yml"
     good = "mandants:\n" + mandant_entry("north", simulator)
     config.write_text(good)
-    exporter = exporter_process(["--config.file", str(config), "--refresh-interval=1s"], {})
+    exporter = exporter_process(["--config.file", str(config), "--refresh.interval=1s"], {})
     wait_until(lambda: value(exporter, "beenergised_up", mandant="north") == 1, what="north up")
 
     for broken, named in [
@@ -214,7 +214,7 @@ def test_sighup_reads_new_users_and_a_new_certificate(
 
     web.write_text(web_config("one", "alice"))
     exporter = exporter_process(
-        ["--web.config.file", str(web), "--refresh-interval=1s"],
+        ["--web.config.file", str(web), "--refresh.interval=1s"],
         {
             "BEENERGISED_API_URL": simulator.url,
             "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",
@@ -271,7 +271,7 @@ def test_no_content_of_a_config_file_ends_the_process(
     config.write_text(good_config)
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  alice: {bcrypt_hash('alice-pw')}\n")
-    args = ["--config.file", str(config), "--web.config.file", str(web), "--refresh-interval=1s"]
+    args = ["--config.file", str(config), "--web.config.file", str(web), "--refresh.interval=1s"]
     hostile_file = config if which == "config" else web
     auth = ("alice", "alice-pw")
 
@@ -313,4 +313,76 @@ def test_no_content_of_a_config_file_ends_the_process(
     errors = [line for line in exporter.lines if "reload failed" in line]
     assert "not a regular file" in errors[-1], errors
     assert "Traceback" not in exporter.output
+    stop_within_5s(exporter)
+
+
+# -- POST /-/reload (--web.enable-lifecycle) ----------------------------------------------------
+
+
+def test_post_reload_is_forbidden_unless_enabled(
+    exporter_process: Callable[..., ExporterProcess],
+) -> None:
+    exporter = exporter_process(["--demo"], {})
+    refused = requests.post(exporter.url + "/-/reload", timeout=5)
+    assert (refused.status_code, refused.text) == (403, "Lifecycle API is not enabled.\n")
+    assert requests.get(exporter.url + "/-/reload", timeout=5).status_code == 405
+    assert "reloading" not in exporter.output
+    stop_within_5s(exporter)
+
+
+def test_post_reload_applies_a_changed_config_or_answers_why_not(
+    tmp_path: Path,
+    simulator_process: Callable[..., SimulatorProcess],
+    exporter_process: Callable[..., ExporterProcess],
+) -> None:
+    """The reload SIGHUP does, over HTTP and behind the web config's basic auth: a new mandant
+    appears; a broken file answers 500 naming the field and changes nothing."""
+    simulator = simulator_process("--stations", "6", "--client-secret", OLD_SECRET)
+    (tmp_path / "secret.txt").write_text(OLD_SECRET)
+    config = tmp_path / "exporter.yml"
+    good = "mandants:\n" + mandant_entry("north", simulator)
+    config.write_text(good)
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  alice: {bcrypt_hash('alice-pw')}\n")
+    exporter = exporter_process(
+        [
+            "--config.file",
+            str(config),
+            "--web.config.file",
+            str(web),
+            "--web.enable-lifecycle",
+            "--refresh.interval=1s",
+        ],
+        {},
+    )
+    auth = ("alice", "alice-pw")
+    url = exporter.url + "/-/reload"
+
+    def mandant_up(name: str) -> float | None:
+        text = exporter.get("/metrics", auth=auth).text
+        return samples(text).get(key("beenergised_up", mandant=name))
+
+    wait_until(lambda: mandant_up("north") == 1, what="north up")
+    assert requests.post(url, timeout=5).status_code == 401
+    assert requests.post(url, auth=("alice", "wrong"), timeout=5).status_code == 401
+
+    config.write_text(good + mandant_entry("south", simulator))
+    applied = requests.post(url, auth=auth, timeout=35)
+    assert applied.status_code == 200, applied.text
+    assert applied.text == (
+        "configuration reloaded: 2 mandant(s); added: south; removed: none; changed: none\n"
+    )
+    assert "received POST /-/reload, reloading the configuration" in exporter.output
+    wait_until(lambda: mandant_up("south") == 1, what="south up after the reload")
+
+    config.write_text(good + mandant_entry("south", simulator).replace(simulator.url, "south"))
+    failed = requests.post(url, auth=auth, timeout=35)
+    assert failed.status_code == 500
+    assert failed.text.startswith("reload failed, still running the previous configuration: ")
+    assert f"{config}: mandants[1].api_url: not a URL: 'south'" in failed.text
+    assert failed.text.rstrip("\n") in exporter.output, "the answer is the line the log got"
+    assert mandant_up("south") == 1 and mandant_up("north") == 1
+    metrics = samples(exporter.get("/metrics", auth=auth).text)
+    assert metrics[key("beenergised_config_last_reload_successful")] == 0
+    assert OLD_SECRET not in exporter.output + applied.text + failed.text
     stop_within_5s(exporter)

@@ -95,7 +95,7 @@ def start_stack(
             env["BEENERGISED_CLIENT_SECRET"] = SECRET
         else:
             env["BEENERGISED_CLIENT_SECRET_FILE"] = str(secret_file)
-        exporter = exporter_process(["--refresh-interval=0.5", "--page-limit=20", *args], env)
+        exporter = exporter_process(["--refresh.interval=0.5", "--api.page-limit=20", *args], env)
         stack = Stack(simulator, exporter)
         stack.wait_healthy()
         return stack
@@ -111,7 +111,7 @@ def check_env(simulator: SimulatorProcess, **settings: str) -> dict[str, str]:
 def run_check(simulator: SimulatorProcess, *args: str, method: str = "basic") -> tuple[int, str]:
     env = check_env(simulator, BEENERGISED_TOKEN_AUTH_METHOD=method)
     result = subprocess.run(
-        [SCRIPT, "check", "--page-limit=20", "--log.level=debug", *args],
+        [SCRIPT, "check", "--api.page-limit=20", "--log.level=debug", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -316,7 +316,7 @@ ENV = {"BEENERGISED_API_URL": "https://m.beenergised.cloud", "BEENERGISED_CLIENT
 def load_secret(tmp_path: Path, content: bytes) -> Secret:
     path = tmp_path / "secret"
     path.write_bytes(content)
-    settings = load_settings(["--client-secret-file", str(path)], ENV)
+    settings = load_settings(["--api.client-secret-file", str(path)], ENV)
     return settings.mandants[0].client_secret
 
 
@@ -354,7 +354,7 @@ def test_a_secret_that_cannot_be_sent_is_a_config_error(
     with pytest.raises(ConfigError) as caught:
         load_secret(tmp_path, content)
     message = str(caught.value)
-    assert message.startswith("--client-secret-file: ") and problem in message
+    assert message.startswith("--api.client-secret-file: ") and problem in message
     assert "abc" not in message and "def" not in message
 
 

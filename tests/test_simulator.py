@@ -198,6 +198,29 @@ def test_bare_token_is_accepted_like_the_quickstart_curl(sim: Simulator) -> None
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("demanded", "bearer", "lower_case", "bare"),
+    [("any", 200, 200, 200), ("bearer", 200, 200, 401), ("raw", 401, 401, 200)],
+)
+def test_the_simulator_demands_the_form_of_the_header_it_is_told(
+    demanded: str, bearer: int, lower_case: int, bare: int
+) -> None:
+    with Simulator(Inventory(size=3), authorization=demanded) as sim:
+        token = get_token(sim)
+        statuses = [
+            requests.get(
+                sim.api_url + STATIONS, headers={"Authorization": value}, timeout=TIMEOUT
+            ).status_code
+            for value in (f"Bearer {token}", f"bearer {token}", token, "Bearer nope", "nope")
+        ]
+    assert statuses == [bearer, lower_case, bare, 401, 401]
+
+
+def test_an_unknown_form_of_the_header_is_refused() -> None:
+    with pytest.raises(ValueError, match="authorization must be one of"):
+        Simulator(Inventory(size=1), authorization="basic")
+
+
 def test_pagination_walk_collects_every_station_once(sim: Simulator) -> None:
     token = get_token(sim)
     ids: list[str] = []

@@ -52,7 +52,7 @@ def stack() -> Iterator[Stack]:
         "--stations", str(STATIONS), "--max-page-limit", "20", "--client-secret", SECRET
     )
     exporter = ExporterProcess(
-        ["--refresh-interval=1s", "--page-limit=20"],
+        ["--refresh.interval=1s", "--api.page-limit=20"],
         environment(simulator, BEENERGISED_API_REQUEST_TIMEOUT=f"{REQUEST_TIMEOUT:g}s"),
     )
     stack = Stack(simulator, exporter)
@@ -130,7 +130,8 @@ def test_a_fleet_that_takes_several_intervals_to_read_is_published(
         "--stations", "40", "--max-page-limit", "10", "--latency", "0.4", "--client-secret", SECRET
     )
     exporter = exporter_process(
-        ["--refresh-interval=1s", "--page-limit=10", "--concurrency=1"], environment(simulator)
+        ["--refresh.interval=1s", "--api.page-limit=10", "--api.concurrency=1"],
+        environment(simulator),
     )
     stack = Stack(simulator, exporter)
     # Before: nothing yet, and no failure either.

@@ -64,7 +64,7 @@ def test_soak_with_churn_and_random_faults(simulator_process, exporter_process):
         "--stations", "80", "--max-page-limit", "20", "--churn-interval", "0.7", "--seed", "11",
     )  # fmt: skip
     exporter = exporter_process(
-        ["--refresh-interval=1s", "--page-limit=20", "--log.level=debug"],
+        ["--refresh.interval=1s", "--api.page-limit=20", "--log.level=debug"],
         {
             "BEENERGISED_API_URL": simulator.url,
             "BEENERGISED_TOKEN_URL": simulator.url + "/oauth2/token",

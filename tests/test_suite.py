@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,53 @@ def test_a_unit_test_that_starts_a_process_fails_naming_the_e2e_mark():
 @pytest.mark.e2e
 def test_an_e2e_test_may_start_a_process():
     assert subprocess.run(["true"], check=True, timeout=5).returncode == 0
+
+
+SKIPPING = """
+import pytest
+
+from tests.helpers import require_tool
+
+
+def test_a():
+    require_tool("no-such-tool-b")
+
+
+def test_b():
+    require_tool("no-such-tool-a")
+
+
+def test_c():
+    require_tool("no-such-tool-a")
+
+
+def test_d():
+    pytest.skip("a reason that names no tool")
+
+
+def test_e():
+    assert True
+"""
+
+
+@pytest.mark.e2e
+def test_a_run_ends_with_one_line_naming_the_tools_it_skipped_for(tmp_path):
+    """What `make test` prints last, on xdist workers as it runs: each tool once, the others
+    skips not at all."""
+    (tmp_path / "test_tools.py").write_text(SKIPPING)
+    environment = {k: v for k, v in os.environ.items() if k != "CI"}  # CI would fail them
+    plugins = ["-p", "tests.conftest", "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", *plugins, "-n", "2", "-rs", str(tmp_path)],
+        cwd=TESTS.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    *_, summary, last = result.stdout.strip().splitlines()
+    assert "1 passed, 4 skipped" in summary
+    assert last == (
+        "skipped tests for want of no-such-tool-a, no-such-tool-b: docs/development.md#system-tools"
+    )

@@ -75,7 +75,7 @@ def test_a_private_ca_is_a_tls_failure_until_its_ca_file_is_set(
     config = tmp_path / "exporter.yml"
     trusting = mandant("trusting", simulator, f"    ca_file: {ca.name}\n")
     config.write_text("mandants:\n" + trusting + mandant("private", simulator))
-    exporter = exporter_process(["--config.file", str(config), "--refresh-interval=1s"], {})
+    exporter = exporter_process(["--config.file", str(config), "--refresh.interval=1s"], {})
 
     # Before: the mandant with ca_file is up; the other one fails as a certificate problem.
     wait_until(lambda: value(exporter, "beenergised_up", mandant="trusting") == 1, what="up")

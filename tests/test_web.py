@@ -15,6 +15,8 @@ import trustme
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from exporter.changelog import ChangeLog
+from exporter.lifecycle import ReloadResult
+from exporter.listeners import listen
 from exporter.metrics import Exposition, FleetCollector
 from exporter.model import Change, MandantState, Snapshot, Station
 from exporter.web import ExporterApp, serve
@@ -46,7 +48,7 @@ def server() -> Iterator[tuple[str, States]]:
     app = ExporterApp(
         exposition_of(states), states, states.changelog, telemetry_path="/custom-metrics"
     )
-    httpd, thread = serve(app, "127.0.0.1", 0)
+    httpd, thread = serve(app, [listen("127.0.0.1", 0)])
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", states
     finally:
@@ -250,7 +252,11 @@ def start() -> Iterator[Callable[..., int]]:
     servers = []
 
     def start(
-        web_config: WebConfig | None, *, auth: bool = True, telemetry_path: str = "/metrics"
+        web_config: WebConfig | None,
+        *,
+        auth: bool = True,
+        telemetry_path: str = "/metrics",
+        reload: Callable[[], ReloadResult] | None = None,
     ) -> int:
         states = States()
         states.value = ready_states()
@@ -260,8 +266,9 @@ def start() -> Iterator[Callable[..., int]]:
             states.changelog,
             telemetry_path=telemetry_path,
             auth=BasicAuth(USERS) if auth else None,
+            reload=reload,
         )
-        httpd, thread = serve(app, "127.0.0.1", 0, web_config)
+        httpd, thread = serve(app, [listen("127.0.0.1", 0)], web_config)
         servers.append((httpd, thread))
         return httpd.server_address[1]
 
@@ -311,6 +318,53 @@ def test_basic_auth_without_tls(start):
     assert requests.get(url + "/healthz", timeout=5).status_code == 200
     assert requests.post(url + "/metrics", timeout=5).status_code == 401
     assert requests.post(url + "/healthz", timeout=5).status_code == 405
+
+
+def test_reload_endpoint_answers_as_prometheus_lifecycle_api(start):
+    outcomes = [
+        ReloadResult(True, "configuration reloaded: 1 mandant(s); added: none; ..."),
+        ReloadResult(True, "configuration reloaded: 2 mandant(s); added: south; ..."),
+        ReloadResult(False, "reload failed, still running the previous configuration: x.yml: y"),
+        ReloadResult(False, "the exporter is shutting down; nothing reloaded", done=False),
+    ]
+    asked: list[ReloadResult] = []
+
+    def reload() -> ReloadResult:
+        asked.append(outcomes[len(asked)])
+        return asked[-1]
+
+    url = f"http://127.0.0.1:{start(None, reload=reload)}/-/reload"
+    good = ("prometheus", PASSWORD)
+    for method in ("POST", "PUT", "GET"):
+        denied = requests.request(method, url, timeout=5)
+        assert (denied.status_code, denied.text) == (401, "unauthorized\n"), method
+    for method in ("GET", "HEAD", "DELETE", "PATCH"):
+        response = requests.request(method, url, auth=good, timeout=5)
+        assert response.status_code == 405, method
+        assert response.headers["Allow"] == "POST, PUT"
+    assert requests.get(url, auth=good, timeout=5).text == "Only POST or PUT requests allowed\n"
+    assert asked == [], "no reload without POST or PUT and credentials"
+    answers = [
+        requests.post(url, auth=good, timeout=5),
+        requests.put(url, auth=good, timeout=5),
+        requests.post(url, auth=good, timeout=5),
+        requests.post(url, auth=good, timeout=5),
+    ]
+    assert [(r.status_code, r.text) for r in answers] == [
+        (200, outcomes[0].message + "\n"),
+        (200, outcomes[1].message + "\n"),
+        (500, outcomes[2].message + "\n"),
+        (503, outcomes[3].message + "\n"),
+    ]
+    assert all(r.headers["Content-Type"] == "text/plain; charset=utf-8" for r in answers)
+
+
+def test_reload_endpoint_is_forbidden_unless_enabled(start):
+    url = f"http://127.0.0.1:{start(None, auth=False)}/-/reload"
+    for method in ("POST", "PUT"):
+        response = requests.request(method, url, timeout=5)
+        assert (response.status_code, response.text) == (403, "Lifecycle API is not enabled.\n")
+    assert requests.get(url, timeout=5).status_code == 405
 
 
 def test_a_telemetry_path_of_healthz_still_needs_credentials(start):

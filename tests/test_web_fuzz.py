@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.changelog import ChangeLog
+from exporter.listeners import listen
 from exporter.metrics import Exposition, FleetCollector, RefusedRequests
 from exporter.model import MandantState, Snapshot, Station
 from exporter.web import ExporterApp, serve
@@ -99,7 +100,7 @@ def start(web_config: WebConfig | None = None, auth: bool = False) -> Served:
         refused=refused,
     )
     limits = ServerLimits(max_requests=4, header_timeout=HEADER_TIMEOUT)
-    server, thread = serve(app, "127.0.0.1", 0, web_config, limits)
+    server, thread = serve(app, [listen("127.0.0.1", 0)], web_config, limits)
     return Served(server, thread, server.server_address[1], refused)
 
 

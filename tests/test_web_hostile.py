@@ -5,7 +5,6 @@ cases, and a flood of wrong passwords. Real HTTP servers on loopback addresses."
 from __future__ import annotations
 
 import base64
-import errno
 import gzip
 import http.client
 import json
@@ -21,16 +20,15 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.changelog import ChangeLog
 from exporter.errors import ConfigError
+from exporter.listeners import listen
 from exporter.metrics import Exposition, FleetCollector, RefusedRequests
 from exporter.model import Change, MandantState, Snapshot, Station
 from exporter.web import (
     OPENMETRICS,
     TEXT_FORMAT,
     ExporterApp,
-    _DualStackServer,
     accepts_gzip,
     accepts_openmetrics,
-    listen_address,
     serve,
 )
 from exporter.webauth import BasicAuth, TooManyLogins, client_key
@@ -78,7 +76,7 @@ def start() -> Iterator[Callable[..., int]]:
         changelog = ChangeLog(max_entries=5)
         changelog.record("north", 1.0, [Change("added", "s1", "S 1", "cp_s1", "", "1.0")])
         app = app or ExporterApp(exposition(), states, changelog)
-        server, thread = serve(app, host, 0)
+        server, thread = serve(app, [listen(host, 0)])
         servers.append((server, thread))
         return server.server_address[1]
 
@@ -94,7 +92,7 @@ def port() -> Iterator[int]:
     """One server of the plain app for the tests that only read."""
     changelog = ChangeLog(max_entries=5)
     changelog.record("north", 1.0, [Change("added", "s1", "S 1", "cp_s1", "", "1.0")])
-    server, thread = serve(ExporterApp(exposition(), states, changelog), "127.0.0.1", 0)
+    server, thread = serve(ExporterApp(exposition(), states, changelog), [listen("127.0.0.1", 0)])
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
@@ -363,39 +361,6 @@ def test_an_empty_host_listens_on_ipv6_and_ipv4(start):
     for host in ["127.0.0.1", "::1"]:
         status, _, body = raw(port, b"GET /healthz HTTP/1.0\r\n\r\n", host)
         assert (status, body) == (b"HTTP/1.0 200 OK", b"ok\n"), host
-
-
-def test_listen_address_is_truthful():
-    app = ExporterApp(exposition(), states, ChangeLog(5))
-    for host, shown in [("", "[::]"), ("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")]:
-        if ":" in shown and not ipv6_loopback():
-            continue
-        server, thread = serve(app, host, 0)
-        try:
-            assert listen_address(server) == f"{shown}:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-
-def test_without_ipv6_an_empty_host_listens_on_ipv4(start, monkeypatch, caplog):
-    def no_ipv6(self: object) -> None:
-        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-
-    monkeypatch.setattr(_DualStackServer, "server_bind", no_ipv6)
-    caplog.set_level(logging.INFO, logger="exporter.web")
-    port = start(host="")
-    status, _, _ = raw(port, b"GET /healthz HTTP/1.0\r\n\r\n")
-    assert status == b"HTTP/1.0 200 OK"
-    assert "listening on IPv4 only" in caplog.text
-
-
-def test_a_port_in_use_is_an_error_not_a_fallback(start):
-    port = start(host="127.0.0.1")
-    with pytest.raises(OSError) as caught:
-        serve(ExporterApp(exposition(), states, ChangeLog(5)), "", port)
-    assert caught.value.errno == errno.EADDRINUSE
 
 
 @pytest.mark.parametrize(

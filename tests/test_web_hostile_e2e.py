@@ -48,7 +48,7 @@ def simulator() -> Iterator[SimulatorProcess]:
 
 @pytest.fixture(scope="module")
 def exporter(simulator: SimulatorProcess) -> Iterator[ExporterProcess]:
-    process = ExporterProcess(["--refresh-interval=1s"], api_env(simulator))
+    process = ExporterProcess(["--refresh.interval=1s"], api_env(simulator))
     try:
         wait_until(lambda: process.get("/readyz").status_code == 200, what="a first refresh")
         yield process

@@ -50,7 +50,7 @@ def simulator() -> Iterator[SimulatorProcess]:
 
 def start_exporter(simulator: SimulatorProcess, *args: str) -> ExporterProcess:
     exporter = ExporterProcess(
-        ["--refresh-interval=1s", *args], env_for(simulator), open_files=OPEN_FILES
+        ["--refresh.interval=1s", *args], env_for(simulator), open_files=OPEN_FILES
     )
     wait_until(lambda: exporter.get("/readyz").status_code == 200, what="a first refresh")
     return exporter

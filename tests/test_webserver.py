@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import platform
+import re
 import socket
 import ssl
 import threading
@@ -18,6 +20,7 @@ import pytest
 import trustme
 
 from exporter import webserver
+from exporter.listeners import listen
 from exporter.metrics import RefusedRequests
 from exporter.webserver import ACCEPT_PAUSE, QUEUE_WAIT, Server, ServerLimits
 from tests.helpers import wait_until
@@ -50,9 +53,9 @@ def start_flaky(start: Callable[..., Server], failures: int = 0) -> tuple[Server
     listeners: list[FlakyListener] = []
 
     def prepare(server: Server) -> None:
-        listeners.append(FlakyListener(server.socket))
+        listeners.append(FlakyListener(server.listeners[0]))
         listeners[0].failures = failures
-        server.socket = listeners[0]  # type: ignore[assignment]
+        server.listeners[0] = listeners[0]  # type: ignore[call-overload]
 
     return start(prepare=prepare), listeners[0]
 
@@ -78,15 +81,18 @@ class FlakyListener:
 
 @pytest.fixture
 def start() -> Iterator[Callable[..., Server]]:
-    """Starts a Server for an app on 127.0.0.1 with the given limits; stops it afterwards."""
+    """Starts a Server for an app on 127.0.0.1 (``listeners`` sockets) with the given limits;
+    stops it afterwards."""
     running: list[tuple[Server, threading.Thread]] = []
 
     def start(
         app: App = hello,
         prepare: Callable[[Server], None] | None = None,
+        listeners: int = 1,
         **limits: Any,
     ) -> Server:
-        server = Server(("127.0.0.1", 0), limits=ServerLimits(**limits), refused=RefusedRequests())
+        sockets = [listen("127.0.0.1", 0) for _ in range(listeners)]
+        server = Server(sockets, limits=ServerLimits(**limits), refused=RefusedRequests())
         server.set_app(app)
         if prepare is not None:
             prepare(server)
@@ -107,15 +113,15 @@ def counts(server: Server) -> dict[str, float]:
     return {s.labels["reason"]: s.value for s in samples if s.value}
 
 
-def port_of(server: Server) -> int:
-    return int(server.server_address[1])
+def port_of(server: Server, listener: int = 0) -> int:
+    return int(server.listeners[listener].getsockname()[1])
 
 
-def connect(server: Server, source: str = "127.0.0.1") -> socket.socket:
+def connect(server: Server, source: str = "127.0.0.1", listener: int = 0) -> socket.socket:
     sock = socket.socket()
     sock.settimeout(5)
     sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port_of(server)))
+    sock.connect(("127.0.0.1", port_of(server, listener)))
     return sock
 
 
@@ -138,6 +144,17 @@ def closed_by_server(sock: socket.socket) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
+
+
+def test_the_server_header_names_the_exporter_not_the_python_version(start):
+    """An answer of the app and one of the HTTP parser (400) alike."""
+    server = start()
+    answers = [get(server), ask(connect(server), "/ not a request line:")]
+    for answer, status in zip(answers, (b"200", b"400"), strict=True):
+        head = answer.split(b"\r\n\r\n")[0].decode("latin-1")
+        assert head.split()[1] == status.decode(), head
+        assert re.findall(r"(?mi)^server: ([^\r\n]*)", head) == ["beenergised-exporter"], head
+        assert platform.python_version() not in head and "Python" not in head, head
 
 
 def test_requests_beyond_max_requests_wait_a_moment_and_beyond_that_get_503(start):
@@ -172,6 +189,34 @@ def test_requests_beyond_max_requests_wait_a_moment_and_beyond_that_get_503(star
     assert [a.split(b"\r\n", 1)[0] for _, a in answers[2:]] == [b"HTTP/1.0 200 OK"] * 2
     assert get(server).startswith(b"HTTP/1.0 200 OK\r\n")
     assert counts(server) == {"too_many_requests": 3}
+
+
+def test_every_listening_socket_answers_within_one_set_of_limits(start):
+    """Two listen addresses share one accepting thread, one worker pool and its queue: a
+    request to either counts against the same --web.max-requests."""
+    app = Held()
+    server = start(app, listeners=2, max_requests=1)
+    assert port_of(server, 0) != port_of(server, 1)
+    answers: list[bytes] = []
+
+    def ask_at(listener: int) -> None:
+        answers.append(ask(connect(server, listener=listener)))
+
+    first = threading.Thread(target=ask_at, args=(0,))
+    first.start()
+    wait_until(lambda: app.waiting == 1, timeout=5, what="a request of the first in the app")
+    second = threading.Thread(target=ask_at, args=(1,))
+    second.start()
+    wait_until(lambda: len(server._workers._queue) == 1, timeout=5, what="the second queued")
+    # Worker busy and queue full, whichever socket the request came in on: 503 at once.
+    assert ask(connect(server, listener=1)).startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+    assert ask(connect(server, listener=0)).startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+    assert [t.name for t in threading.enumerate()].count(server.worker_name) == 1
+    app.release.set()
+    first.join(5)
+    second.join(5)
+    assert [answer.split(b"\r\n", 1)[0] for answer in answers] == [b"HTTP/1.0 200 OK"] * 2
+    assert counts(server) == {"too_many_requests": 2}
 
 
 def test_a_request_waits_for_a_worker_that_is_finishing(start):

@@ -8,7 +8,7 @@ import signal
 import threading
 
 from exporter.simulator.inventory import Inventory, spread_mix
-from exporter.simulator.server import Simulator
+from exporter.simulator.server import AUTHORIZATION_FORMS, Simulator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-interval", type=float, default=None, help="seconds")
     parser.add_argument("--tls-cert-file", help="serve HTTPS with this PEM certificate (chain)")
     parser.add_argument("--tls-key-file", help="the PEM private key of --tls-cert-file")
+    parser.add_argument(
+        "--authorization",
+        choices=AUTHORIZATION_FORMS,
+        default="any",
+        help="the Authorization header the stations endpoint demands: bearer (Bearer <token>), "
+        "raw (the bare token) or any (either; default)",
+    )
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         churn_interval=args.churn_interval,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
+        authorization=args.authorization,
     )
     with simulator:
         print(f"simulator listening on {simulator.api_url}", flush=True)

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from exporter.simulator.faults import Fault
 
 OTHER_ORIGIN_STATIONS = 3
+AUTHORIZATION_FORMS = ("any", "bearer", "raw")
+"""What the stations endpoint may demand of the Authorization header: ``Bearer <token>``
+(bearer), the bare token as the quickstart's curl sends it (raw), or either (any)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +108,16 @@ class Simulator:
         churn_interval: float | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
+        authorization: str = "any",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """With ``tls_cert_file`` and ``tls_key_file`` (PEM) it serves HTTPS, e.g. with a
-        certificate of a private CA that the client does not trust by default."""
+        certificate of a private CA that the client does not trust by default.
+        ``authorization`` is the form of the header it demands (AUTHORIZATION_FORMS)."""
         if max_page_limit < 1 or default_page_limit < 1:
             raise ValueError("max_page_limit and default_page_limit must be >= 1")
+        if authorization not in AUTHORIZATION_FORMS:
+            raise ValueError(f"authorization must be one of {AUTHORIZATION_FORMS}")
         self.inventory = inventory
         self.latency = latency
         self._address = (host, port)
@@ -120,6 +127,7 @@ class Simulator:
         self._default_page_limit = default_page_limit
         self._quickstart_next_links = quickstart_next_links
         self._churn_interval = churn_interval
+        self._authorization = authorization
         self._clock = clock
         self._tls: ssl.SSLContext | None = None
         if tls_cert_file or tls_key_file:
@@ -389,9 +397,15 @@ class Simulator:
         )
 
     def _authorized(self, authorization: str) -> bool:
-        """Accept ``Bearer <token>`` and, as the quickstart's curl shows, the bare token."""
+        """Accept a valid token in the form demanded: ``Bearer <token>`` (bearer), the bare
+        token as the quickstart's curl sends it (raw), or either (any)."""
         scheme, _, rest = authorization.strip().partition(" ")
-        token = rest.strip() if scheme.lower() == "bearer" else authorization.strip()
+        if scheme.lower() == "bearer" and self._authorization != "raw":
+            token = rest.strip()
+        elif self._authorization != "bearer":
+            token = authorization.strip()  # raw: "Bearer <token>" is no token
+        else:
+            return False
         with self._lock:
             expiry = self._tokens.get(token)
         return expiry is not None and self._clock() < expiry

@@ -1,0 +1,63 @@
+"""The Makefile: every target says what it does, and `make help` (also plain `make`) lists them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.helpers import ROOT, require_tool
+
+MAKEFILE = ROOT / "Makefile"
+
+
+def phony_targets() -> list[str]:
+    (line,) = re.findall(r"^\.PHONY:(.*)$", MAKEFILE.read_text(), re.MULTILINE)
+    return line.split()
+
+
+def documented() -> dict[str, str]:
+    """Each target's `## name: text` comment (continuation lines joined) above its rule."""
+    comments: dict[str, str] = {}
+    lines = MAKEFILE.read_text().splitlines()
+    for index, line in enumerate(lines):
+        match = re.match(r"^## ([a-z0-9-]+): (.*)$", line)
+        if not match:
+            continue
+        name, text, following = match.group(1), match.group(2), index + 1
+        while lines[following].startswith("## "):
+            text += " " + lines[following].removeprefix("## ").strip()
+            following += 1
+        assert lines[following].startswith(f"{name}:"), f"## {name}: is not above its rule"
+        comments[name] = text
+    return comments
+
+
+def test_every_target_has_a_help_comment_and_every_comment_a_target():
+    assert sorted(documented()) == sorted(phony_targets())
+    assert "help" in phony_targets() and "image" in phony_targets()
+
+
+def make(*args: str) -> str:
+    result = subprocess.run(
+        [require_tool("make"), "--no-print-directory", "-C", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args", [["help"], []], ids=["make help", "make"])
+def test_make_help_prints_each_target_with_its_comment(args):
+    lines = make(*args).splitlines()
+    expected = [f"{name:<12} {text}" for name, text in documented().items()]
+    assert lines == expected
+
+
+@pytest.mark.e2e
+def test_make_image_runs_the_script_the_image_test_builds_with():
+    assert "deploy/image.py" in make("--dry-run", "image")
