@@ -404,6 +404,12 @@ class Changes:
             changes.fleet.append((record.sent, fleet))
         return changes
 
+    def what(self, station: str) -> list[str]:
+        """What the schedule did to ``station``: added, removed, renamed, rolled out."""
+        pairs = (("added", self.added), ("removed", self.removed))
+        done = [what for what, stations in pairs if station in stations]
+        return done + sorted(self.other.get(station, ()))
+
     def lifetime(self, station: str) -> float:
         return self.removed.get(station, math.inf) - self.added.get(station, -math.inf)
 
@@ -482,7 +488,7 @@ def _judge(
     """False unless ``instance`` names a station ``what`` (removed or added) before it came."""
     alertname, station = instance.alertname, instance.station
     if station not in when:
-        other = " and ".join(sorted(changes.other.get(station, ()))) or "not changed"
+        other = " and ".join(changes.what(station)) or "not changed"
         ledger.findings.append(Finding("false", alertname, station, f"never {what} ({other})"))
     elif instance.arrived < when[station]:
         early = when[station] - instance.arrived

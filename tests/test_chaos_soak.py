@@ -122,7 +122,7 @@ def test_a_station_that_did_not_change_that_way_is_false() -> None:
     ledger = reckon(records, notifications, {}, FLEET)
     assert [(f.kind, f.alertname, f.station, f.detail.split("; ")[0]) for f in ledger.findings] == [
         ("false", GONE, "r", "never removed (renamed)"),
-        ("false", NEW, "a", "never added (not changed)"),
+        ("false", NEW, "a", "never added (removed)"),
     ]
 
 
