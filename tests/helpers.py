@@ -218,7 +218,8 @@ class SimulatorProcess(Process):
 
 
 class ExporterProcess(Process):
-    """The real ``beenergised-exporter`` console script, listening on a free loopback port."""
+    """The real ``beenergised-exporter`` console script, listening on a free loopback port
+    (or on ``listen``)."""
 
     def __init__(
         self,
@@ -226,12 +227,13 @@ class ExporterProcess(Process):
         env: dict[str, str],
         scheme: str = "http",
         open_files: int | None = None,
+        listen: str = "127.0.0.1:0",
     ) -> None:
         script = str(Path(sys.executable).with_name("beenergised-exporter"))
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEENERGISED_")}
         full_env |= env
         super().__init__(
-            [script, "--web.listen-address=127.0.0.1:0", "--log.level=debug", *args],
+            [script, f"--web.listen-address={listen}", "--log.level=debug", *args],
             full_env,
             open_files=open_files,
         )

@@ -12,179 +12,18 @@ naming exactly those 3 stations.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
-from tests.helpers import ROOT, ExporterProcess, Process, SimulatorProcess, require_tool, wait_until
+from tests.alertstack import EXAMPLE, MANDANT, Stack
+from tests.helpers import require_tool, wait_until
 
 pytestmark = pytest.mark.e2e
-
-EXAMPLE = ROOT / "deploy" / "alertmanager"
-MANDANT = "127.0.0.1"
-"""The mandant label of an exporter reading the simulator at http://127.0.0.1:PORT."""
-FLEET_ALERTS = {
-    "BeenergisedStationDisappeared",
-    "BeenergisedStationAdded",
-    "BeenergisedFleetLargelyDisappeared",
-    "BeenergisedStationsDisappearedUnnamed",
-    "BeenergisedStationsAddedUnnamed",
-    "BeenergisedDuplicateChargeBoxIdentity",
-}
-MAX_BODY = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Webhook:
-    """An HTTP receiver on 127.0.0.1 that keeps the JSON bodies Alertmanager posts to it."""
-
-    def __init__(self) -> None:
-        self.notifications: list[dict] = []
-        received = self.notifications
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = min(int(self.headers.get("Content-Length", 0)), MAX_BODY)
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def fleet(self) -> list[dict]:
-        """The notifications of fleet-change alerts received so far."""
-        return [n for n in self.notifications if n["groupLabels"]["alertname"] in FLEET_ALERTS]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Server(Process):
-    """A Prometheus or Alertmanager binary on a free loopback port, ready when /-/ready is."""
-
-    def __init__(self, args: list[str], what: str) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        super().__init__([*args, f"--web.listen-address={self.url.removeprefix('http://')}"])
-        wait_until(self.ready, timeout=30, what=f"{what} to be ready")
-
-    def ready(self) -> bool:
-        if self.popen.poll() is not None:
-            raise AssertionError(f"{self.popen.args[0]} exited:\n{self.output}")
-        try:
-            return requests.get(self.url + "/-/ready", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-
-def alertmanager_config(webhook: str) -> dict:
-    """The example routing with the test's webhook and group timers of seconds."""
-    config = yaml.safe_load((EXAMPLE / "alertmanager.yml").read_text())
-    config["templates"] = [str(EXAMPLE / "notification.tmpl")]
-    config["route"] |= {"group_wait": "2s", "group_interval": "2s"}
-    for receiver in config["receivers"]:
-        for webhook_config in receiver.get("webhook_configs", []):
-            webhook_config["url"] = webhook
-    return config
-
-
-class Stack:
-    def __init__(self, tmp: Path) -> None:
-        prometheus, alertmanager = (
-            require_tool("prometheus"),
-            require_tool("prometheus-alertmanager"),
-        )
-        self.webhook = Webhook()
-        self.processes: list[Process] = []
-        try:
-            self._start(tmp, prometheus, alertmanager)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self, tmp: Path, prometheus: str, alertmanager: str) -> None:
-        self.simulator = SimulatorProcess("--stations", "20", "--seed", "13")
-        self.processes.append(self.simulator)
-        env = {
-            "BEENERGISED_API_URL": self.simulator.url,
-            "BEENERGISED_TOKEN_URL": self.simulator.url + "/oauth2/token",
-            "BEENERGISED_CLIENT_ID": "demo-client",
-            "BEENERGISED_CLIENT_SECRET": "demo-secret",
-        }
-        self.exporters = [ExporterProcess(["--refresh.interval=1s"], env) for _ in range(2)]
-        self.processes += self.exporters
-        (tmp / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(self.webhook.url)))
-        self.alertmanager = Server(
-            [
-                alertmanager,
-                f"--config.file={tmp / 'alertmanager.yml'}",
-                f"--storage.path={tmp / 'alertmanager'}",
-                "--cluster.listen-address=",
-                "--log.level=warn",
-            ],
-            "Alertmanager",
-        )
-        self.processes.append(self.alertmanager)
-        targets = [exporter.url.removeprefix("http://") for exporter in self.exporters]
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ROOT / "prometheus" / "alerts.yml")],
-            "alerting": {
-                "alertmanagers": [
-                    {"static_configs": [{"targets": [self.alertmanager.url[len("http://") :]]}]}
-                ]
-            },
-            "scrape_configs": [
-                {"job_name": "beenergised", "static_configs": [{"targets": targets}]}
-            ],
-        }
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.prometheus = Server(
-            [
-                prometheus,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                "--log.level=warn",
-            ],
-            "Prometheus",
-        )
-        self.processes.append(self.prometheus)
-
-    def query(self, expr: str) -> list[dict]:
-        response = requests.get(
-            self.prometheus.url + "/api/v1/query", params={"query": expr}, timeout=10
-        )
-        body = response.json()
-        assert body["status"] == "success", f"{expr}: {body.get('error')}"
-        return body["data"]["result"]
-
-    def up_replicas(self) -> int:
-        """How many replicas Prometheus last saw refresh the mandant successfully."""
-        return len(self.query(f'beenergised_up{{mandant="{MANDANT}"}} == 1'))
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-        self.webhook.stop()
 
 
 @pytest.fixture(scope="module")

@@ -442,6 +442,23 @@ def test_add_remove_rollout() -> None:
     assert len(inventory) == 0
 
 
+def test_rename_counts_a_suffix_up_and_leaves_the_fingerprint() -> None:
+    inventory = Inventory(size=3, seed=2)
+    history = inventory.history()
+    [first] = inventory.rename(1)
+    label = {s["id"]: s["attributes"]["label"] for s in inventory.stations()}
+    serial = label[first].removesuffix(" r1")
+    assert label[first] == f"{serial} r1" and serial.startswith("Station ")
+    assert sorted(inventory.rename(3)) == sorted(label)
+    assert sorted(s["attributes"]["label"] for s in inventory.stations()) == sorted(
+        f"{text.removesuffix(' r1')} r{2 if station_id == first else 1}"
+        for station_id, text in label.items()
+    )
+    assert inventory.history() == history  # a label is not in the fingerprint
+    assert len(inventory.rename(5)) == 3
+    assert inventory.rename(0) == []
+
+
 def test_add_at_start_and_remove_first_shift_the_order() -> None:
     inventory = Inventory(size=3, seed=2)
     before = [s["id"] for s in inventory.stations()]
@@ -509,11 +526,23 @@ def test_control_state_and_inventory(sim: Simulator) -> None:
         "firmware": sim.inventory.firmware_counts(),
         "requests": 1,
     }
-    change = {"add": 3, "remove": 2, "rollout": {"to": "3.0.0", "count": 5, "from": None}}
+    labels = {s["id"]: s["attributes"]["label"] for s in sim.inventory.stations()}
+    change = {
+        "add": 3,
+        "remove": 2,
+        "rollout": {"to": "3.0.0", "count": 5, "from": None},
+        "rename": 4,
+    }
     response = requests.post(sim.api_url + "/_sim/inventory", json=change, timeout=TIMEOUT)
     assert response.status_code == 200
     body = response.json()
-    assert [len(body[key]) for key in ("added", "removed", "rolled_out")] == [3, 2, 5]
+    keys = ("added", "removed", "rolled_out", "renamed")
+    assert [len(body[key]) for key in keys] == [3, 2, 5, 4]
+    renamed = {s["id"]: s["attributes"]["label"] for s in sim.inventory.stations()}
+    assert set(body["renamed"]).isdisjoint(body["removed"])
+    assert {i: renamed[i] for i in body["renamed"]} == {
+        i: f"{labels.get(i, renamed[i].removesuffix(' r1'))} r1" for i in body["renamed"]
+    }
     assert len(sim.inventory) == 26
     assert sim.inventory.firmware_counts()["3.0.0"] == 5
     assert sim.requests == [RequestRecord("POST", "/oauth2/token", 200)]
@@ -521,7 +550,13 @@ def test_control_state_and_inventory(sim: Simulator) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"add": -1}, {"remove": "2"}, {"rollout": {"count": 1}}, {"rollout": {"to": "1", "from": 3}}],
+    [
+        {"add": -1},
+        {"remove": "2"},
+        {"rollout": {"count": 1}},
+        {"rollout": {"to": "1", "from": 3}},
+        {"add": 1, "rename": -1},
+    ],
 )
 def test_control_inventory_rejects_bad_input_without_changing_anything(
     sim: Simulator, body: dict[str, object]

@@ -146,6 +146,7 @@ def test_fault_kinds_are_exactly_the_documented_ones() -> None:
         "delete_rows",
         "total_drift",
         "duplicate_rows",
+        "skip_row",
         "echo_secret",
         "huge_error",
         "expires_in_nan",
@@ -521,6 +522,23 @@ def test_duplicate_rows_repeats_the_previous_pages_last_row(sim: Simulator) -> N
     assert ids(first) == all_ids[:10]
     assert ids(second) == [all_ids[9], *all_ids[11:20]]
     assert second.json()["meta"]["pagination"]["total"] == 25
+    switch_off(sim.api_url)
+    assert_normal(sim)
+
+
+def test_skip_row_starts_a_later_page_one_row_late_with_the_total_unchanged(
+    sim: Simulator,
+) -> None:
+    token = get_token(sim.api_url)
+    all_ids = [station["id"] for station in sim.inventory.stations()]
+    switch_on(sim.api_url, kind="skip_row")
+    first = get_page(sim.api_url, token, 10, 0)
+    pages = [get_page(sim.api_url, token, 10, offset) for offset in (10, 20)]
+    assert ids(first) == all_ids[:10]
+    assert [ids(page) for page in pages] == [all_ids[11:21], all_ids[21:]]
+    assert [page.json()["meta"]["pagination"]["total"] for page in pages] == [25, 25]
+    assert pages[-1].json()["meta"]["pagination"]["lastPage"] is True
+    assert len(sim.inventory) == 25
     switch_off(sim.api_url)
     assert_normal(sim)
 

@@ -60,6 +60,11 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "duplicate_rows": FaultKind(
         "the page's first row is the previous page's last one (not at offset 0)", STATIONS
     ),
+    "skip_row": FaultKind(
+        "the page starts one row late, the row at page[offset] left out, the total unchanged "
+        "(not at offset 0): a torn read that no change of the fleet explains",
+        STATIONS,
+    ),
     "echo_secret": FaultKind(
         "401 whose error and error_description echo the client secret plain, URL-encoded, "
         "JSON-escaped and in base64 of id:secret (plain and form-encoded, standard and URL-safe)",
@@ -355,6 +360,8 @@ class Fault:
             listing = inventory.stations()  # one consistent view, as page() gives
             listing += listing[:1]
             return listing[offset : offset + limit], len(listing)
+        if self.kind == "skip_row" and offset > 0:
+            return inventory.page(offset + 1, limit)
         # duplicate_rows reads one row more, the previous page's last, in the same slice.
         start = offset - 1 if self.kind == "duplicate_rows" and offset > 0 else offset
         window, total = inventory.page(start, limit + offset - start)

@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import random
+import re
 import threading
 import uuid
 from collections import Counter, deque
@@ -53,6 +54,13 @@ def fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
     """
     lines = sorted(f"{station_id}\t{firmware}" for station_id, firmware in pairs)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _renamed(label: object) -> str:
+    """The label after one more rename: " r1" appended, or its " rN" counted up."""
+    text = label if isinstance(label, str) else ""
+    match = re.fullmatch(r"(.*) r(\d+)", text, re.DOTALL)
+    return f"{match[1]} r{int(match[2]) + 1}" if match else f"{text} r1"
 
 
 def _firmware_text(station: dict[str, Any]) -> str:
@@ -199,6 +207,16 @@ class Inventory:
             station["attributes"]["firmwareVersion"] = to_version
         self._changed |= bool(chosen)
         return [station["id"] for station in chosen]
+
+    def rename(self, count: int) -> list[str]:
+        """Rename up to ``count`` randomly chosen stations ("Station 17" becomes "Station 17 r1",
+        then "Station 17 r2"); return their ids. A label is no part of the fingerprint."""
+        _check_count(count)
+        with self._lock:
+            chosen = self._rng.sample(self._stations, min(count, len(self._stations)))
+            for station in chosen:
+                station["attributes"]["label"] = _renamed(station["attributes"].get("label"))
+            return [station["id"] for station in chosen]
 
     def stations(self) -> list[dict[str, Any]]:
         """Copies of all JSON:API resource objects, in inventory order."""

@@ -511,6 +511,7 @@ class Simulator:
         if from_version is not None and not isinstance(from_version, str):
             raise ValueError(f"rollout.from must be a version string or null, got {from_version!r}")
         add, remove = _count_field(body, "add"), _count_field(body, "remove")
+        rename = _count_field(body, "rename")
         count = _count_field(rollout, "count")
         stations = body.get("stations", [])
         custom_stations(stations)  # checked before anything changes
@@ -522,5 +523,6 @@ class Simulator:
                 if isinstance(to_version, str)
                 else []
             )
+            renamed = self.inventory.rename(rename)
             added += self.inventory.add_custom(stations)
-        return {"added": added, "removed": removed, "rolled_out": rolled_out}
+        return {"added": added, "removed": removed, "rolled_out": rolled_out, "renamed": renamed}
