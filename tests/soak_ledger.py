@@ -19,6 +19,7 @@ soak shows what they missed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -231,6 +232,7 @@ def reckon(
         for station, at in when.items():
             _count(ledger, what, station, at, by_station.get((what, station), []), changes, bound)
     _missed_large(ledger, large, changes, bound)
+    _repeated_large(ledger, large, changes, bound)
     return ledger
 
 
@@ -323,3 +325,23 @@ def percentile(values: Sequence[float], share: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def _repeated_large(ledger: Ledger, large: list[Instance], changes: Changes, bound: float) -> None:
+    """A duplicate for each page after the first while the share removed never fell to
+    LARGE_SHARE[1] in between (counted in the reading least in the alert's favour): the same
+    mass removal paged again."""
+    ordered = sorted(large, key=lambda instance: instance.arrived)
+    for before, instance in itertools.pairwise(ordered):
+        moments = [before.arrived, instance.arrived]
+        moments += [at for at, _ in changes.fleet if before.arrived < at < instance.arrived]
+        if all(
+            changes.removed_share(at, at - WINDOW, at - WINDOW - bound) > LARGE_SHARE[1]
+            for at in moments
+        ):
+            detail = (
+                f"paged again {instance.arrived - before.arrived:.1f} s after the page before "
+                f"(startsAt {instance.starts_at}, before {before.starts_at}), the share removed "
+                f"over {LARGE_SHARE[1]:.0%} all along"
+            )
+            ledger.findings.append(Finding("duplicate", instance.alertname, "-", detail))

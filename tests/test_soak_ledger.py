@@ -170,3 +170,11 @@ def test_the_large_share_page_is_judged_by_the_share_of_the_fleet_removed() -> N
     late = notification(T0 + 200 + BOUND + 1, alert(LARGELY))
     assert [f.kind for f in reckon(records, [*stations, late], {}, FLEET).findings] == ["missed"]
     assert reckon(records, [*stations, due], {}, FLEET).findings == []
+    # Paged again while over 30% was gone all along: a duplicate. After a page at 25% it may
+    # have resolved in between: not counted.
+    crossed = notification(T0 + 210, alert(LARGELY, "t3"))
+    again = notification(T0 + 300, alert(LARGELY, "t4"))
+    ledger = reckon(records, [*stations, crossed, again], {}, FLEET)
+    assert [(f.kind, f.alertname) for f in ledger.findings] == [("duplicate", LARGELY)]
+    assert "paged again 90.0 s after the page before" in ledger.findings[0].detail
+    assert reckon(records, [*stations, due, again], {}, FLEET).findings == []
