@@ -117,19 +117,17 @@ def instances(
     notifications: Iterable[Notification], names: dict[tuple[str, str], str]
 ) -> dict[tuple[str, str, str], Instance]:
     """Every alert instance the notifications list, by (alertname, station, startsAt), at the
-    first arrival that lists it. An alert that names no station is one instance of the
-    station "" (its labels told apart by startsAt and the other labels)."""
+    first arrival that lists it. Only the station alerts name stations; any other alert (the
+    large-share page, whose earlier form listed names too) is one instance of the station ""
+    per startsAt."""
     found: dict[tuple[str, str, str], Instance] = {}
     for notification in sorted(notifications, key=lambda n: n.monotonic):
         for alert in notification.body.get("alerts", []):
             if alert.get("status") != "firing":
                 continue
             alertname = alert["labels"].get("alertname", "")
-            stations = named_stations(alert, names)
-            if not stations:
-                others = sorted(alert["labels"].items())
-                stations = ["" if alertname in DISAPPEARED | ADDED else str(others)]
-            for station in stations:
+            named = alertname in DISAPPEARED | ADDED and named_stations(alert, names)
+            for station in named or [""]:
                 key = (alertname, station, alert.get("startsAt", ""))
                 found.setdefault(key, Instance(*key, notification.monotonic))
     return found
