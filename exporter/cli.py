@@ -34,7 +34,13 @@ from exporter.lifecycle import (
 )
 from exporter.listeners import addresses_text, listen, systemd_sockets
 from exporter.logs import setup_logging
-from exporter.metrics import Exposition, FleetCollector, RefusedRequests, ReloadStatus
+from exporter.metrics import (
+    Exposition,
+    FleetCollector,
+    RefreshAge,
+    RefusedRequests,
+    ReloadStatus,
+)
 from exporter.model import MandantState
 from exporter.refresh import (
     MandantRefresher,
@@ -73,6 +79,7 @@ def build_exposition(
     ProcessCollector(registry=live)
     PlatformCollector(registry=live)
     GCCollector(registry=live)
+    live.register(RefreshAge(states))
     for collector in (reload_status, refused):
         if collector is not None:
             live.register(collector)

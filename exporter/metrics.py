@@ -335,6 +335,34 @@ class ReloadStatus(Collector):
         )
 
 
+class RefreshAge(Collector):
+    """Seconds since each mandant's last successful refresh, on the monotonic clock, at the
+    moment of the scrape: a step of the exporter's wall clock does not move it. The fleet
+    alerts subtract it from the scrape's time to tell which replica holds the newest data
+    (docs/runbooks.md, "How the fleet alerts work")."""
+
+    def __init__(
+        self,
+        states: Callable[[], Sequence[MandantState]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._states = states
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        family = GaugeMetricFamily(
+            "beenergised_last_refresh_success_age_seconds",
+            "Seconds since the last successful refresh of the mandant, on the exporter's "
+            "monotonic clock (a step of the wall clock does not move it).",
+            labels=["mandant"],
+        )
+        for state in self._states():
+            if state.last_success_monotonic is not None:
+                family.add_metric([state.name], max(0.0, now - state.last_success_monotonic))
+        yield family
+
+
 class RefusedRequests(Collector):
     """Requests and connections the web server refused, by reason. A rising count is a scraper
     with a stale password, someone guessing, or more (or slower) clients than the limits let

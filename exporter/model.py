@@ -365,6 +365,7 @@ class MandantState:
     snapshot: Snapshot | None = None
     up: bool = False
     last_success: float | None = None
+    last_success_monotonic: float | None = None  # time.monotonic() of the last success
     last_duration: float | None = None
     last_error: str | None = None
     added_total: int = 0

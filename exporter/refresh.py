@@ -142,6 +142,7 @@ class MandantRefresher:
             snapshot=snapshot,
             up=True,
             last_success=snapshot.taken_at,
+            last_success_monotonic=time.monotonic(),
             last_error=None,
             api_requests=self._requests.counts(),
             token_expiry=tokens.expires_at,

@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.metrics import Exposition, FleetCollector
+from exporter.metrics import Exposition, FleetCollector, RefreshAge
 from exporter.model import MandantState, Snapshot
 from tests.helpers import require_tool
 from tests.states import fixture_states
@@ -174,3 +174,23 @@ def test_every_variant_carries_the_same_fleet_and_live_process_metrics():
     om_gzip = gzip.decompress(whole(exposition, openmetrics=True, gzipped=True)).decode()
     assert om_gzip.endswith("# EOF\n") and "beenergised_up" in om_gzip
     assert collector.renders == 2  # the plain text, then the OpenMetrics text; gzip reuses them
+
+
+def test_refresh_age_counts_on_the_monotonic_clock_from_the_last_success_only():
+    """The fleet alerts date each replica's data by this age: it must not jump with the wall
+    clock, and a mandant without a successful refresh has no data to date."""
+    now = [1000.0]
+    states = [
+        MandantState(name="north", last_success=5.0e9, last_success_monotonic=990.0),
+        MandantState(name="south"),  # never refreshed successfully
+    ]
+    age = RefreshAge(lambda: states, clock=lambda: now[0])
+
+    def samples() -> dict[str, float]:
+        (family,) = age.collect()
+        assert family.name == "beenergised_last_refresh_success_age_seconds"
+        return {sample.labels["mandant"]: sample.value for sample in family.samples}
+
+    assert samples() == {"north": 10.0}
+    now[0] = 1002.5
+    assert samples() == {"north": 12.5}  # last_success (wall clock) plays no part
