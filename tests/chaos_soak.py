@@ -164,6 +164,7 @@ class Result:
     steps: list[Step]
     records: list[Record]
     notifications: list[Notification]
+    names: dict[tuple[str, str], str]
     ledger: Ledger
     health: str
     seconds: float
@@ -266,13 +267,14 @@ def run(soak: Soak, tmp: Path, log: Callable[[str], None] = print) -> Result:
         last_change = max((r.sent for r in driver.records if r.step.change), default=0.0)
         settle(stack, driver, last_change, soak.stations)
         notifications = list(stack.webhook.received)
-        ledger = reckon(driver.records, notifications, station_names(stack), soak.stations)
+        names = station_names(stack)
+        ledger = reckon(driver.records, notifications, names, soak.stations)
         health = rule_health(stack)
     finally:
         stack.stop()
     took = time.monotonic() - began
     logs = [replica.output for replica in stack.replicas]
-    return Result(soak, steps, driver.records, notifications, ledger, health, took, logs)
+    return Result(soak, steps, driver.records, notifications, names, ledger, health, took, logs)
 
 
 def keep(result: Result, directory: Path) -> None:
@@ -294,6 +296,7 @@ def keep(result: Result, directory: Path) -> None:
             {"at": n.monotonic - start, "wall": n.wall, "body": n.body}
             for n in result.notifications
         ],
+        "names": [[*name, station] for name, station in result.names.items()],
     }
     (directory / "evidence.json").write_text(json.dumps(evidence, indent=1))
     for index, log in enumerate(result.logs):

@@ -19,6 +19,7 @@ soak shows what they missed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -116,19 +117,17 @@ def instances(
     notifications: Iterable[Notification], names: dict[tuple[str, str], str]
 ) -> dict[tuple[str, str, str], Instance]:
     """Every alert instance the notifications list, by (alertname, station, startsAt), at the
-    first arrival that lists it. An alert that names no station is one instance of the
-    station "" (its labels told apart by startsAt and the other labels)."""
+    first arrival that lists it. Only the station alerts name stations; any other alert (the
+    large-share page, whose earlier form listed names too) is one instance of the station ""
+    per startsAt."""
     found: dict[tuple[str, str, str], Instance] = {}
     for notification in sorted(notifications, key=lambda n: n.monotonic):
         for alert in notification.body.get("alerts", []):
             if alert.get("status") != "firing":
                 continue
             alertname = alert["labels"].get("alertname", "")
-            stations = named_stations(alert, names)
-            if not stations:
-                others = sorted(alert["labels"].items())
-                stations = ["" if alertname in DISAPPEARED | ADDED else str(others)]
-            for station in stations:
+            named = alertname in DISAPPEARED | ADDED and named_stations(alert, names)
+            for station in named or [""]:
                 key = (alertname, station, alert.get("startsAt", ""))
                 found.setdefault(key, Instance(*key, notification.monotonic))
     return found
@@ -231,6 +230,7 @@ def reckon(
         for station, at in when.items():
             _count(ledger, what, station, at, by_station.get((what, station), []), changes, bound)
     _missed_large(ledger, large, changes, bound)
+    _repeated_large(ledger, large, changes, bound)
     return ledger
 
 
@@ -323,3 +323,23 @@ def percentile(values: Sequence[float], share: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def _repeated_large(ledger: Ledger, large: list[Instance], changes: Changes, bound: float) -> None:
+    """A duplicate for each page after the first while the share removed never fell to
+    LARGE_SHARE[1] in between (counted in the reading least in the alert's favour): the same
+    mass removal paged again."""
+    ordered = sorted(large, key=lambda instance: instance.arrived)
+    for before, instance in itertools.pairwise(ordered):
+        moments = [before.arrived, instance.arrived]
+        moments += [at for at, _ in changes.fleet if before.arrived < at < instance.arrived]
+        if all(
+            changes.removed_share(at, at - WINDOW, at - WINDOW - bound) > LARGE_SHARE[1]
+            for at in moments
+        ):
+            detail = (
+                f"paged again {instance.arrived - before.arrived:.1f} s after the page before "
+                f"(startsAt {instance.starts_at}, before {before.starts_at}), the share removed "
+                f"over {LARGE_SHARE[1]:.0%} all along"
+            )
+            ledger.findings.append(Finding("duplicate", instance.alertname, "-", detail))

@@ -138,12 +138,26 @@ def test_the_earlier_rules_names_are_read_from_the_description() -> None:
         "1 more."
     )
     names = {("Station 1 r1", "cp_1"): "a", ("Station 1", "cp_1"): "a", ("Station 2", "cp_2"): "b"}
-    ledger = reckon(records, [notification(T0 + 5, old)], names, FLEET)
+    # The earlier large-share page listed names too: it is one page, paged twice, not names.
+    pages = [alert(LARGELY, starts_at) for starts_at in ("t1", "t2")]
+    for page in pages:
+        page["annotations"]["description"] = old["annotations"]["description"]
+    records.append(change(T0 + 1, removed=[f"z{n}" for n in range(30)]))
+    stations = notification(T0 + 5, *(alert(GONE, station_id=f"z{n}") for n in range(30)))
+    notifications = [notification(T0 + 5, old), stations]
+    notifications += [notification(T0 + 6 + n, page) for n, page in enumerate(pages)]
+    ledger = reckon(records, notifications, names, FLEET)
     assert sorted((f.kind, f.station, f.detail.split("; ")[0]) for f in ledger.findings) == [
+        (
+            "duplicate",
+            "-",
+            "paged again 1.0 s after the page before (startsAt t2, before t1), "
+            "the share removed over 30% all along",
+        ),
         ("false", "?Other (cp_9)", "never removed (not changed)"),
         ("missed", "c", "never named"),
     ]
-    assert ledger.named == 2
+    assert ledger.named == 2 + 30
 
 
 def removal(at: float, count: int, prefix: str) -> Record:
@@ -170,3 +184,11 @@ def test_the_large_share_page_is_judged_by_the_share_of_the_fleet_removed() -> N
     late = notification(T0 + 200 + BOUND + 1, alert(LARGELY))
     assert [f.kind for f in reckon(records, [*stations, late], {}, FLEET).findings] == ["missed"]
     assert reckon(records, [*stations, due], {}, FLEET).findings == []
+    # Paged again while over 30% was gone all along: a duplicate. After a page at 25% it may
+    # have resolved in between: not counted.
+    crossed = notification(T0 + 210, alert(LARGELY, "t3"))
+    again = notification(T0 + 300, alert(LARGELY, "t4"))
+    ledger = reckon(records, [*stations, crossed, again], {}, FLEET)
+    assert [(f.kind, f.alertname) for f in ledger.findings] == [("duplicate", LARGELY)]
+    assert "paged again 90.0 s after the page before" in ledger.findings[0].detail
+    assert reckon(records, [*stations, due, again], {}, FLEET).findings == []
