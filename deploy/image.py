@@ -188,20 +188,7 @@ def ensure_standin(image: str) -> None:
         f'LABEL {STANDIN_LABEL}="{key}"\n'
         'CMD ["python3"]\n'
     )
-    buildah(
-        "bud",
-        "--isolation",
-        "chroot",
-        "--pull=never",
-        "--format",
-        "docker",
-        "--tag",
-        image,
-        "--file",
-        str(context / "Containerfile"),
-        str(context),
-        timeout=600,
-    )
+    build_from(context / "Containerfile", context, image, timeout=600)
     for stale in CACHE_DIR.glob("standin-*"):
         if stale != context:
             shutil.rmtree(stale, ignore_errors=True)
@@ -210,24 +197,30 @@ def ensure_standin(image: str) -> None:
 # -- the image --------------------------------------------------------------------------------
 
 
-def build(tag: str) -> None:
-    """Build the Dockerfile unchanged as ``tag``, on the base image already in the storage."""
-    arguments = [f"--build-arg={name}={value}" for name, value in build_args().items()]
+def build_from(file: Path, context: Path, tag: str, *arguments: str, timeout: float) -> None:
+    """``buildah bud`` offline (no pull, chroot isolation) in Docker format: OCI images have no
+    HEALTHCHECK."""
     buildah(
         "bud",
         "--isolation",
         "chroot",
         "--pull=never",
         "--format",
-        "docker",  # OCI images have no HEALTHCHECK
+        "docker",
         *arguments,
         "--tag",
         tag,
         "--file",
-        str(DOCKERFILE),
-        str(ROOT),
-        timeout=900,
+        str(file),
+        str(context),
+        timeout=timeout,
     )
+
+
+def build(tag: str) -> None:
+    """Build the Dockerfile unchanged as ``tag``, on the base image already in the storage."""
+    arguments = [f"--build-arg={name}={value}" for name, value in build_args().items()]
+    build_from(DOCKERFILE, ROOT, tag, *arguments, timeout=900)
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from tests.helpers import (
     SimulatorProcess,
     SteppedClock,
     env_for,
+    free_port,
     require_tool,
     wait_until,
 )
@@ -55,13 +55,6 @@ FLEET_ALERTS = {
 """The alerts that tell of a change of the fleet."""
 MAX_BODY = 64 << 20
 """The largest notification the webhook reads: one lists every firing alert of its group."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -448,6 +448,15 @@ def mandants_yaml(urls: dict[str, str], extra: dict[str, str] | None = None) -> 
     )
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server that must be started
+    on a known port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def wait_for_port(process: subprocess.Popen[bytes], log: Path) -> int:
     """The port an exporter writing its log to ``log`` listens on, once it says so (60 s)."""
     deadline = time.monotonic() + 60

@@ -996,36 +996,38 @@ def test_target_firmware_per_mandant_in_the_config_file(tmp_path: Path) -> None:
     assert east.target_firmware is None
 
 
-def test_firmware_max_versions_per_mandant_in_the_config_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("key", "top", "own", "flag", "given", "field"),
+    [
+        (
+            "firmware_max_versions",
+            "20",
+            "500",
+            "--firmware.max-versions",
+            3,
+            "firmware_max_versions",
+        ),
+        ("authorization", "bearer", "raw", "--api.authorization", "auto", "authorization"),
+    ],
+)
+def test_a_per_mandant_key_of_the_config_file(
+    tmp_path: Path, key: str, top: str, own: str, flag: str, given: object, field: str
+) -> None:
+    """A mandant's own value wins over the file's top level; a flag replaces the top level
+    only, not what a mandant sets itself."""
     path = secret_file(tmp_path)
     entry = f"  - api_url: {{url}}\n    client_id: a\n    client_secret_file: {path}\n"
     config = write(
         tmp_path,
-        "firmware_max_versions: 20\nmandants:\n"
+        f"{key}: {top}\nmandants:\n"
         + entry.format(url="https://north.example")
-        + "    firmware_max_versions: 500\n"
+        + f"    {key}: {own}\n"
         + entry.format(url="https://south.example"),
     )
     north, south = load(["--config.file", str(config)], {}).mandants
-    assert (north.firmware_max_versions, south.firmware_max_versions) == (500, 20)
-    flag = ["--firmware.max-versions", "3", "--config.file", str(config)]
-    assert [m.firmware_max_versions for m in load(flag, {}).mandants] == [500, 3]
-
-
-def test_authorization_per_mandant_in_the_config_file(tmp_path: Path) -> None:
-    path = secret_file(tmp_path)
-    entry = f"  - api_url: {{url}}\n    client_id: a\n    client_secret_file: {path}\n"
-    config = write(
-        tmp_path,
-        "authorization: bearer\nmandants:\n"
-        + entry.format(url="https://north.example")
-        + "    authorization: raw\n"
-        + entry.format(url="https://south.example"),
-    )
-    north, south = load(["--config.file", str(config)], {}).mandants
-    assert (north.authorization, south.authorization) == ("raw", "bearer")
-    flag = ["--api.authorization", "auto", "--config.file", str(config)]
-    assert [m.authorization for m in load(flag, {}).mandants] == ["raw", "auto"]
+    assert (str(getattr(north, field)), str(getattr(south, field))) == (own, top)
+    flagged = load([flag, str(given), "--config.file", str(config)], {}).mandants
+    assert [getattr(m, field) for m in flagged] == [type(given)(own), given]
 
 
 def test_authorization_must_be_one_of_the_forms() -> None:

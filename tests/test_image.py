@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import requests
 from exporter.config import DEFAULT_PORT
 from exporter.demo import DEMO_STATIONS
 from tests.dockerfile import DOCKERFILE, final_stage
-from tests.helpers import IN_CI, ROOT, Process, load_script, require_tool, wait_until
+from tests.helpers import IN_CI, ROOT, Process, free_port, load_script, require_tool, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -116,12 +115,6 @@ def container(image: Image) -> Iterator[Container]:
     yield Container(name, root, image)
     buildah("umount", name, check=False)
     buildah("rm", name, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def descendants(pid: int) -> list[int]:

@@ -15,7 +15,6 @@ the removal test, whose alert stays up for 15 minutes.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,15 @@ import requests
 import yaml
 
 from tests.dashboards import load_dashboards, metric_names, panel_queries
-from tests.helpers import ROOT, ExporterProcess, Process, SimulatorProcess, require_tool, wait_until
+from tests.helpers import (
+    ROOT,
+    ExporterProcess,
+    Process,
+    SimulatorProcess,
+    free_port,
+    require_tool,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +42,6 @@ TARGET_PATTERN = r"3\..*"
 TARGET = f"/{TARGET_PATTERN}/"
 """The exporter's target firmware: any 3.x; the seeded fleet has a few on 3.0.0-rc1."""
 DUPLICATE_ALERT = "BeenergisedDuplicateChargeBoxIdentity"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PrometheusServer(Process):
