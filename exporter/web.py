@@ -104,24 +104,9 @@ class ExporterApp:
         # Liveness probes carry no credentials; everything else needs them when users are set.
         public = path == "/healthz" and path != self._telemetry_path
         if not public and self._auth is not None:
-            try:
-                allowed = self._auth.check(
-                    environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
-                )
-            except TooManyLogins as error:
-                self.refused.record("recent_wrong_password" if error.suspect else "too_many_logins")
-                LOG.debug("429: %s", error)
-                return _respond(
-                    start_response,
-                    "429 Too Many Requests",
-                    b"too many logins at once; try again\n",
-                    [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1")],
-                )
-            if not allowed:
-                self.refused.record("unauthorized")
-                return _respond(
-                    start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
-                )
+            refusal = self._refusal(self._auth, environ, start_response)
+            if refusal is not None:
+                return refusal
         if path == "/-/reload":
             return self._lifecycle(environ.get("REQUEST_METHOD", "GET"), start_response)
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
@@ -131,6 +116,35 @@ class ExporterApp:
                 b"method not allowed\n",
                 [("Content-Type", "text/plain; charset=utf-8"), ("Allow", _METHODS)],
             )
+        return self._page(path, environ, start_response)
+
+    def _refusal(
+        self, auth: BasicAuth, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes] | None:
+        """Basic auth's answer to a request without the right credentials (401), or to one
+        whose check cannot run soon (429); None to a request it lets in."""
+        try:
+            allowed = auth.check(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", ""))
+        except TooManyLogins as error:
+            self.refused.record("recent_wrong_password" if error.suspect else "too_many_logins")
+            LOG.debug("429: %s", error)
+            return _respond(
+                start_response,
+                "429 Too Many Requests",
+                b"too many logins at once; try again\n",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1")],
+            )
+        if allowed:
+            return None
+        self.refused.record("unauthorized")
+        return _respond(
+            start_response, "401 Unauthorized", b"unauthorized\n", _UNAUTHORIZED_HEADERS
+        )
+
+    def _page(
+        self, path: str, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """The answer to GET (or HEAD) ``path``."""
         if path == self._telemetry_path:
             return self._metrics(environ, start_response)
         if path == "/healthz":

@@ -116,3 +116,11 @@ def all_subclasses(cls: type) -> list[type]:
 )
 def test_every_refresh_error_has_a_failure_reason(error: type[errors.RefreshError]) -> None:
     assert error.reason in errors.FAILURE_REASONS
+
+
+def test_the_head_reader_and_the_worker_pool_import_nothing_of_ours() -> None:
+    """One connection's handshake and head, and the worker threads, know no server, app or
+    metric: exporter.webserver wires them."""
+    graph = import_graph()
+    assert graph["exporter.webheads"] == set()
+    assert graph["exporter.webworkers"] == set()

@@ -34,7 +34,8 @@ from exporter.metrics import Exposition, FleetCollector, RefusedRequests
 from exporter.model import MandantState, Snapshot, Station
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
-from exporter.webserver import MAX_HEAD, Server, ServerLimits
+from exporter.webheads import MAX_HEAD
+from exporter.webserver import Server, ServerLimits
 
 HEADER_TIMEOUT = 0.3
 """The fuzzed servers' head deadline: an incomplete head costs this much of the test's time."""

@@ -1,6 +1,7 @@
-"""Tests of exporter/webserver.py: the bounds of the HTTP server, with a small WSGI app of
-their own on 127.0.0.1: requests at once, connections waiting for their head and who gives
-way, running out of file descriptors, the whole-answer deadline, TLS clients that say nothing."""
+"""Tests of exporter/webserver.py and the rooms it wires (webheads.py, webworkers.py,
+webhandler.py): the bounds of the HTTP server, with a small WSGI app of their own on
+127.0.0.1: requests at once, connections waiting for their head and who gives way, running out
+of file descriptors, the whole-answer deadline, TLS clients that say nothing."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from typing import Any
 import pytest
 import trustme
 
-from exporter import webserver
+from exporter import webhandler, webserver
 from exporter.listeners import listen
 from exporter.metrics import RefusedRequests
-from exporter.webserver import ACCEPT_PAUSE, QUEUE_WAIT, Server, ServerLimits
+from exporter.webserver import ACCEPT_PAUSE, Server, ServerLimits
+from exporter.webworkers import QUEUE_WAIT
 from tests.helpers import wait_until
 
 App = Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]
@@ -331,7 +333,7 @@ def test_out_of_file_descriptors_is_never_a_busy_loop(start, monkeypatch, caplog
 
 
 def test_a_client_that_reads_too_slowly_is_cut_at_the_answer_deadline(start, monkeypatch):
-    monkeypatch.setattr(webserver, "RESPONSE_TIMEOUT", 0.5)
+    monkeypatch.setattr(webhandler, "RESPONSE_TIMEOUT", 0.5)
     body = b"x" * (32 * 1024 * 1024)  # far more than the socket buffers hold
 
     def big(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
