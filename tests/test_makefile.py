@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 
 import pytest
 
@@ -61,3 +62,11 @@ def test_make_help_prints_each_target_with_its_comment(args):
 @pytest.mark.e2e
 def test_make_image_runs_the_script_the_image_test_builds_with():
     assert "deploy/image.py" in make("--dry-run", "image")
+
+
+def test_the_tools_make_lint_runs_are_pinned_to_a_minor_version():
+    """A new ruff or mypy release can add a rule and fail `make lint` on unchanged code."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {re.split(r"[<>=\[]", spec)[0]: spec for spec in extras["optional-dependencies"]["test"]}
+    for tool in ("ruff", "mypy"):
+        assert re.fullmatch(rf"{tool}>=(\d+)\.(\d+),<\1\.\d+", pins[tool]), pins[tool]
