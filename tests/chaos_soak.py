@@ -67,13 +67,18 @@ class Driver:
     def _begin(self, step: Step) -> Record:
         sent, wall = time.monotonic(), time.time()
         changed: dict[str, list[str]] = {}
-        params, replicas = step.params, self.stack.replicas
         if step.change:
-            changed = self._post("/_sim/inventory", params)
-        elif "faults" in params:
-            for spec in params["faults"]:
+            changed = self._post("/_sim/inventory", step.params)
+        elif "faults" in step.params:
+            for spec in step.params["faults"]:
                 self._post("/_sim/faults", spec)
-        elif step.kind == "kill_one":
+        else:
+            self._act_on_replicas(step)
+        return Record(step, sent, time.monotonic(), wall, changed=changed)
+
+    def _act_on_replicas(self, step: Step) -> None:
+        params, replicas = step.params, self.stack.replicas
+        if step.kind == "kill_one":
             replicas[params["replica"]].kill()
         elif step.kind == "restart_both":
             for replica in replicas:
@@ -90,7 +95,6 @@ class Driver:
             clock.set(params["offset"])
         else:
             raise ValueError(f"unknown step kind {step.kind!r}")
-        return Record(step, sent, time.monotonic(), wall, changed=changed)
 
     def _end(self, step: Step) -> None:
         params, replicas = step.params, self.stack.replicas

@@ -260,6 +260,19 @@ def chunked(rng: random.Random, body: bytes) -> bytes:
     return framed.replace(b"\r\n", b"\n")
 
 
+def frame(rng: random.Random, body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The framing headers of ``body`` and the body as framed: chunked, a wrong or a right
+    Content-Length, or none (read until the connection closes)."""
+    framing = rng.randrange(10)
+    if framing == 0:
+        return [(b"Transfer-Encoding", b"chunked")], chunked(rng, body)
+    if framing == 1:
+        return [(b"Content-Length", b"%d" % max(0, len(body) + rng.randint(-20, 20)))], body
+    if framing == 2:
+        return [], body
+    return [(b"Content-Length", b"%d" % len(body))], body
+
+
 def answer_bytes(
     rng: random.Random, status: int, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> bytes:
@@ -281,16 +294,8 @@ def answer_bytes(
         headers += more
     for _ in range(rng.choice([0, 0, 0, 1, 2, 120])):
         headers.append((rng.choice(HEADER_NAMES), rng.choice(HOSTILE_BYTES)))
-    framing = rng.randrange(10)
-    if framing == 0:
-        headers.append((b"Transfer-Encoding", b"chunked"))
-        body = chunked(rng, body)
-    elif framing == 1:
-        headers.append((b"Content-Length", b"%d" % max(0, len(body) + rng.randint(-20, 20))))
-    elif framing == 2:
-        pass  # no length: read until the connection closes
-    else:
-        headers.append((b"Content-Length", b"%d" % len(body)))
+    framing, body = frame(rng, body)
+    headers += framing
     head = line + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
     if rng.random() < 0.03:
         head = b"HTTP/1.1 100 Continue\r\n\r\n" + head

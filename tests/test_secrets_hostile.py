@@ -538,6 +538,7 @@ def test_client_secret_can_be_rotated(sim: Simulator) -> None:
         ({"kind": "echo_secret"}, "token endpoint only"),
         ({"kind": "expires_in_nan"}, "token endpoint only"),
         ({"kind": "redirect", "status": 302.5}, "must be one of"),
+        ({"kind": "redirect", "status": 301.0}, "must be one of"),
         ({"kind": "redirect", "status": 200}, "must be one of"),
     ],
 )

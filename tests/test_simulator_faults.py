@@ -644,6 +644,7 @@ def test_clear_by_post_and_trailing_slash(sim: Simulator, path: str) -> None:
     ("body", "message"),
     [
         ({"kind": "nope"}, "unknown fault kind 'nope'"),
+        ({"kind": ["status"]}, "unknown fault kind ['status']"),
         ({}, "a fault needs a kind"),
         ({"kind": "status"}, "status must be an integer from 400 to 599, got None"),
         ({"kind": "status", "status": 200}, "status must be an integer from 400 to 599"),
@@ -654,7 +655,10 @@ def test_clear_by_post_and_trailing_slash(sim: Simulator, path: str) -> None:
         ({"kind": "hang", "seconds": True}, "seconds for a hang fault"),
         ({"kind": "hang", "seconds": 1e300}, "seconds for a hang fault must be a number from 0"),
         ({"kind": "truncated", "seconds": 1}, "seconds is for latency, hang and drip faults"),
-        ({"kind": "latency", "seconds": 1, "status": 500}, "status is for status and html"),
+        (
+            {"kind": "latency", "seconds": 1, "status": 500},
+            "status is for status, html and redirect faults, not for latency",
+        ),
         ({"kind": "truncated", "endpoint": "tokens"}, "endpoint must be 'stations' or 'token'"),
         ({"kind": "insert_rows", "endpoint": "token"}, "works on the stations endpoint only"),
         ({"kind": "no_data", "endpoint": "token"}, "works on the stations endpoint only"),

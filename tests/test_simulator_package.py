@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import exporter.simulator
-from exporter.simulator.faults import FAULT_ENDPOINTS, FAULT_KINDS
+from exporter.simulator.faultkinds import FAULT_ENDPOINTS
+from exporter.simulator.faults import FAULT_KINDS
 from tests.helpers import ROOT
 
 # A demo in a fresh interpreter: the two modules the brief names, one token, one page, the

@@ -168,8 +168,8 @@ def test_oversized_defaults_to_50_mb_and_works_on_the_token_endpoint(sim: Simula
     ("fault", "message"),
     [
         ({"kind": "drip", "seconds": -1}, "seconds for a drip fault"),
-        ({"kind": "drip", "part": "trailers"}, "part is 'body' or 'headers'"),
-        ({"kind": "latency", "seconds": 1, "part": "body"}, "part is 'body' or 'headers'"),
+        ({"kind": "drip", "part": "trailers"}, "part of a drip fault must be one of ('body', "),
+        ({"kind": "latency", "seconds": 1, "part": "body"}, "part is for drip faults, not for"),
         ({"kind": "oversized", "size": 0}, "size must be an integer from 1"),
         ({"kind": "oversized", "size": 2**31}, "size must be an integer from 1"),
         ({"kind": "oversized", "size": "1MB"}, "size must be an integer"),

@@ -8,8 +8,10 @@ the client) can be switched on and off while it runs, through ``/_sim/faults`` o
 
 The modules, each with one job: ``inventory`` (the fleet), ``wire`` (requests, responses,
 paths), ``httpd`` (the HTTP plumbing), ``server`` (the endpoints and the control API),
-``faults`` (FAULT_KINDS and what each does) and ``__main__`` (the command line). The fault
-names below load ``faults`` on first use, so a demo loads only the inventory and the server.
+``faults`` (FAULT_KINDS, the table of fault kinds, and the ``Fault`` a test switches on),
+``faultkinds`` (one small type per kind: what it does, where, with which parameters) and
+``__main__`` (the command line). The fault names below load ``faults`` on first use, so a demo
+loads only the inventory and the server.
 """
 
 from __future__ import annotations
@@ -22,25 +24,22 @@ from exporter.simulator.inventory import FIRMWARE_MIX, HISTORY_LENGTH, Inventory
 from exporter.simulator.server import RequestRecord, Simulator
 
 if TYPE_CHECKING:
-    from exporter.simulator.faults import (
+    from exporter.simulator.faultkinds import (
         CONTROL_LABEL_SUFFIX,
-        FAULT_KINDS,
         HUGE_ERROR_LENGTH,
         LONG_LABEL_LENGTH,
         OVERSIZED_BYTES,
-        Fault,
     )
+    from exporter.simulator.faults import FAULT_KINDS, Fault
 
-_FAULT_NAMES = frozenset(
-    {
-        "CONTROL_LABEL_SUFFIX",
-        "FAULT_KINDS",
-        "HUGE_ERROR_LENGTH",
-        "LONG_LABEL_LENGTH",
-        "OVERSIZED_BYTES",
-        "Fault",
-    }
-)
+_FAULT_NAMES = {
+    "CONTROL_LABEL_SUFFIX": "exporter.simulator.faultkinds",
+    "FAULT_KINDS": "exporter.simulator.faults",
+    "HUGE_ERROR_LENGTH": "exporter.simulator.faultkinds",
+    "LONG_LABEL_LENGTH": "exporter.simulator.faultkinds",
+    "OVERSIZED_BYTES": "exporter.simulator.faultkinds",
+    "Fault": "exporter.simulator.faults",
+}
 
 __all__ = [
     "CONTROL_LABEL_SUFFIX",
@@ -60,7 +59,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """Load the fault module when one of its names is first asked for."""
+    """Load the fault modules when one of their names is first asked for."""
     if name in _FAULT_NAMES:
-        return getattr(importlib.import_module("exporter.simulator.faults"), name)
+        return getattr(importlib.import_module(_FAULT_NAMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

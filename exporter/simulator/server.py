@@ -451,55 +451,66 @@ class Simulator:
             return Response(400, {"error": str(exc)})
 
     def _control_action(self, method: str, action: str, body: dict[str, Any]) -> Response:
-        if (method, action) == ("GET", "state"):
-            with self._lock:
-                tokens_issued, requests = len(self._issued), len(self._requests)
-            state = {
-                "stations": len(self.inventory),
-                "tokens_issued": tokens_issued,
-                "firmware": self.inventory.firmware_counts(),
-                "requests": requests,
-            }
-            return Response(200, state)
-        if (method, action) == ("GET", "requests"):
-            return Response(200, [asdict(record) for record in self.requests])
-        if (method, action) == ("GET", "tokens"):
-            return Response(200, self.tokens)
-        if (method, action) == ("GET", "history"):
-            return Response(200, {"fingerprints": self.inventory.history()})
-        if (method, action) == ("GET", "credentials"):
-            with self._lock:
-                other = self._other.api_url if self._other else None
-                return Response(
-                    200, {"secret_received": self._secret_received, "other_origin": other}
-                )
-        if (method, action) == ("POST", "client_secret"):
-            secret = body.get("client_secret")
-            if not isinstance(secret, str) or not secret:
-                raise ValueError("client_secret must be a non-empty string")
-            with self._lock:
-                self._client = (self._client[0], secret)
-            return Response(200, {"rotated": True})
-        if (method, action) == ("POST", "revoke_tokens"):
-            return Response(200, {"revoked": self.revoke_tokens()})
-        if (method, action) == ("POST", "latency"):
-            seconds = body.get("seconds")
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
-            self.latency = float(seconds)
-            return Response(200, {"latency": self.latency})
-        if (method, action) == ("POST", "inventory"):
-            return Response(200, self._change_inventory(body))
-        if (method, action) == ("GET", "faults"):
-            return Response(200, {"faults": self.faults})
-        if (method, action) == ("POST", "faults"):
-            # Here, not at the top: a demo that adds no fault never loads the fault module.
-            from exporter.simulator.faults import Fault
+        route = self._control_routes().get((method, action))
+        if route is None:
+            return Response(
+                404, {"error": f"no control endpoint {method} {CONTROL_PREFIX}{action}"}
+            )
+        return Response(200, route(body))
 
-            return Response(200, {"id": self.add_fault(Fault.from_json(body))})
-        if (method, action) in (("DELETE", "faults"), ("POST", "faults/clear")):
-            return Response(200, {"cleared": self._clear_faults()})
-        return Response(404, {"error": f"no control endpoint {method} {CONTROL_PREFIX}{action}"})
+    def _control_routes(self) -> dict[tuple[str, str], Callable[[dict[str, Any]], Any]]:
+        """The control endpoints: (method, path under /_sim/) -> the answer to a JSON body."""
+        return {
+            ("GET", "state"): lambda _: self._state(),
+            ("GET", "requests"): lambda _: [asdict(record) for record in self.requests],
+            ("GET", "tokens"): lambda _: self.tokens,
+            ("GET", "history"): lambda _: {"fingerprints": self.inventory.history()},
+            ("GET", "credentials"): lambda _: self._credentials(),
+            ("POST", "client_secret"): self._rotate_secret,
+            ("POST", "revoke_tokens"): lambda _: {"revoked": self.revoke_tokens()},
+            ("POST", "latency"): self._set_latency,
+            ("POST", "inventory"): self._change_inventory,
+            ("GET", "faults"): lambda _: {"faults": self.faults},
+            ("POST", "faults"): self._add_fault,
+            ("DELETE", "faults"): lambda _: {"cleared": self._clear_faults()},
+            ("POST", "faults/clear"): lambda _: {"cleared": self._clear_faults()},
+        }
+
+    def _state(self) -> dict[str, Any]:
+        with self._lock:
+            tokens_issued, requests = len(self._issued), len(self._requests)
+        return {
+            "stations": len(self.inventory),
+            "tokens_issued": tokens_issued,
+            "firmware": self.inventory.firmware_counts(),
+            "requests": requests,
+        }
+
+    def _credentials(self) -> dict[str, Any]:
+        with self._lock:
+            other = self._other.api_url if self._other else None
+            return {"secret_received": self._secret_received, "other_origin": other}
+
+    def _rotate_secret(self, body: dict[str, Any]) -> dict[str, bool]:
+        secret = body.get("client_secret")
+        if not isinstance(secret, str) or not secret:
+            raise ValueError("client_secret must be a non-empty string")
+        with self._lock:
+            self._client = (self._client[0], secret)
+        return {"rotated": True}
+
+    def _set_latency(self, body: dict[str, Any]) -> dict[str, float]:
+        seconds = body.get("seconds")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+        self.latency = float(seconds)
+        return {"latency": self.latency}
+
+    def _add_fault(self, body: dict[str, Any]) -> dict[str, int]:
+        # Here, not at the top: a demo that adds no fault never loads the fault module.
+        from exporter.simulator.faults import Fault
+
+        return {"id": self.add_fault(Fault.from_json(body))}
 
     def _change_inventory(self, body: dict[str, Any]) -> dict[str, list[str]]:
         rollout = body.get("rollout") or {}
