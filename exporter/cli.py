@@ -21,7 +21,6 @@ from prometheus_client.process_collector import ProcessCollector
 from exporter import __version__, check
 from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Settings, build_parser, load_settings
-from exporter.demo import start_demo_api
 from exporter.errors import ConfigError
 from exporter.http import Limits
 from exporter.lifecycle import (
@@ -313,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulator = None
     try:
         if settings.demo:
+            # Here only: a plain start loads neither the demo nor the simulator it runs.
+            from exporter.demo import start_demo_api
+
             settings, simulator = start_demo_api(settings)
         if checking:
             return check.run_checks(settings, parser.parse_args(args).output)

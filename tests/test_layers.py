@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 import exporter
 from exporter import errors
+from tests.helpers import free_port
 
 PACKAGE = Path(exporter.__file__).parent
 HEAVY = ("requests", "apscheduler", "yaml")
@@ -124,3 +126,40 @@ def test_the_head_reader_and_the_worker_pool_import_nothing_of_ours() -> None:
     graph = import_graph()
     assert graph["exporter.webheads"] == set()
     assert graph["exporter.webworkers"] == set()
+
+
+def simulator_modules_after(argv: list[str], environ: dict[str, str]) -> tuple[int, set[str]]:
+    """The exit status of ``exporter.cli.main(argv)`` in a fresh interpreter, and the modules
+    of exporter.simulator and exporter.demo loaded by then."""
+    probe = (
+        "import sys, exporter.cli; "
+        f"code = exporter.cli.main({argv!r}); "
+        "print(code, *(m for m in sys.modules if m.startswith(('exporter.simulator', "
+        "'exporter.demo'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": os.environ.get("PATH", ""), **environ},
+    )
+    code, *modules = result.stdout.splitlines()[-1].split()  # after what main printed
+    return int(code), set(modules)
+
+
+@pytest.mark.e2e  # starts a Python interpreter
+def test_a_start_without_demo_loads_neither_the_demo_nor_the_simulator() -> None:
+    assert simulator_modules_after([], {}) == (2, set())  # no mandant configured
+    closed = f"http://127.0.0.1:{free_port()}"
+    argv = ["check", f"--api.url={closed}", f"--api.token-url={closed}", "--api.client-id=id"]
+    code, modules = simulator_modules_after(argv, {"BEENERGISED_CLIENT_SECRET": "s"})
+    assert (code, modules) == (1, set())  # checked the mandant: it cannot be reached
+
+
+@pytest.mark.e2e  # starts a Python interpreter and the demo's simulated API
+def test_demo_loads_the_simulator() -> None:
+    code, modules = simulator_modules_after(["check", "--demo", "--output=json"], {})
+    assert code == 0
+    assert {"exporter.demo", "exporter.simulator", "exporter.simulator.server"} <= modules
