@@ -19,7 +19,6 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__, check
-from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Settings, build_parser, load_settings
 from exporter.errors import ConfigError
 from exporter.http import Limits
@@ -48,6 +47,7 @@ from exporter.refresh import (
     start_scheduler,
 )
 from exporter.scheduler import SteadyScheduler
+from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
@@ -344,7 +344,7 @@ def serve_until_stopped(
     reload_status = ReloadStatus()
     refused = RefusedRequests()
     exposition = build_exposition(states, settings, reload_status, refused)
-    changelog = ChangeLog(settings.changes_max_entries)
+    station_changes = StationChanges(settings.changes_max_entries)
 
     def new_refresher(mandant: Mandant, settings: Settings) -> MandantRefresher:
         return MandantRefresher(
@@ -357,7 +357,7 @@ def serve_until_stopped(
             limits=_limits(settings),
             cancel=shutting_down,
             on_publish=exposition.update,
-            changelog=changelog,
+            station_changes=station_changes,
             serial_numbers=settings.station_info,
         )
 
@@ -365,7 +365,7 @@ def serve_until_stopped(
     app = ExporterApp(
         exposition,
         states,
-        changelog,
+        station_changes,
         telemetry_path=settings.telemetry_path,
         auth=BasicAuth(web_config.users) if web_config and web_config.users else None,
         refused=refused,

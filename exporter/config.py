@@ -119,7 +119,7 @@ class Settings:
     log_format: str  # logfmt|json
     demo: bool
     station_info: bool  # False with --no-collector.station-info
-    changes_max_entries: int  # size of the change log ring
+    changes_max_entries: int  # size of the station changes' ring
     warnings: tuple[str, ...]  # messages the CLI logs at WARN once logging is up
     refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT  # seconds one refresh may take, > 0
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # wall-clock seconds per request, > 0

@@ -63,10 +63,10 @@ def test_readme_table_shows_each_default_as_help_does() -> None:
             assert row[2] == f"`{option.default_text}`", option.flag
 
 
-def test_the_changelog_names_each_flag_of_0_1_beside_its_new_name() -> None:
+def test_the_release_notes_name_each_flag_of_0_1_beside_its_new_name() -> None:
     """Operators upgrading look up the flag they use in the release notes."""
-    changelog = (README.parent / "CHANGELOG.md").read_text(encoding="utf-8")
-    unreleased = changelog.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
+    notes = (README.parent / "CHANGELOG.md").read_text(encoding="utf-8")
+    unreleased = notes.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
     for option in OPTIONS:
         if option.old_flag is not None:
             assert f"| `{option.old_flag}` | `{option.new_flag}` |" in unreleased, option.old
