@@ -163,3 +163,35 @@ def test_demo_loads_the_simulator() -> None:
     code, modules = simulator_modules_after(["check", "--demo", "--output=json"], {})
     assert code == 0
     assert {"exporter.demo", "exporter.simulator", "exporter.simulator.server"} <= modules
+
+
+def names_imported_at_top(path: Path) -> set[str]:
+    """The names a module binds at its top level by importing them."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).partition(".")[0] for alias in node.names)
+    return names
+
+
+def test_each_name_imports_from_the_module_that_defines_it() -> None:
+    """One import path per name: no module of exporter/ passes on a name it imported (a
+    package's __init__ may: it is the package's face)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    passed_on = {
+        name: names_imported_at_top(path)
+        for name, path in modules.items()
+        if path.name != "__init__.py"
+    }
+    root = PACKAGE.parent
+    found = []
+    for folder in ("exporter", "tests", "bench", "deploy"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module in passed_on:
+                    found += [
+                        f"{path.relative_to(root)}: {alias.name} from {node.module}"
+                        for alias in node.names
+                        if alias.name in passed_on[node.module]
+                    ]
+    assert found == []
