@@ -21,10 +21,12 @@ from typing import Any
 
 from exporter.api import RequestCounter, connect
 from exporter.authheader import shown
-from exporter.config import DEFAULT_TOKEN_URL, Mandant, Settings, build_parser
+from exporter.commandline import build_parser
+from exporter.config import Settings
 from exporter.errors import RefreshError
 from exporter.http import Deadline, Limits
-from exporter.model import DATA_ISSUES, FOLDED_FIRMWARE, MAX_TEXT_LENGTH, Snapshot
+from exporter.model import DATA_ISSUES, FOLDED_FIRMWARE, MAX_TEXT_LENGTH, Mandant, Snapshot
+from exporter.options import DEFAULT_TOKEN_URL
 
 LOG = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import queue
@@ -9,7 +10,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -19,9 +21,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__, check
-from exporter.changelog import ChangeLog
-from exporter.config import Mandant, Settings, build_parser, load_settings
-from exporter.demo import start_demo_api
+from exporter.commandline import build_parser
+from exporter.config import Settings, load_settings
 from exporter.errors import ConfigError
 from exporter.http import Limits
 from exporter.lifecycle import (
@@ -41,7 +42,7 @@ from exporter.metrics import (
     RefusedRequests,
     ReloadStatus,
 )
-from exporter.model import MandantState
+from exporter.model import Mandant, MandantState
 from exporter.refresh import (
     MandantRefresher,
     job_id,
@@ -49,6 +50,7 @@ from exporter.refresh import (
     start_scheduler,
 )
 from exporter.scheduler import SteadyScheduler
+from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
@@ -131,10 +133,7 @@ class Reloader:
         says what was applied or why not, in the words of the log lines."""
         old = self._running.settings
         try:
-            settings = load_settings(self._args, os.environ)
-            web_config = (
-                load_web_config(settings.web_config_file) if settings.web_config_file else None
-            )
+            settings, web_config = _configuration(self._args, os.environ, build_parser())
         except ConfigError as exc:
             self._status.record(False)  # before the line: who reads the line sees the metric
             message = f"reload failed, still running the previous configuration: {exc}"
@@ -157,7 +156,7 @@ class Reloader:
             if getattr(settings, field) != getattr(old, field):
                 warn(f"{field} changed: it takes a restart; the reload keeps the old value")
         settings = replace(settings, **{field: getattr(old, field) for field in RESTART_SETTINGS})
-        for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
+        for warning in _warnings(settings, web_config):
             if warning not in old.warnings:
                 warn(warning)
         self._apply_web_config(web_config, warn)
@@ -295,34 +294,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = check.build_check_parser() if checking else build_parser()
     environ = check.environment(os.environ) if checking else os.environ
     try:
-        settings = load_settings(args, environ, parser=parser)
-        web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
+        settings, web_config = _configuration(args, environ, parser)
     except ConfigError as exc:
         if checking and check.json_requested(args):
             check.print_json({"ok": False, "error": str(exc)})
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    for warning in (*settings.warnings, *(web_config.warnings if web_config else ())):
+    for warning in _warnings(settings, web_config):
         LOG.warning(warning)
     # From here on SIGHUP reloads instead of ending the process; the main thread does the work.
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
     if not checking:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda signum, _frame: events.put(signum))
-    simulator = None
+        _queue_signals(events)
     try:
-        if settings.demo:
-            settings, simulator = start_demo_api(settings)
-        if checking:
-            return check.run_checks(settings, parser.parse_args(args).output)
-        return serve_until_stopped(args, settings, web_config, events)
+        with _api(settings) as settings:
+            if checking:
+                return check.run_checks(settings, parser.parse_args(args).output)
+            return serve_until_stopped(args, settings, web_config, events)
     except KeyboardInterrupt:  # only ``check``: the exporter turns SIGINT into a signal above
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _configuration(
+    args: Sequence[str], environ: Mapping[str, str], parser: argparse.ArgumentParser
+) -> tuple[Settings, WebConfig | None]:
+    """The settings and the web config file they name; raises ConfigError."""
+    settings = load_settings(args, environ, parser=parser)
+    web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
+    return settings, web_config
+
+
+def _warnings(settings: Settings, web_config: WebConfig | None) -> tuple[str, ...]:
+    return (*settings.warnings, *(web_config.warnings if web_config else ()))
+
+
+def _queue_signals(events: queue.SimpleQueue[Event]) -> None:
+    """SIGTERM, SIGINT and SIGHUP become events for the main thread to act on."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: events.put(signum))
+
+
+@contextmanager
+def _api(settings: Settings) -> Iterator[Settings]:
+    """The settings to run with: with --demo, pointing at the simulated API, which runs until
+    the block ends."""
+    if not settings.demo:
+        yield settings
+        return
+    # Here only: a plain start loads neither the demo nor the simulator it runs.
+    from exporter.demo import start_demo_api
+
+    settings, simulator = start_demo_api(settings)
+    try:
+        yield settings
     finally:
-        if simulator is not None:
-            simulator.stop()
+        simulator.stop()
 
 
 def serve_until_stopped(
@@ -342,7 +370,7 @@ def serve_until_stopped(
     reload_status = ReloadStatus()
     refused = RefusedRequests()
     exposition = build_exposition(states, settings, reload_status, refused)
-    changelog = ChangeLog(settings.changes_max_entries)
+    station_changes = StationChanges(settings.changes_max_entries)
 
     def new_refresher(mandant: Mandant, settings: Settings) -> MandantRefresher:
         return MandantRefresher(
@@ -355,7 +383,7 @@ def serve_until_stopped(
             limits=_limits(settings),
             cancel=shutting_down,
             on_publish=exposition.update,
-            changelog=changelog,
+            station_changes=station_changes,
             serial_numbers=settings.station_info,
         )
 
@@ -363,7 +391,7 @@ def serve_until_stopped(
     app = ExporterApp(
         exposition,
         states,
-        changelog,
+        station_changes,
         telemetry_path=settings.telemetry_path,
         auth=BasicAuth(web_config.users) if web_config and web_config.users else None,
         refused=refused,

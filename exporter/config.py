@@ -23,74 +23,26 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from exporter.commandline import GIVEN_AS, build_parser, deprecation_warnings, reject_secret_flag
 from exporter.errors import ConfigError
-from exporter.model import TOKEN_AUTH_METHODS, Mandant, Secret, clean_secret
+from exporter.model import Mandant, Secret, clean_secret
 from exporter.options import (
-    DEFAULT_CHANGES_MAX_ENTRIES,
-    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RESPONSE_SIZE,
     DEFAULT_MAX_STATIONS,
-    DEFAULT_PAGE_LIMIT,
-    DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REFRESH_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_TELEMETRY_PATH,
-    DEFAULT_TOKEN_URL,
     DEFAULT_WEB_MAX_REQUESTS,
     DEFAULT_WEB_READ_HEADER_TIMEOUT,
     FILE_GLOBAL_KEYS,
     FILE_MANDANT_KEYS,
-    GIVEN_AS,
     GLOBAL_OPTIONS,
-    LOG_FORMATS,
-    LOG_LEVELS,
     MANDANT_OPTIONS,
     OPTION,
     Option,
-    build_parser,
-    deprecation_warnings,
-    reject_secret_flag,
+    Scope,
 )
-from exporter.values import (
-    DEFAULT_PORT,
-    boolean,
-    is_loopback,
-    parse_duration,
-    secret_path,
-    text,
-    url,
-)
-from exporter.values import Given as _Given
-from exporter.values import ca_file as _ca_file
+from exporter.values import Given, boolean, ca_file, is_loopback, secret_path, text, url
 from exporter.yamlfile import load_yaml_file, yaml_problem
-
-__all__ = [
-    "CA_BUNDLE_VARIABLES",
-    "DEFAULT_CHANGES_MAX_ENTRIES",
-    "DEFAULT_CONCURRENCY",
-    "DEFAULT_MAX_RESPONSE_SIZE",
-    "DEFAULT_MAX_STATIONS",
-    "DEFAULT_PAGE_LIMIT",
-    "DEFAULT_PORT",
-    "DEFAULT_REFRESH_INTERVAL",
-    "DEFAULT_REFRESH_TIMEOUT",
-    "DEFAULT_REQUEST_TIMEOUT",
-    "DEFAULT_TELEMETRY_PATH",
-    "DEFAULT_TOKEN_URL",
-    "DEFAULT_WEB_MAX_REQUESTS",
-    "DEFAULT_WEB_READ_HEADER_TIMEOUT",
-    "LOG_FORMATS",
-    "LOG_LEVELS",
-    "SHORT_REFRESH_INTERVAL",
-    "TOKEN_AUTH_METHODS",
-    "Mandant",
-    "Secret",
-    "Settings",
-    "build_parser",
-    "load_settings",
-    "parse_duration",
-]
-
 
 SHORT_REFRESH_INTERVAL = 30.0
 _MISSING = {
@@ -119,7 +71,7 @@ class Settings:
     log_format: str  # logfmt|json
     demo: bool
     station_info: bool  # False with --no-collector.station-info
-    changes_max_entries: int  # size of the change log ring
+    changes_max_entries: int  # size of the station changes' ring
     warnings: tuple[str, ...]  # messages the CLI logs at WARN once logging is up
     refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT  # seconds one refresh may take, > 0
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # wall-clock seconds per request, > 0
@@ -131,7 +83,7 @@ class Settings:
     web_enable_lifecycle: bool = False  # POST /-/reload reloads
 
 
-def _read_secret_file(given: _Given, path: Path) -> Secret:
+def _read_secret_file(given: Given, path: Path) -> Secret:
     """The secret in ``path``; errors name the file, never its content."""
     try:
         return Secret.read(path)
@@ -149,7 +101,7 @@ def _read_secret_file(given: _Given, path: Path) -> Secret:
         raise given.fail(str(e)) from None
 
 
-def _inline_secret(given: _Given) -> Secret:
+def _inline_secret(given: Given) -> Secret:
     # Never format given.value here: it is the secret.
     if not isinstance(given.value, str):
         raise given.fail("expected a string (put it in quotes)")
@@ -191,20 +143,20 @@ class _Sources:
     def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
         self._args = args
         self._environ = environ
-        self.file: Mapping[str, _Given] = {}  # the config file's global settings, once read
+        self.file: Mapping[str, Given] = {}  # the config file's global settings, once read
 
-    def env(self, name: str) -> _Given | None:
+    def env(self, name: str) -> Given | None:
         value = self._environ.get(name, "")
-        return _Given(value, name) if value else None
+        return Given(value, name) if value else None
 
-    def pick(self, option: Option) -> _Given | None:
+    def pick(self, option: Option) -> Given | None:
         """Where ``option`` was given first, or None; a flag as the user wrote it."""
         value = getattr(self._args, option.dest, None) if option.flag else None
         if value is not None and option.flag is not None:
             written: dict[str, str] = getattr(self._args, GIVEN_AS, {})
-            return _Given(value, written.get(option.dest, option.flag))
-        found = self.env(option.env) if option.env else None
-        if found is None and option.file_key and not option.mandant:
+            return Given(value, written.get(option.dest, option.flag))
+        found = self.env(option.env)
+        if found is None and option.file_key and option.scope is not Scope.MANDANT:
             found = self.file.get(option.file_key)
         return found
 
@@ -221,7 +173,7 @@ class _Sources:
         for name in CA_BUNDLE_VARIABLES:
             given = self.env(name)
             if given is not None:
-                return _ca_file(given, directory_ok=True)
+                return ca_file(given, directory_ok=True)
         return None
 
 
@@ -241,11 +193,11 @@ class _ConfigFile:
     """The parsed YAML config: global settings and the raw mandant entries, with locations."""
 
     path: str
-    globals: dict[str, _Given]
-    mandants: _Given | None
+    globals: dict[str, Given]
+    mandants: Given | None
 
 
-def _load_config_file(given: _Given) -> _ConfigFile:
+def _load_config_file(given: Given) -> _ConfigFile:
     path = text(given)
     try:
         document = load_yaml_file(path)
@@ -260,7 +212,7 @@ def _load_config_file(given: _Given) -> _ConfigFile:
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(document).__name__}")
     _reject_unknown_keys(document, FILE_GLOBAL_KEYS, path)
-    located = {key: _Given(value, f"{path}: {key}") for key, value in document.items()}
+    located = {key: Given(value, f"{path}: {key}") for key, value in document.items()}
     mandants = located.pop("mandants", None)
     return _ConfigFile(path, located, mandants)
 
@@ -285,7 +237,7 @@ def _file_mandants(config: _ConfigFile, defaults: Mapping[str, Any]) -> list[Man
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__}")
         _reject_unknown_keys(entry, FILE_MANDANT_KEYS, where)
-        item = {key: _Given(value, f"{where}.{key}", base) for key, value in entry.items()}
+        item = {key: Given(value, f"{where}.{key}", base) for key, value in entry.items()}
         mandant = _mandant(item, defaults, where)
         if mandant.name in first_use:
             if "name" in item:
@@ -302,7 +254,7 @@ def _file_mandants(config: _ConfigFile, defaults: Mapping[str, Any]) -> list[Man
     return mandants
 
 
-def _flag_env_mandant(sources: _Sources) -> dict[str, _Given]:
+def _flag_env_mandant(sources: _Sources) -> dict[str, Given]:
     """The single mandant's raw values from flags and environment, keyed like a file entry."""
     item = {
         option.file_key: given
@@ -331,7 +283,7 @@ def _missing(key: str, where: str | None, also: str | None = None) -> str:
 
 
 def _mandant(
-    item: Mapping[str, _Given], defaults: Mapping[str, Any], where: str | None = None
+    item: Mapping[str, Given], defaults: Mapping[str, Any], where: str | None = None
 ) -> Mandant:
     """One mandant from its raw values keyed like a config-file entry (``where``; None for
     flags and environment, which give one mandant). ``defaults`` holds the global values of the
@@ -386,7 +338,7 @@ def _resolve_mandants(
     demo = sources.pick(OPTION["demo"])
     if demo is not None and boolean(demo):
         if offender is None and file_list is not None:
-            offender = _Given(None, f"mandants: from {file_list.path}")
+            offender = Given(None, f"mandants: from {file_list.path}")
         if offender is not None:
             raise ConfigError(
                 f"{demo.where} runs against the built-in simulator; remove {offender.where} "
@@ -427,7 +379,7 @@ def load_settings(
         sources.file = config.globals
 
     defaults = {
-        o.file_key: sources.value(o) for o in GLOBAL_OPTIONS if o.per_mandant and o.file_key
+        o.file_key: sources.value(o) for o in GLOBAL_OPTIONS if o.scope is Scope.BOTH and o.file_key
     }
     mandants = _resolve_mandants(sources, config, defaults)
     environment_ca = sources.environment_ca_file()
@@ -438,9 +390,7 @@ def load_settings(
 
     fields: dict[str, Any] = {}
     for option in GLOBAL_OPTIONS:
-        if isinstance(option.setting, tuple):
-            fields.update(zip(option.setting, sources.value(option), strict=True))
-        elif option.setting is not None:
+        if option.setting is not None:
             fields[option.setting] = sources.value(option)
     refresh_given = sources.pick(OPTION["refresh.interval"])
     if refresh_given is not None and fields["refresh_interval"] < SHORT_REFRESH_INTERVAL:

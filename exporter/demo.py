@@ -6,8 +6,8 @@ import logging
 import os
 from dataclasses import replace
 
-from exporter.config import Mandant, Settings
-from exporter.model import FirmwareTarget, Secret
+from exporter.config import Settings
+from exporter.model import FirmwareTarget, Mandant, Secret
 from exporter.simulator import Inventory, Simulator
 
 LOG = logging.getLogger("exporter")

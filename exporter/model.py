@@ -69,11 +69,11 @@ _OWN_ISSUES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 @dataclass(frozen=True, slots=True, init=False)
 class Station:
-    """One charging station, reduced to what the metrics, the diff and the change log need.
+    """One charging station, reduced to what the metrics, the diff and the station changes need.
 
     A million of them are held at once, so the record is compact (4 fields, about 300 bytes
     with its strings and its place in the snapshot's dict): the three texts that only the info
-    metric and the change log show share one string, and the data issues of the station itself
+    metric and the station changes show share one string, and the data issues of the station itself
     (no SIM data, repaired text) share one tuple with every station that has the same ones.
     """
 

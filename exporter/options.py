@@ -1,26 +1,21 @@
-"""The table of settings, and the command line built from it.
+"""The table of settings.
 
 Each setting is one :class:`Option` row: its flag in Prometheus' dotted style (from which the
 argparse dest and, unless the row names its own, the environment variable derive), its
-config-file key, its parser, its default and its help. The command line, the precedence lookup
-in :mod:`exporter.config`, the config file's allowed keys and the check of README.md's
-configuration table all read this one table, so adding a setting adds one row (and, if the
-rest of the exporter needs it, a field of ``Settings``). A flag renamed to the dotted style
-keeps its 0.1 name (``old``) for a release: it still works, hidden from --help, and
-load_settings warns once that names the new flag.
+config-file key and scope, its parser, its default and its help. The command line
+(:mod:`exporter.commandline`), the precedence lookup in :mod:`exporter.config`, the config
+file's allowed keys and the check of README.md's configuration table all read this one table,
+so adding a setting adds one row (and, if the rest of the exporter needs it, a field of
+``Settings``). A flag renamed to the dotted style keeps its 0.1 name (``old``) for a release:
+it still works, hidden from --help, and load_settings warns once that names the new flag.
 """
 
 from __future__ import annotations
 
-import argparse
-import re
-import textwrap
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 
-from exporter import version_text
-from exporter.errors import ConfigError
 from exporter.model import (
     AUTHORIZATION_SETTINGS,
     DEFAULT_MAX_FIRMWARE_VERSIONS,
@@ -65,6 +60,14 @@ DEFAULT_WEB_READ_HEADER_TIMEOUT = 10.0
 ENV_PREFIX = "BEENERGISED_"
 
 
+class Scope(Enum):
+    """Whom a setting describes, which says where the config file may hold it."""
+
+    GLOBAL = "global"  # the exporter: a top-level key, a field of Settings
+    MANDANT = "mandant"  # one mandant: a key of a mandants: entry (flags and variables: the one)
+    BOTH = "both"  # every mandant: the top level is the default, a mandants: entry may differ
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One setting: where it can be given, how its value is parsed, what it defaults to."""
@@ -78,29 +81,33 @@ class Option:
     required: str | None = None  # when it is required instead of defaulted ("like --api.url")
     env_note: str = ""  # another way to give it, said right after the variable
     file_key: str | None = None  # its key in the config file, if it can be there
-    mandant: bool = False  # describes one mandant: a key of a mandants: entry, not top level
-    per_mandant: bool = False  # a global key that a mandants: entry may also set
-    setting: str | tuple[str, ...] | None = None  # Settings field(s) of the value, if global
+    scope: Scope = Scope.GLOBAL
+    setting: str | None = None  # the field of Settings that holds a GLOBAL option's value
     variable: str | None = None  # the environment variable, where its 0.1 name stays
     old: str | None = None  # the flag's 0.1 name: still accepted, with a warning
-    negatable: bool = False  # a switch with a --no- form too
-    env_negated: bool = False  # the variable says "no" (BEENERGISED_NO_STATION_INFO)
     repeatable: bool = False  # the flag may be given again; the variable takes a list: a,b
-    has_flag: bool = True  # False: no flag (a command line is visible in ps)
-    has_env: bool = True
+    secret: bool = False  # no flag: a command line is visible in ps
 
     @property
     def flag(self) -> str | None:
-        return f"--{self.name}" if self.has_flag else None
+        return None if self.secret else f"--{self.name}"
+
+    @property
+    def negatable(self) -> bool:
+        """A switch that is on by default has a --no- form to turn it off."""
+        return self.metavar is None and self.default is True
+
+    @property
+    def env_negated(self) -> bool:
+        """The variable says "no" (BEENERGISED_NO_STATION_INFO=true turns the switch off)."""
+        return self.env.startswith(f"{ENV_PREFIX}NO_")
 
     @property
     def dest(self) -> str:
         return self.name.replace(".", "_").replace("-", "_")
 
     @property
-    def env(self) -> str | None:
-        if not self.has_env:
-            return None
+    def env(self) -> str:
         return self.variable or ENV_PREFIX + self.dest.upper()
 
     @property
@@ -117,7 +124,7 @@ class Option:
     @property
     def names(self) -> tuple[str, ...]:
         """The variable and the flag, as a "missing" message lists them."""
-        return tuple(name for name in (self.env, self.flag) if name)
+        return (self.env, self.flag) if self.flag else (self.env,)
 
     @property
     def default_text(self) -> str:
@@ -139,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="URL",
         required="unless --config.file lists mandants or --demo",
         file_key="api_url",
-        mandant=True,
+        scope=Scope.MANDANT,
         old="api-url",
     ),
     Option(
@@ -149,7 +156,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="URL",
         default=DEFAULT_TOKEN_URL,
         file_key="token_url",
-        mandant=True,
+        scope=Scope.MANDANT,
         variable="BEENERGISED_TOKEN_URL",
         old="token-url",
     ),
@@ -160,7 +167,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ID",
         required="like --api.url",
         file_key="client_id",
-        mandant=True,
+        scope=Scope.MANDANT,
         variable="BEENERGISED_CLIENT_ID",
         old="client-id",
     ),
@@ -173,7 +180,7 @@ OPTIONS: tuple[Option, ...] = (
         required="like --api.url",
         env_note="; or the secret itself in env BEENERGISED_CLIENT_SECRET",
         file_key="client_secret_file",
-        mandant=True,
+        scope=Scope.MANDANT,
         variable="BEENERGISED_CLIENT_SECRET_FILE",
         old="client-secret-file",
     ),
@@ -183,9 +190,9 @@ OPTIONS: tuple[Option, ...] = (
         "the client secret itself",
         required="like --api.url, unless --api.client-secret-file is given",
         file_key="client_secret",
-        mandant=True,
+        scope=Scope.MANDANT,
         variable="BEENERGISED_CLIENT_SECRET",
-        has_flag=False,
+        secret=True,
     ),
     Option(
         "api.token-auth-method",
@@ -194,7 +201,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="METHOD",
         default="basic",
         file_key="token_auth_method",
-        per_mandant=True,
+        scope=Scope.BOTH,
         variable="BEENERGISED_TOKEN_AUTH_METHOD",
         old="token-auth-method",
     ),
@@ -208,7 +215,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="FORM",
         default="auto",
         file_key="authorization",
-        per_mandant=True,
+        scope=Scope.BOTH,
     ),
     Option(
         "api.ca-file",
@@ -218,7 +225,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATH",
         shown="REQUESTS_CA_BUNDLE, else the certificates of the certifi package",
         file_key="ca_file",
-        mandant=True,
+        scope=Scope.MANDANT,
     ),
     Option(
         "firmware.target",
@@ -228,7 +235,7 @@ OPTIONS: tuple[Option, ...] = (
         "beenergised_charging_stations_firmware_target metric",
         metavar="VERSION",
         file_key="target_firmware",
-        mandant=True,
+        scope=Scope.MANDANT,
         variable="BEENERGISED_TARGET_FIRMWARE",
         old="target-firmware",
     ),
@@ -242,16 +249,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
         default=DEFAULT_MAX_FIRMWARE_VERSIONS,
         file_key="firmware_max_versions",
-        per_mandant=True,
-    ),
-    Option(
-        "name",
-        text,
-        "the mandant label; default the first label of the api_url host",
-        file_key="name",
-        mandant=True,
-        has_flag=False,
-        has_env=False,
+        scope=Scope.BOTH,
     ),
     Option(
         "refresh.interval",
@@ -446,218 +444,22 @@ OPTIONS: tuple[Option, ...] = (
         setting="station_info",
         variable="BEENERGISED_NO_STATION_INFO",
         old="no-station-info",
-        negatable=True,
-        env_negated=True,
     ),
 )
 OPTION = {option.name: option for option in OPTIONS}
 """The options by name, for the few that load_settings treats apart."""
-MANDANT_OPTIONS = tuple(option for option in OPTIONS if option.mandant)
-GLOBAL_OPTIONS = tuple(option for option in OPTIONS if not option.mandant)
+MANDANT_OPTIONS = tuple(option for option in OPTIONS if option.scope is Scope.MANDANT)
+GLOBAL_OPTIONS = tuple(option for option in OPTIONS if option.scope is not Scope.MANDANT)
+"""The options read by precedence down to the config file's top level."""
 FILE_GLOBAL_KEYS = (
     "mandants",
     *sorted(option.file_key for option in GLOBAL_OPTIONS if option.file_key),
 )
 FILE_MANDANT_KEYS = tuple(
-    sorted(o.file_key for o in OPTIONS if o.file_key and (o.mandant or o.per_mandant))
-)
-
-
-def _wrap(paragraph: str, width: int) -> list[str]:
-    return textwrap.wrap(
-        " ".join(paragraph.split()), max(width, 20), break_long_words=False, break_on_hyphens=False
-    )
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Wraps help text without splitting URLs, flags and variable names; keeps paragraphs."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        return _wrap(text, width)
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        paragraphs = (
-            "\n".join(indent + line for line in _wrap(p, width)) for p in text.split("\n\n")
+    sorted(
+        (
+            "name",  # the mandant's label: flags and variables give one, named after its host
+            *(o.file_key for o in OPTIONS if o.file_key and o.scope is not Scope.GLOBAL),
         )
-        return "\n\n".join(paragraphs)
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that reports bad usage as ConfigError instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        # argparse quotes what it could not use, and that may be a secret typed on the command
-        # line (--client_secret=VALUE, --demo=VALUE): name flags only, never a value.
-        unrecognized = "unrecognized arguments: "
-        if message.startswith(unrecognized):
-            words = message[len(unrecognized) :].split()
-            flags = [word.partition("=")[0] for word in words if word.startswith("--")]
-            message = unrecognized + (" ".join(flags) or "values that belong to no flag")
-            message += self._suggestion(flags)
-        else:
-            message = _ARGPARSE_VALUE_RE.sub(r": \1 (the value is not shown)", message)
-        raise ConfigError(f"{message.removeprefix('argument ')} (see --help)")
-
-    def _suggestion(self, flags: list[str]) -> str:
-        """A hint for a flag written with underscores (--api_url for --api.url, --client_id
-        for --api.client-id): the flag of that spelling, or what replaces its 0.1 name."""
-        for flag in flags:
-            spelled = flag.replace("_", "-").lower()
-            action = self._option_string_actions.get(spelled)
-            if spelled != flag and action is not None:
-                return f"; did you mean {getattr(action, 'new', None) or spelled}?"
-        return ""
-
-
-_ARGPARSE_VALUE_RE = re.compile(
-    r": (ignored explicit argument|invalid \w+ value|invalid choice):? .*?(?= \(choose from |$)"
-)
-"""The quoted value at the end of the argparse messages that show one."""
-_NO_SECRET_FLAG = (
-    "the client secret has no flag, a command line is visible in ps; use "
-    "--api.client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET"
-)
-_SECRET_FLAGS = ("--client-secret", "--api.client-secret")
-"""Spellings of the flag the client secret does not have, refused before argparse reads them."""
-
-_EPILOG = f"""\
-Each setting is taken from the flag, else the environment variable, else the config file,
-else the default. Environment variables that are set but empty count as unset.
-Booleans from the environment: true/false, 1/0, yes/no.
-
-The client secret has no flag (a command line is visible in ps): use
---api.client-secret-file, BEENERGISED_CLIENT_SECRET_FILE or BEENERGISED_CLIENT_SECRET.
-
-Without --config.file the flags and variables describe one mandant, named after the first
-label of its host name. Default token endpoint: {DEFAULT_TOKEN_URL}
-
-SIGHUP (and POST /-/reload with --web.enable-lifecycle) reloads the config file, the secret
-files and the web config file; a configuration with an error is logged and not applied.
-
-The flags of 0.1 without a dot still work in this release, with a warning naming the new one.
-"""
-_CHECK_EPILOG = """
-To try a configuration once, run "beenergised-exporter check" with the same settings: it reads
-every mandant once, prints what it found or what is wrong, and exits.
-"""
-
-
-def build_parser(
-    prog: str = "beenergised-exporter",
-    description: str = "Prometheus exporter for the be.ENERGISED CPO API: "
-    "charging station fleet, firmware and changes.",
-    log_level: str = "info",
-) -> argparse.ArgumentParser:
-    """The command line, one flag per option with a flag; every flag's help names its
-    environment variable and default (``log_level`` is the default the caller puts in place of
-    an unset one). Values stay raw strings: load_settings parses them."""
-    parser = _Parser(
-        prog=prog,
-        description=description,
-        epilog=_EPILOG + (_CHECK_EPILOG if prog == "beenergised-exporter" else ""),
-        formatter_class=_HelpFormatter,
-        # Abbreviations would let "--api.client-secret VALUE" pass as --api.client-secret-file.
-        allow_abbrev=False,
     )
-    for option in OPTIONS:
-        flag = option.flag
-        if flag is None:
-            continue
-        if option.name == "log.level":
-            option = replace(option, default=log_level)
-        common: dict[str, Any] = {
-            "dest": option.dest,
-            "action": _Flag,
-            "repeatable": option.repeatable,
-            **({"nargs": 0} if option.metavar is None else {"metavar": option.metavar}),
-        }
-        negation = [f"--no-{option.name}"] if option.negatable else []
-        parser.add_argument(flag, *negation, help=option.help_text, **common)
-        if option.old_flag is not None:
-            parser.add_argument(
-                option.old_flag, help=argparse.SUPPRESS, new=option.new_flag, **common
-            )
-    # Not a setting, like --help: it prints and exits before any setting is read.
-    parser.add_argument(
-        "--version",
-        action=_PrintVersion,
-        help="print the version, the Python version and the platform, then exit",
-    )
-    if prog == "beenergised-exporter":  # the usage names the command `check` too
-        flags = parser.format_usage().removeprefix("usage: ").rstrip()
-        parser.usage = f"{flags}\n       {prog} check [--output FORMAT] [the flags above]"
-    return parser
-
-
-GIVEN_AS = "given_as"
-"""The parsed arguments' attribute that maps a dest to the flag that gave it, as written."""
-OLD_FLAGS_USED = "old_flags_used"
-"""The parsed arguments' attribute that maps each 0.1 flag name used to its new name."""
-
-
-class _Flag(argparse.Action):
-    """Stores a flag's raw value (a switch's: True, False for its --no- form; a repeatable
-    flag's: the list of its values) and the flag as written, so that messages name it as the
-    user did; a 0.1 name (``new`` set) is noted for the deprecation warning."""
-
-    def __init__(
-        self,
-        option_strings: Sequence[str],
-        dest: str,
-        *,
-        repeatable: bool = False,
-        new: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(option_strings, dest, default=None, **kwargs)
-        self.repeatable = repeatable
-        self.new = new
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        assert option_string is not None  # flags only, no positional arguments
-        if self.nargs == 0:
-            values = not option_string.startswith("--no-")
-        elif self.repeatable:
-            values = [*(getattr(namespace, self.dest) or []), values]
-        setattr(namespace, self.dest, values)
-        vars(namespace).setdefault(GIVEN_AS, {})[self.dest] = option_string
-        if self.new is not None:
-            vars(namespace).setdefault(OLD_FLAGS_USED, {})[option_string] = self.new
-
-
-def deprecation_warnings(args: argparse.Namespace) -> list[str]:
-    """One warning for each 0.1 flag name in ``args``, however often it was given."""
-    used: dict[str, str] = getattr(args, OLD_FLAGS_USED, {})
-    return [
-        f"{old} is deprecated and will be removed in a later release; use {new}"
-        for old, new in used.items()
-    ]
-
-
-class _PrintVersion(argparse.Action):
-    """``--version``: the lines of version_text as they are (argparse's own version action
-    would rewrap them into one paragraph), then exit 0."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
-        print(version_text(parser.prog))
-        parser.exit()
-
-
-def reject_secret_flag(argv: Sequence[str]) -> None:
-    """Refuse --api.client-secret and --client-secret in any spelling before argparse could
-    echo the value."""
-    for arg in argv:
-        if arg == "--":
-            return
-        flag = arg.partition("=")[0]
-        if flag.replace("_", "-").lower() in _SECRET_FLAGS:
-            raise ConfigError(f"{flag}: not supported: {_NO_SECRET_FLAG}")
+)

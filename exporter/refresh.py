@@ -20,11 +20,11 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from exporter.api import MAX_STATIONS, CpoClient, RequestCounter, connect
 from exporter.auth import TokenSource
 from exporter.authheader import HeaderForm
-from exporter.changelog import ChangeLog
 from exporter.errors import PaginationError, RefreshError
 from exporter.http import DEFAULT_LIMITS, Deadline, Limits
 from exporter.model import FOLDED_FIRMWARE, Mandant, MandantState, Snapshot, diff
 from exporter.scheduler import SteadyInterval, SteadyScheduler
+from exporter.stationchanges import StationChanges
 
 LOG = logging.getLogger(__name__)
 
@@ -50,13 +50,13 @@ class MandantRefresher:
         limits: Limits = DEFAULT_LIMITS,
         cancel: threading.Event | None = None,
         on_publish: Callable[[], object] | None = None,
-        changelog: ChangeLog | None = None,
+        station_changes: StationChanges | None = None,
         clock: Callable[[], float] = time.time,
         serial_numbers: bool = True,
     ) -> None:
         self.mandant = mandant
         self._on_publish = on_publish or (lambda: None)
-        self._changelog = changelog
+        self._station_changes = station_changes
         self._timeout = timeout
         self._interval = interval
         self._cancel = cancel or threading.Event()
@@ -165,8 +165,8 @@ class MandantRefresher:
                     counts["removed"],
                     counts["firmware_changed"],
                 )
-                if self._changelog is not None:
-                    self._changelog.record(self.mandant.name, snapshot.taken_at, changes)
+                if self._station_changes is not None:
+                    self._station_changes.record(self.mandant.name, snapshot.taken_at, changes)
         else:
             LOG.info("mandant %s: first refresh, %d stations", self.mandant.name, len(snapshot))
         del previous  # a changed fleet's old dict goes before /metrics renders the new one

@@ -20,10 +20,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from exporter import __version__
-from exporter.changelog import ChangeEntry, ChangeLog
 from exporter.lifecycle import ReloadResult
 from exporter.metrics import Exposition, RefusedRequests
 from exporter.model import CHANGE_KINDS, MandantState
+from exporter.stationchanges import ChangeEntry, StationChanges
 from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
 from exporter.webserver import DEFAULT_LIMITS, Server, ServerLimits
 
@@ -64,7 +64,7 @@ class ExporterApp:
         self,
         exposition: Exposition,
         states: Callable[[], Sequence[MandantState]],
-        changelog: ChangeLog,
+        station_changes: StationChanges,
         *,
         telemetry_path: str = "/metrics",
         auth: BasicAuth | None = None,
@@ -76,7 +76,7 @@ class ExporterApp:
         self.refused = refused or RefusedRequests()
         """Requests refused, by the app (basic auth) and by the server it runs in."""
         self._states = states
-        self._changelog = changelog
+        self._station_changes = station_changes
         self._telemetry_path = telemetry_path
         self._auth = auth
         self._reload = reload
@@ -200,10 +200,10 @@ class ExporterApp:
         except BadRequest as e:
             body = json.dumps({"error": str(e)}).encode() + b"\n"
             return _respond(start_response, "400 Bad Request", body, _JSON_HEADERS)
-        entries = self._changelog.latest(mandant=mandant, kind=kind, limit=limit)
+        entries = self._station_changes.latest(mandant=mandant, kind=kind, limit=limit)
         document = {
             "changes": [entry.as_dict() for entry in entries],
-            "max_entries": self._changelog.max_entries,
+            "max_entries": self._station_changes.max_entries,
         }
         # errors="replace": text UTF-8 cannot encode (parsing repairs it) must not fail the page
         body = json.dumps(document, ensure_ascii=False, indent=1).encode(errors="replace") + b"\n"
@@ -239,12 +239,12 @@ class ExporterApp:
                 f"limit must be a whole number from 1 to {10**_MAX_LIMIT_DIGITS - 1}, got {shown!r}"
             )
         # The ring holds no more than max_entries, so a larger limit means all of them.
-        return mandant, kind, min(int(limit_text), self._changelog.max_entries)
+        return mandant, kind, min(int(limit_text), self._station_changes.max_entries)
 
     def _landing(self, start_response: StartResponse) -> Iterable[bytes]:
         rows = "\n".join(_mandant_row(state) for state in self._states())
         changes = "\n".join(
-            _change_row(entry) for entry in self._changelog.latest(limit=LANDING_CHANGES)
+            _change_row(entry) for entry in self._station_changes.latest(limit=LANDING_CHANGES)
         )
         if not changes:
             changes = '<tr><td colspan="6">no changes since the exporter started</td></tr>'

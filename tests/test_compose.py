@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from exporter.config import DEFAULT_PORT, load_settings
+from exporter.config import load_settings
+from exporter.values import DEFAULT_PORT
 from tests.dockerfile import DOCKERFILE, final_stage, instructions
 from tests.helpers import ROOT, load_script, require_tool
 

@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import (
-    DEFAULT_PORT,
-    DEFAULT_TOKEN_URL,
-    TOKEN_AUTH_METHODS,
-    Mandant,
-    Settings,
-    build_parser,
-    load_settings,
-    parse_duration,
-)
+from exporter.commandline import build_parser
+from exporter.config import Settings, load_settings
 from exporter.errors import ConfigError
-from exporter.model import Secret
-from exporter.options import OPTION
+from exporter.model import TOKEN_AUTH_METHODS, Mandant, Secret
+from exporter.options import DEFAULT_TOKEN_URL, OPTION
+from exporter.values import DEFAULT_PORT, parse_duration
 
 SECRET = "s3cr3t-XYZ"
 API_URL = "https://yourmandant.beenergised.cloud"

@@ -17,7 +17,8 @@ import pytest
 import requests
 import yaml
 
-from exporter.config import DEFAULT_PORT, load_settings, parse_duration
+from exporter.config import load_settings
+from exporter.values import DEFAULT_PORT, parse_duration
 from tests.dockerfile import final_stage
 from tests.helpers import IN_CI, ROOT, load_script, require_tool, wait_until
 

@@ -17,8 +17,9 @@ import pytest
 import trustme
 import yaml
 
-from exporter.config import DEFAULT_PORT, Settings, load_settings
+from exporter.config import Settings, load_settings
 from exporter.options import FILE_GLOBAL_KEYS, FILE_MANDANT_KEYS
+from exporter.values import DEFAULT_PORT
 from exporter.webconfig import load_web_config
 from tests.helpers import ROOT, require_tool
 

@@ -27,7 +27,6 @@ from exporter.api import (
     parse_station,
 )
 from exporter.auth import TokenSource
-from exporter.changelog import ChangeLog
 from exporter.check import ISSUE_MEANINGS
 from exporter.errors import PaginationError
 from exporter.http import Deadline, RetryPolicy
@@ -49,6 +48,7 @@ from exporter.simulator import (
     Inventory,
     Simulator,
 )
+from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp
 
 FFFD = "\ufffd"
@@ -258,9 +258,9 @@ def call(app: ExporterApp, path: str, query: str = "") -> tuple[str, bytes]:
 
 def test_the_landing_page_and_changes_render_text_that_utf8_cannot_encode():
     states = states_with_bad_text()
-    changelog = ChangeLog(max_entries=5)
-    changelog.record("hostile", 0.0, [Change("added", "bad", BAD, BAD, "", BAD)])
-    app = ExporterApp(exposition_of(states), lambda: states, changelog)
+    station_changes = StationChanges(max_entries=5)
+    station_changes.record("hostile", 0.0, [Change("added", "bad", BAD, BAD, "", BAD)])
+    app = ExporterApp(exposition_of(states), lambda: states, station_changes)
     status, page = call(app, "/")
     assert status == "200 OK" and b"bad?" in page
     status, body = call(app, "/changes")

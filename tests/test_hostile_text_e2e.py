@@ -142,7 +142,7 @@ def test_a_bad_label_is_repaired_counted_and_breaks_no_output(stack: Stack, case
         assert during[sid] == case.repaired(before[sid])
         stack.assert_all_output_works()
 
-        # A station added now is the page's last row: its bad label reaches the change log.
+        # A station added now is the page's last row: its bad label reaches the station changes.
         [added] = stack.hostile.change(add=1)["added"]
         wait_until(lambda: added in stack.labels(), what="the added station on /metrics")
         label = stack.labels()[added]

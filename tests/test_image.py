@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.config import DEFAULT_PORT
 from exporter.demo import DEMO_STATIONS
+from exporter.values import DEFAULT_PORT
 from tests.dockerfile import DOCKERFILE, final_stage
 from tests.helpers import IN_CI, ROOT, Process, free_port, load_script, require_tool, wait_until
 

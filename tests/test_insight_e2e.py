@@ -1,4 +1,4 @@
-"""End to end: the change log, /changes, the rollout gauge and the data-quality metric of the
+"""End to end: the station changes, /changes, the rollout gauge and the data-quality metric of the
 real exporter process, checked against what the standalone simulator process really changed.
 
 The truth comes from the simulator itself: its own API, read with its credentials, before and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 import exporter
 from exporter import errors
+from tests.helpers import free_port
 
 PACKAGE = Path(exporter.__file__).parent
 HEAVY = ("requests", "apscheduler", "yaml")
@@ -124,3 +126,72 @@ def test_the_head_reader_and_the_worker_pool_import_nothing_of_ours() -> None:
     graph = import_graph()
     assert graph["exporter.webheads"] == set()
     assert graph["exporter.webworkers"] == set()
+
+
+def simulator_modules_after(argv: list[str], environ: dict[str, str]) -> tuple[int, set[str]]:
+    """The exit status of ``exporter.cli.main(argv)`` in a fresh interpreter, and the modules
+    of exporter.simulator and exporter.demo loaded by then."""
+    probe = (
+        "import sys, exporter.cli; "
+        f"code = exporter.cli.main({argv!r}); "
+        "print(code, *(m for m in sys.modules if m.startswith(('exporter.simulator', "
+        "'exporter.demo'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": os.environ.get("PATH", ""), **environ},
+    )
+    code, *modules = result.stdout.splitlines()[-1].split()  # after what main printed
+    return int(code), set(modules)
+
+
+@pytest.mark.e2e  # starts a Python interpreter
+def test_a_start_without_demo_loads_neither_the_demo_nor_the_simulator() -> None:
+    assert simulator_modules_after([], {}) == (2, set())  # no mandant configured
+    closed = f"http://127.0.0.1:{free_port()}"
+    argv = ["check", f"--api.url={closed}", f"--api.token-url={closed}", "--api.client-id=id"]
+    code, modules = simulator_modules_after(argv, {"BEENERGISED_CLIENT_SECRET": "s"})
+    assert (code, modules) == (1, set())  # checked the mandant: it cannot be reached
+
+
+@pytest.mark.e2e  # starts a Python interpreter and the demo's simulated API
+def test_demo_loads_the_simulator() -> None:
+    code, modules = simulator_modules_after(["check", "--demo", "--output=json"], {})
+    assert code == 0
+    assert {"exporter.demo", "exporter.simulator", "exporter.simulator.server"} <= modules
+
+
+def names_imported_at_top(path: Path) -> set[str]:
+    """The names a module binds at its top level by importing them."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).partition(".")[0] for alias in node.names)
+    return names
+
+
+def test_each_name_imports_from_the_module_that_defines_it() -> None:
+    """One import path per name: no module of exporter/ passes on a name it imported (a
+    package's __init__ may: it is the package's face)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    passed_on = {
+        name: names_imported_at_top(path)
+        for name, path in modules.items()
+        if path.name != "__init__.py"
+    }
+    root = PACKAGE.parent
+    found = []
+    for folder in ("exporter", "tests", "bench", "deploy"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module in passed_on:
+                    found += [
+                        f"{path.relative_to(root)}: {alias.name} from {node.module}"
+                        for alias in node.names
+                        if alias.name in passed_on[node.module]
+                    ]
+    assert found == []

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from exporter.check import build_check_parser
+from exporter.commandline import build_parser
 from exporter.options import (
     FILE_GLOBAL_KEYS,
     FILE_MANDANT_KEYS,
     OPTION,
     OPTIONS,
     Option,
-    build_parser,
+    Scope,
 )
 from exporter.values import Given
 
@@ -36,8 +37,6 @@ def names_in(cell: str) -> set[str]:
 def test_readme_table_lists_every_option_with_its_flag_and_variable() -> None:
     rows = readme_configuration_rows()
     for option in OPTIONS:
-        if option.env is None:
-            continue  # a key of the config file only (a mandant's name)
         matches = [row for row in rows if option.env in names_in(row[1])]
         assert len(matches) == 1, option.env
         assert (option.flag in names_in(matches[0][0])) if option.flag else True, option.flag
@@ -63,10 +62,10 @@ def test_readme_table_shows_each_default_as_help_does() -> None:
             assert row[2] == f"`{option.default_text}`", option.flag
 
 
-def test_the_changelog_names_each_flag_of_0_1_beside_its_new_name() -> None:
+def test_the_release_notes_name_each_flag_of_0_1_beside_its_new_name() -> None:
     """Operators upgrading look up the flag they use in the release notes."""
-    changelog = (README.parent / "CHANGELOG.md").read_text(encoding="utf-8")
-    unreleased = changelog.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
+    notes = (README.parent / "CHANGELOG.md").read_text(encoding="utf-8")
+    unreleased = notes.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
     for option in OPTIONS:
         if option.old_flag is not None:
             assert f"| `{option.old_flag}` | `{option.new_flag}` |" in unreleased, option.old
@@ -174,3 +173,16 @@ def test_file_keys_come_from_the_table() -> None:
         "token_auth_method",
         "token_url",
     )
+
+
+def test_the_scope_says_where_a_value_goes() -> None:
+    """A global option's value is a field of Settings (but the config file's own name); the
+    value of a mandant's option goes to the mandant, from a key of the file."""
+    unstored = [o.name for o in OPTIONS if o.scope is Scope.GLOBAL and o.setting is None]
+    assert unstored == ["config.file"]
+    assert all(o.setting is None and o.file_key for o in OPTIONS if o.scope is not Scope.GLOBAL)
+
+
+def test_the_switch_on_by_default_is_the_one_turned_off_by_its_variable() -> None:
+    assert [o.name for o in OPTIONS if o.negatable] == ["collector.station-info"]
+    assert [o.env for o in OPTIONS if o.env_negated] == ["BEENERGISED_NO_STATION_INFO"]

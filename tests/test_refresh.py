@@ -4,12 +4,12 @@ from dataclasses import replace
 import pytest
 
 from exporter.api import RequestCounter
-from exporter.changelog import ChangeLog
 from exporter.http import DEFAULT_LIMITS
 from exporter.model import Mandant, MandantState, Secret, Station
 from exporter.refresh import MandantRefresher, start_scheduler
 from exporter.simulator import Inventory, Simulator
 from exporter.simulator.inventory import spread_mix
+from exporter.stationchanges import StationChanges
 from tests.helpers import wait_until
 
 
@@ -225,19 +225,19 @@ def test_a_changed_fleet_is_a_new_fleet_that_shares_the_unchanged_stations(simul
 
 
 def test_a_torn_read_never_reaches_the_change_log(simulator):
-    changelog = ChangeLog(max_entries=10)
+    station_changes = StationChanges(max_entries=10)
     refresher = MandantRefresher(
-        mandant_for(simulator), page_limit=10, timeout=30, changelog=changelog
+        mandant_for(simulator), page_limit=10, timeout=30, station_changes=station_changes
     )
     fleets = (["a", "b"], ["a", "b"], ["a", "x"], ["a", "c"], ["a", "c"])
     refresher._connection = (refresher._connection[0], ScriptedClient(*fleets))
     refresher.refresh()
-    assert changelog.latest() == []  # the first fleet is the baseline, not a change
+    assert station_changes.latest() == []  # the first fleet is the baseline, not a change
     refresher.refresh()
-    seen = [(e.mandant, e.change.kind, e.change.station_id) for e in changelog.latest()]
+    seen = [(e.mandant, e.change.kind, e.change.station_id) for e in station_changes.latest()]
     name = refresher.mandant.name
     assert seen == [(name, "removed", "b"), (name, "added", "c")]
-    assert {e.time for e in changelog.latest()} == {refresher.state.snapshot.taken_at}
+    assert {e.time for e in station_changes.latest()} == {refresher.state.snapshot.taken_at}
 
 
 def test_without_the_info_metric_the_fleet_holds_no_serial_numbers(simulator):

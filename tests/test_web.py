@@ -14,11 +14,11 @@ import requests
 import trustme
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from exporter.changelog import ChangeLog
 from exporter.lifecycle import ReloadResult
 from exporter.listeners import listen
 from exporter.metrics import Exposition, FleetCollector
 from exporter.model import Change, MandantState, Snapshot, Station
+from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webconfig import load_web_config
@@ -26,11 +26,11 @@ from tests.helpers import wait_until
 
 
 class States:
-    """The app's inputs: the mandant states (``value``) and the change log."""
+    """The app's inputs: the mandant states (``value``) and the station changes."""
 
     def __init__(self) -> None:
         self.value = [MandantState(name="north"), MandantState(name="<south>")]
-        self.changelog = ChangeLog(max_entries=5)
+        self.station_changes = StationChanges(max_entries=5)
 
     def __call__(self) -> list[MandantState]:
         return self.value
@@ -46,7 +46,7 @@ def exposition_of(states) -> Exposition:
 def server() -> Iterator[tuple[str, States]]:
     states = States()
     app = ExporterApp(
-        exposition_of(states), states, states.changelog, telemetry_path="/custom-metrics"
+        exposition_of(states), states, states.station_changes, telemetry_path="/custom-metrics"
     )
     httpd, thread = serve(app, [listen("127.0.0.1", 0)])
     try:
@@ -131,8 +131,8 @@ def changes_of(n: int, kind: str = "added") -> list[Change]:
 
 def test_changes_newest_first_with_filters_and_limit(server):
     url, states = server
-    states.changelog.record("north", 100.0, changes_of(2))
-    states.changelog.record(
+    states.station_changes.record("north", 100.0, changes_of(2))
+    states.station_changes.record(
         "<south>", 200.0, [Change("firmware_changed", "s1", "S <1>", "cp_s1", "1.0", "2.0")]
     )
     body = requests.get(url + "/changes", timeout=5).json()
@@ -160,7 +160,7 @@ def test_changes_newest_first_with_filters_and_limit(server):
 
 def test_changes_ring_keeps_the_newest(server):
     url, states = server
-    states.changelog.record("north", 1.0, changes_of(7))  # the ring holds 5
+    states.station_changes.record("north", 1.0, changes_of(7))  # the ring holds 5
     ids = [c["id"] for c in requests.get(url + "/changes", timeout=5).json()["changes"]]
     assert ids == [7, 6, 5, 4, 3]
 
@@ -188,7 +188,7 @@ def test_changes_rejects_bad_parameters_with_a_reason(server, query, named):
 def test_landing_page_shows_the_latest_changes_escaped(server):
     url, states = server
     assert "no changes since the exporter started" in requests.get(url + "/", timeout=5).text
-    states.changelog.record(
+    states.station_changes.record(
         "north", 0.0, [Change("firmware_changed", "s1", "Hof <Süd>", "cp_s1", "1.0", "2.0")]
     )
     page = requests.get(url + "/", timeout=5).text
@@ -263,7 +263,7 @@ def start() -> Iterator[Callable[..., int]]:
         app = ExporterApp(
             exposition_of(states),
             states,
-            states.changelog,
+            states.station_changes,
             telemetry_path=telemetry_path,
             auth=BasicAuth(USERS) if auth else None,
             reload=reload,
@@ -466,7 +466,7 @@ def test_optional_client_certificates_are_verified_when_given(start, pki):
 def test_new_users_replace_the_old_and_keep_the_queue_of_password_checks():
     states = States()
     states.value = ready_states()
-    app = ExporterApp(exposition_of(states), states, states.changelog, auth=BasicAuth(USERS))
+    app = ExporterApp(exposition_of(states), states, states.station_changes, auth=BasicAuth(USERS))
 
     def status(user: str | None) -> str:
         environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/readyz", "REMOTE_ADDR": "192.0.2.1"}

@@ -28,10 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from exporter.changelog import ChangeLog
 from exporter.listeners import listen
 from exporter.metrics import Exposition, FleetCollector, RefusedRequests
 from exporter.model import MandantState, Snapshot, Station
+from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webheads import MAX_HEAD
@@ -96,7 +96,7 @@ def start(web_config: WebConfig | None = None, auth: bool = False) -> Served:
     app = ExporterApp(
         Exposition(FleetCollector(states), states, CollectorRegistry()),
         states,
-        ChangeLog(5),
+        StationChanges(5),
         auth=BasicAuth(USERS) if auth else None,
         refused=refused,
     )

@@ -18,11 +18,11 @@ import bcrypt
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from exporter.changelog import ChangeLog
 from exporter.errors import ConfigError
 from exporter.listeners import listen
 from exporter.metrics import Exposition, FleetCollector, RefusedRequests
 from exporter.model import Change, MandantState, Snapshot, Station
+from exporter.stationchanges import StationChanges
 from exporter.web import (
     OPENMETRICS,
     TEXT_FORMAT,
@@ -73,9 +73,9 @@ def start() -> Iterator[Callable[..., int]]:
     servers = []
 
     def start(app: ExporterApp | None = None, host: str = "127.0.0.1") -> int:
-        changelog = ChangeLog(max_entries=5)
-        changelog.record("north", 1.0, [Change("added", "s1", "S 1", "cp_s1", "", "1.0")])
-        app = app or ExporterApp(exposition(), states, changelog)
+        station_changes = StationChanges(max_entries=5)
+        station_changes.record("north", 1.0, [Change("added", "s1", "S 1", "cp_s1", "", "1.0")])
+        app = app or ExporterApp(exposition(), states, station_changes)
         server, thread = serve(app, [listen(host, 0)])
         servers.append((server, thread))
         return server.server_address[1]
@@ -90,9 +90,11 @@ def start() -> Iterator[Callable[..., int]]:
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
     """One server of the plain app for the tests that only read."""
-    changelog = ChangeLog(max_entries=5)
-    changelog.record("north", 1.0, [Change("added", "s1", "S 1", "cp_s1", "", "1.0")])
-    server, thread = serve(ExporterApp(exposition(), states, changelog), [listen("127.0.0.1", 0)])
+    station_changes = StationChanges(max_entries=5)
+    station_changes.record("north", 1.0, [Change("added", "s1", "S 1", "cp_s1", "", "1.0")])
+    server, thread = serve(
+        ExporterApp(exposition(), states, station_changes), [listen("127.0.0.1", 0)]
+    )
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
@@ -333,7 +335,7 @@ def test_an_unexpected_error_is_a_plain_500_and_one_log_line(start, caplog, capf
     def broken() -> list[MandantState]:
         raise RuntimeError("secret detail of the failure")
 
-    app = ExporterApp(exposition(), broken, ChangeLog(5))
+    app = ExporterApp(exposition(), broken, StationChanges(5))
     caplog.set_level(logging.DEBUG, logger="exporter.web")
     port = start(app)
     status, headers, body = get(port, "/readyz")
@@ -507,8 +509,8 @@ def test_a_right_password_waits_for_one_check_per_other_client_however_big_the_f
     """Three addresses flood wrong passwords from 30 threads; a fourth client's right password
     is checked after at most one run of each of them, then the flood goes on."""
     auth = BasicAuth({"alice": HASH})
-    changelog = ChangeLog(5)
-    port = start(ExporterApp(exposition(), states, changelog, auth=auth))
+    station_changes = StationChanges(5)
+    port = start(ExporterApp(exposition(), states, station_changes, auth=auth))
     flooders = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     stop = threading.Event()
     answers: dict[int, int] = {}
@@ -567,7 +569,7 @@ def login(port: int, source: str, credentials: bytes) -> int:
 def test_the_429_answer(start, slow_bcrypt):
     auth = BasicAuth({"alice": HASH})
     refused = RefusedRequests()
-    port = start(ExporterApp(exposition(), states, ChangeLog(5), auth=auth, refused=refused))
+    port = start(ExporterApp(exposition(), states, StationChanges(5), auth=auth, refused=refused))
     held = threading.Thread(target=login, args=(port, "127.0.0.1", b"alice:wrong"))
     held.start()
     assert slow_bcrypt.running.wait(5)

@@ -1,9 +1,9 @@
 import json
 import logging
 
-from exporter.changelog import ChangeLog
 from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.model import Change
+from exporter.stationchanges import StationChanges
 
 
 def change(sid: str, kind: str = "added") -> Change:
@@ -11,7 +11,7 @@ def change(sid: str, kind: str = "added") -> Change:
 
 
 def test_entries_are_numbered_and_read_newest_first():
-    log = ChangeLog(max_entries=10)
+    log = StationChanges(max_entries=10)
     log.record("north", 10.0, [change("a"), change("b", "removed")])
     log.record("south", 20.0, [change("c", "firmware_changed")])
     entries = log.latest()
@@ -26,7 +26,7 @@ def test_entries_are_numbered_and_read_newest_first():
 
 
 def test_the_ring_is_bounded_and_drops_the_oldest():
-    log = ChangeLog(max_entries=3)
+    log = StationChanges(max_entries=3)
     log.record("north", 1.0, [change(str(i)) for i in range(5)])
     assert [e.change.station_id for e in log.latest()] == ["4", "3", "2"]
     assert [e.id for e in log.latest()] == [5, 4, 3]
@@ -34,7 +34,7 @@ def test_the_ring_is_bounded_and_drops_the_oldest():
 
 def test_one_structured_log_line_per_change(caplog):
     caplog.set_level(logging.INFO, logger="exporter.changelog")
-    ChangeLog(max_entries=2).record(
+    StationChanges(max_entries=2).record(
         "north",
         1.0,
         [
@@ -44,6 +44,7 @@ def test_one_structured_log_line_per_change(caplog):
     )
     first, second = caplog.records
     line = LogfmtFormatter().format(first)
+    assert " source=exporter.changelog " in line  # log pipelines may select by it
     assert 'msg="station firmware changed" id=1 mandant=north kind=firmware_changed' in line
     assert 'station_id=id-1 label="Hof Süd" charge_box_identity=cp_1' in line
     assert line.endswith("firmware_from=2.4.1 firmware_to=2.5.0")
@@ -63,7 +64,7 @@ def test_one_refresh_logs_and_keeps_at_most_max_entries_changes(caplog):
     """An API that swaps its whole fleet must not write a log line per station: the last
     ``max_entries`` changes (removals come last) are logged and kept, one warning says so."""
     caplog.set_level(logging.INFO, logger="exporter.changelog")
-    log = ChangeLog(max_entries=100)
+    log = StationChanges(max_entries=100)
     log.record("north", 1.0, [change(str(i)) for i in range(5000)])
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warnings] == [

@@ -1,4 +1,4 @@
-"""The change log: every station added, removed or moved to another firmware, as one structured
+"""The station changes: every station added, removed or moved to another firmware, as one structured
 log line each and in a bounded in-memory ring that ``GET /changes`` and the landing page read.
 """
 
@@ -14,7 +14,9 @@ from typing import Any
 
 from exporter.model import Change
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("exporter.changelog")
+"""The name of the module before it was renamed: the log lines' ``source``, which log pipelines
+may select the change lines by."""
 
 _MESSAGES = {
     "added": "station added",
@@ -49,7 +51,7 @@ class ChangeEntry:
         }
 
 
-class ChangeLog:
+class StationChanges:
     """The latest ``max_entries`` changes of every mandant; thread-safe."""
 
     def __init__(self, max_entries: int) -> None:

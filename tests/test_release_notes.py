@@ -1,4 +1,4 @@
-"""CHANGELOG.md: Keep a Changelog's shape, and an entry for the version pyproject.toml holds."""
+"""The release notes, CHANGELOG.md: Keep a Changelog's shape, an entry for pyproject's version."""
 
 from __future__ import annotations
 
