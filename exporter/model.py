@@ -215,10 +215,11 @@ def repeated(items: Collection[_T], key: Callable[[_T], str]) -> Counter[str]:
     """How often each key of ``items`` comes, for the keys that come more than once ('' never
     counts).
 
-    A Counter of every key would hold a million strings and their dict at once (90 MiB at
-    1,000,000 stations). Two passes hold about 2 MiB instead: the first marks the hash of each
-    key in a bitmap and keeps the hashes it finds marked already (keys seen before, and a few
-    that only share a bit); the second counts exactly the keys with such a hash.
+    A Counter of every key would hold every key and a dict entry for each at once. Two passes
+    hold a bitmap of ``_BITMAP_BITS`` bits and the repeated keys instead: the first marks the
+    hash of each key in the bitmap and keeps the hashes it finds marked already (keys seen
+    before, and a few that only share a bit); the second counts exactly the keys with such a
+    hash.
     """
     seen = bytearray(_BITMAP_BITS // 8)
     again: set[int] = set()

@@ -52,9 +52,9 @@ concurrency 4 and 300 s page by page; a hung request is cut after --api.request-
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_SIZE = 8 * 1024 * 1024
 DEFAULT_MAX_STATIONS = 1_000_000
-"""10,000 pages of the default --api.page-limit: the size the exporter is benchmarked at. Each
-station held costs about 300 bytes and a refresh may hold a published fleet and two reads, so
-about 1 GB at most with a million stations on either side."""
+"""10,000 pages of the default --api.page-limit: the size the exporter is benchmarked at. A
+refresh may hold a published fleet and two reads; what a station costs is measured in
+docs/performance.md#memory."""
 DEFAULT_WEB_MAX_REQUESTS = 40
 DEFAULT_WEB_READ_HEADER_TIMEOUT = 10.0
 ENV_PREFIX = "BEENERGISED_"
