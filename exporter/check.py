@@ -19,12 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.api import RequestCounter, connect
+from exporter.api import connect
 from exporter.authheader import shown
 from exporter.commandline import build_parser
 from exporter.config import Settings
 from exporter.errors import RefreshError
-from exporter.http import Deadline, Limits
+from exporter.http import Deadline, Limits, RequestCounter
 from exporter.model import DATA_ISSUES, FOLDED_FIRMWARE, MAX_TEXT_LENGTH, Mandant, Snapshot
 from exporter.options import DEFAULT_TOKEN_URL
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -50,6 +51,25 @@ LOG = logging.getLogger(__name__)
 
 ResponseHook = Callable[[str, str], None]
 """Called with (endpoint, status code or ``error``) for every request made."""
+
+
+class RequestCounter:
+    """A ResponseHook counting the requests by (endpoint, status code); thread-safe."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str, code: str) -> None:
+        with self._lock:
+            key = (endpoint, code)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> Mapping[tuple[str, str], int]:
+        """A copy of the counts, safe to read while requests go on."""
+        with self._lock:
+            return MappingProxyType(dict(self._counts))
+
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_REDIRECTS = 3

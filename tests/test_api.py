@@ -7,14 +7,7 @@ import pytest
 import requests
 import responses
 
-from exporter.api import (
-    STATIONS_PATH,
-    CpoClient,
-    StationBudget,
-    _Gate,
-    parse_page,
-    parse_station,
-)
+from exporter.api import STATIONS_PATH, CpoClient, StationBudget, _Gate
 from exporter.auth import TokenSource
 from exporter.authheader import HeaderForm
 from exporter.errors import (
@@ -27,6 +20,7 @@ from exporter.errors import (
 )
 from exporter.http import Deadline, RetryPolicy
 from exporter.model import Secret, Station
+from exporter.stations import parse_page, parse_station
 from tests.helpers import wait_until
 
 API = "https://mandant.example.test"

@@ -18,14 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.api import (
-    STATIONS_PATH,
-    CpoClient,
-    decode_json,
-    new_session,
-    parse_page,
-    parse_station,
-)
+from exporter.api import STATIONS_PATH, CpoClient, new_session
 from exporter.auth import TokenSource
 from exporter.check import ISSUE_MEANINGS
 from exporter.errors import PaginationError
@@ -49,6 +42,7 @@ from exporter.simulator import (
     Simulator,
 )
 from exporter.stationchanges import StationChanges
+from exporter.stations import decode_json, parse_page, parse_station
 from exporter.web import ExporterApp
 
 FFFD = "\ufffd"

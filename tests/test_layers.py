@@ -195,3 +195,54 @@ def test_each_name_imports_from_the_module_that_defines_it() -> None:
                         if alias.name in passed_on[node.module]
                     ]
     assert found == []
+
+
+REPAIRER = "exporter.stations"
+REPAIR_NAMES = frozenset({"_repair", "REPLACEMENT", "_INVALID_TEXT"})
+
+
+def named(node: ast.AST) -> str:
+    """The name ``node`` refers to, if it is a name, an attribute or an imported name."""
+    for kind, field in ((ast.Name, "id"), (ast.Attribute, "attr"), (ast.alias, "name")):
+        if isinstance(node, kind):
+            return str(getattr(node, field))
+    return ""
+
+
+def text_repairs(source: str) -> list[str]:
+    """What in ``source`` turns untrusted text into a Station, or repairs text as only
+    REPAIRER may: a call of ``Station(...)`` (a station whose text skipped the repair), the
+    repair's own names, or the replacement character U+FFFD."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Call) and named(node.func) == "Station":
+            found.append(f"line {line}: builds a Station")
+        elif named(node) in REPAIR_NAMES:
+            found.append(f"line {line}: uses {named(node)}")
+        elif isinstance(node, ast.Constant) and "\ufffd" in str(node.value):
+            found.append(f"line {line}: holds U+FFFD")
+    return found
+
+
+def test_text_from_the_api_is_repaired_in_one_module_only() -> None:
+    """Every Station is built, and every bad text repaired, in REPAIRER: a second place would
+    be a second set of rules for what a label may hold, and a way around the repair."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    repairs = {name: text_repairs(path.read_text()) for name, path in paths.items()}
+    assert repairs.pop(REPAIRER)  # the check sees the repair where it is
+    assert {name: found for name, found in repairs.items() if found} == {}
+
+
+def test_text_repairs_finds_a_repair_elsewhere() -> None:
+    source = (
+        "from exporter.model import Station\n"
+        "from exporter.stations import REPLACEMENT\n"
+        "def parse(row):\n"
+        "    return Station(row['id'].replace('\\x1b', '\\ufffd'), '', '', '', '')\n"
+    )
+    assert text_repairs(source) == [
+        "line 2: uses REPLACEMENT",
+        "line 4: builds a Station",
+        "line 4: holds U+FFFD",
+    ]

@@ -16,12 +16,11 @@ import pytest
 import requests
 import responses
 
-from exporter.api import RequestCounter
 from exporter.auth import ASSUMED_LIFETIME, MAX_LIFETIME, MIN_LIFETIME, TokenSource
 from exporter.check import as_json, check_mandant
 from exporter.config import load_settings
 from exporter.errors import AuthError, ConfigError, RedirectError
-from exporter.http import MAX_REDIRECTS, Deadline, RetryPolicy, origin
+from exporter.http import MAX_REDIRECTS, Deadline, RequestCounter, RetryPolicy, origin
 from exporter.model import Secret
 from exporter.redact import CUT, MASK, MAX_LENGTH, redact, secret_forms
 from exporter.simulator import HUGE_ERROR_LENGTH, Fault, Inventory, Simulator
