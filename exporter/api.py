@@ -18,9 +18,6 @@ from operator import attrgetter
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
-from exporter import __version__
 from exporter.auth import TokenSource
 from exporter.authheader import HeaderForm, header_value, shown
 from exporter.errors import (
@@ -35,7 +32,6 @@ from exporter.http import (
     DEFAULT_LIMITS,
     DEFAULT_RETRY,
     Answer,
-    BoundedAdapter,
     Deadline,
     Limits,
     RequestCounter,
@@ -45,6 +41,7 @@ from exporter.http import (
     send,
 )
 from exporter.model import Mandant, Station, repeated, same_objects
+from exporter.session import BoundedSession
 from exporter.stations import decode_json, parse_page
 
 LOG = logging.getLogger(__name__)
@@ -185,7 +182,7 @@ class CpoClient:
         *,
         api_url: str,
         tokens: TokenSource,
-        session: requests.Session,
+        session: BoundedSession,
         page_limit: int,
         concurrency: int = 1,
         max_pages: int = MAX_PAGES,
@@ -499,24 +496,6 @@ class CpoClient:
         )
 
 
-def new_session(concurrency: int = 1, ca_file: str | None = None) -> requests.Session:
-    """An HTTP session with our User-Agent and a connection pool as large as the concurrency;
-    one per mandant, so connections are reused from refresh to refresh.
-
-    Servers are verified against ``ca_file`` (the mandant's, or REQUESTS_CA_BUNDLE, resolved
-    and checked by the config), else certifi's bundle. The environment is not read on every
-    request (that costs requests a scan of os.environ per page); netrc is never consulted.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = ca_file or True
-    session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
-    adapter = BoundedAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
 def connect(
     mandant: Mandant,
     page_limit: int,
@@ -532,7 +511,7 @@ def connect(
     """The token source and API client of one mandant, sharing one new HTTP session; the
     client sends the Authorization header in the form ``header`` holds (a new one of the
     mandant's setting without it)."""
-    session = new_session(concurrency, mandant.ca_file)
+    session = BoundedSession(concurrency, mandant.ca_file)
     tokens = TokenSource(
         token_url=mandant.token_url,
         client_id=mandant.client_id,

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-import requests
-
 from exporter.errors import ApiHttpError, AuthError, ParseError
 from exporter.http import (
     DEFAULT_LIMITS,
@@ -28,6 +26,7 @@ from exporter.http import (
 )
 from exporter.model import Secret
 from exporter.redact import MAX_LENGTH, redact
+from exporter.session import BoundedSession
 
 LOG = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ class TokenSource:
         client_id: str,
         client_secret: Secret,
         auth_method: str,
-        session: requests.Session,
+        session: BoundedSession,
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,

@@ -20,6 +20,7 @@ from exporter.errors import (
 )
 from exporter.http import Deadline, RetryPolicy
 from exporter.model import Secret, Station
+from exporter.session import BoundedSession
 from exporter.stations import parse_page, parse_station
 from tests.helpers import wait_until
 
@@ -93,7 +94,7 @@ def make_client(
     max_stations: int = 1000,
     header: HeaderForm | None = None,
 ) -> CpoClient:
-    session = requests.Session()
+    session = BoundedSession()
     hook = (lambda e, c: calls.append((e, c))) if calls is not None else None
     tokens = TokenSource(
         token_url=TOKEN_URL,

@@ -9,6 +9,7 @@ from exporter.auth import TokenSource
 from exporter.errors import ApiConnectionError, ApiHttpError, AuthError, ParseError
 from exporter.http import Deadline, RetryPolicy
 from exporter.model import Secret
+from exporter.session import BoundedSession
 
 TOKEN_URL = "https://auth.example.test/token"
 SECRET = "s3cr3t-client-secret"
@@ -31,7 +32,7 @@ def make_source(
         client_id="my-client",
         client_secret=Secret(SECRET),
         auth_method=method,
-        session=requests.Session(),
+        session=BoundedSession(),
         clock=clock,
         monotonic=monotonic or clock,
         on_response=(lambda e, c: calls.append((e, c))) if calls is not None else None,

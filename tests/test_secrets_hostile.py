@@ -23,6 +23,7 @@ from exporter.errors import AuthError, ConfigError, RedirectError
 from exporter.http import MAX_REDIRECTS, Deadline, RequestCounter, RetryPolicy, origin
 from exporter.model import Secret
 from exporter.redact import CUT, MASK, MAX_LENGTH, redact, secret_forms
+from exporter.session import BoundedSession
 from exporter.simulator import HUGE_ERROR_LENGTH, Fault, Inventory, Simulator
 
 TOKEN_URL = "https://auth.example.test/token"
@@ -129,7 +130,7 @@ def source(
         client_id=CLIENT,
         client_secret=secret or Secret(SECRET),
         auth_method=method,
-        session=requests.Session(),
+        session=BoundedSession(),
         clock=clock,
         monotonic=clock,
         retry=RetryPolicy(attempts=1),
