@@ -439,12 +439,14 @@ class CpoClient:
         if response.status_code == 403:
             raise AuthError(
                 f"charging stations of {self._host}: forbidden (HTTP 403); check the scopes and "
-                "entity restrictions of the API client"
+                "entity restrictions of the API client",
+                403,
             )
         if response.status_code != 200:
             raise ApiHttpError(
                 f"charging stations of {self._host}: HTTP {response.status_code} "
-                f"at page[offset]={offset}"
+                f"at page[offset]={offset}",
+                response.status_code,
             )
         content_type = response.headers.get("Content-Type", "")
         if content_type and "json" not in content_type.lower():
@@ -461,12 +463,14 @@ class CpoClient:
             return AuthError(
                 f"charging stations of {self._host}: a fresh token was rejected (HTTP 401) as "
                 f"{shown(form)} (--api.authorization={self.header.setting}); check that the API "
-                "client has a cpoapi scope, or try --api.authorization=auto"
+                "client has a cpoapi scope, or try --api.authorization=auto",
+                401,
             )
         return AuthError(
             f"charging stations of {self._host}: a fresh token was rejected (HTTP 401) as "
             f"{shown(form)}, and as {shown(other)} (HTTP {other_status}); check that the API "
-            "client has a cpoapi scope"
+            "client has a cpoapi scope",
+            401,
         )
 
     def _request(

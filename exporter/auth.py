@@ -283,10 +283,11 @@ class TokenSource:
             return AuthError(
                 f"token endpoint {host} rejected the client credentials{code}{detail}: "
                 "check the client id and client secret",
+                status,
                 rejected_credentials=True,
             )
         code = f" ({error})" if error else ""
         message = f"token endpoint {host}: HTTP {status}{code}{detail}"
         if status == 429 or status >= 500:
-            return ApiHttpError(message)  # the endpoint is in trouble, not our credentials
-        return AuthError(message)
+            return ApiHttpError(message, status)  # the endpoint is in trouble, not our credentials
+        return AuthError(message, status)

@@ -994,3 +994,19 @@ def test_the_pages_of_a_failed_concurrent_read_go_with_the_error_not_with_a_full
     finally:
         gc.enable()
     assert left == 0
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("answers", "error", "status"),
+    [([403], AuthError, 403), ([500], ApiHttpError, 500), ([401, 401, 403], AuthError, 401)],
+)
+def test_a_refusal_of_the_api_carries_its_http_status(answers, error, status):
+    add_tokens("t1", "t2")
+    statuses = iter(answers)
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=lambda request: (next(statuses), {}, "{}")
+    )
+    with pytest.raises(error) as caught:
+        make_client().stations(Deadline(60))
+    assert caught.value.status == status

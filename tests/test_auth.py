@@ -265,3 +265,21 @@ def test_a_token_answer_nested_too_deeply_is_a_parse_error():
     responses.post(TOKEN_URL, body="[" * 50_000, content_type="application/json")
     with pytest.raises(ParseError, match="answer is not a JSON object"):
         make_source().token(Deadline(60))
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (400, {"error": "invalid_client"}, AuthError),
+        (401, {}, AuthError),
+        (404, {"error": "invalid_request"}, AuthError),
+        (500, {}, ApiHttpError),
+    ],
+)
+def test_a_refusal_of_the_token_endpoint_carries_its_http_status(status, body, error):
+    responses.post(TOKEN_URL, status=status, json=body)
+    with pytest.raises(error) as caught:
+        make_source().token(Deadline(60))
+    assert type(caught.value) is error
+    assert caught.value.status == status
