@@ -25,10 +25,10 @@ sys.path[:0] = [str(ROOT)]
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from exporter.api import decode_json, parse_page  # noqa: E402
 from exporter.metrics import Exposition, FleetCollector  # noqa: E402
 from exporter.model import MandantState, Snapshot, Station  # noqa: E402
 from exporter.simulator.inventory import Inventory  # noqa: E402
+from exporter.stations import decode_json, parse_page  # noqa: E402
 
 
 def page_bodies(inventory: Inventory, limit: int) -> list[bytes]:

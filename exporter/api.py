@@ -2,14 +2,12 @@
 
 Knows HTTP and JSON:API, nothing of Prometheus. Pagination does not trust ``links.next`` (the
 quickstart's own sample skips records with it): the offset advances by the rows received.
+Each answer becomes Station records in ``exporter.stations``, the one place that repairs text.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
 import sys
 import threading
 import time
@@ -17,13 +15,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from operator import attrgetter
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
-from exporter import __version__
 from exporter.auth import TokenSource
 from exporter.authheader import HeaderForm, header_value, shown
 from exporter.errors import (
@@ -38,22 +32,17 @@ from exporter.http import (
     DEFAULT_LIMITS,
     DEFAULT_RETRY,
     Answer,
-    BoundedAdapter,
     Deadline,
     Limits,
+    RequestCounter,
     ResponseHook,
     RetryPolicy,
     environment_proxies,
     send,
 )
-from exporter.model import (
-    MAX_TEXT_LENGTH,
-    TEXT_SEPARATOR,
-    Mandant,
-    Station,
-    repeated,
-    same_objects,
-)
+from exporter.model import Mandant, Station, repeated, same_objects
+from exporter.session import BoundedSession
+from exporter.stations import decode_json, parse_page
 
 LOG = logging.getLogger(__name__)
 
@@ -64,159 +53,6 @@ never says "last page" cannot loop us (nor fill memory with the pages' lists).""
 MAX_STATIONS = 1_000_000
 """Default upper bound of the rows one read of the listing holds (--api.max-stations): 10,000
 pages of the default 100 rows, the size the exporter is benchmarked at."""
-REPLACEMENT = "\ufffd"
-_INVALID_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-"""What no label may hold: C0 controls (tab, newline, CR, ESC, ...), DEL and C1 controls, which
-forge log lines and drive terminals, and lone surrogates (JSON's ``\\ud800`` escapes, and bytes
-that are not UTF-8 through ``decode_json``), which cannot be encoded as UTF-8 at all."""
-_ID_DIGEST_LENGTH = 16
-
-
-def decode_json(body: bytes) -> Any:
-    """A response body as JSON. Bytes that are not UTF-8 become lone surrogates (rather than
-    the mojibake of a guessed encoding), which ``parse_station`` repairs like any bad text.
-    Raises ValueError for anything that is not JSON, including nesting too deep to parse."""
-    try:
-        return json.loads(body.decode("utf-8", "surrogateescape"))
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def _repair(texts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``texts`` (the station id first) made safe as labels, and the data issues repaired.
-
-    Every invalid character becomes U+FFFD (invalid_text); text longer than MAX_TEXT_LENGTH is
-    cut to that length, its last character an ellipsis (text_too_long). An id is a key, so a
-    repaired id ends in '#' and part of the SHA-256 of the id as sent instead: two ids that
-    differ only in what was repaired (or cut) stay two stations, the same in every refresh.
-    """
-    repaired = []
-    invalid = too_long = False
-    for index, text in enumerate(texts):
-        fixed, count = _INVALID_TEXT.subn(REPLACEMENT, text)
-        long = len(fixed) > MAX_TEXT_LENGTH
-        if index == 0 and (count or long):
-            digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-            fixed = fixed[: MAX_TEXT_LENGTH - _ID_DIGEST_LENGTH - 1]
-            fixed += "#" + digest[:_ID_DIGEST_LENGTH]
-        elif long:
-            fixed = fixed[: MAX_TEXT_LENGTH - 1] + "…"
-        invalid |= count > 0
-        too_long |= long
-        repaired.append(fixed)
-    issues = (("invalid_text",) if invalid else ()) + (("text_too_long",) if too_long else ())
-    return tuple(repaired), issues
-
-
-def _text(value: Any, name: str, station_id: str) -> str:
-    """One attribute as label text: strings as they are, numbers as text, missing/null as ''."""
-    if value is None:
-        return ""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ParseError(
-        f"charging station {station_id[:MAX_TEXT_LENGTH]!r}: attribute {name} is a "
-        f"{type(value).__name__}, not text (has the API changed?)"
-    )
-
-
-def parse_station(
-    row: Any, known: Mapping[str, Station] | None = None, *, serial_numbers: bool = True
-) -> Station:
-    """One JSON:API resource object -> Station.
-
-    Missing or null attribute values become ''. A row whose ``attributes`` is not an object, or
-    an attribute that is a list, object or boolean, is schema drift: a ParseError, so a changed
-    API never turns into a fleet of nameless stations on "unknown" firmware. The id and the
-    text attributes kept are repaired (``_repair``) and the repair noted in ``repairs``: one
-    bad record must not break the output of every mandant. A station equal to one in
-    ``known`` (the fleet already held) is returned as that object, so an unchanged fleet costs
-    no second copy in memory. Without ``serial_numbers`` (only the info metric shows them) the
-    serial number is left empty, which a million stations notice.
-    """
-    if row.__class__ is not dict:
-        raise ParseError(f"charging station entry is a {type(row).__name__}, not an object")
-    station_id = row.get("id")
-    if station_id.__class__ is not str:
-        if isinstance(station_id, int) and not isinstance(station_id, bool):
-            station_id = str(station_id)
-        else:
-            station_id = None
-    if not station_id:
-        raise ParseError("charging station entry has no id")
-    attributes = row.get("attributes")
-    if attributes.__class__ is not dict:
-        raise ParseError(
-            f"charging station {station_id[:MAX_TEXT_LENGTH]!r}: attributes is "
-            f"{'missing' if attributes is None else 'a ' + type(attributes).__name__}, "
-            "not an object (has the API changed?)"
-        )
-    values = []
-    for name in _ATTRIBUTES:
-        value = attributes.get(name)
-        values.append(value if value.__class__ is str else _text(value, name, station_id))
-    label, charge_box_identity, firmware_version, serial_number, iccid, imsi = values
-    if not serial_numbers:
-        serial_number = ""
-    has_sim_data = bool(iccid and imsi)
-    old = known.get(station_id) if known else None
-    if (
-        old is not None
-        and old.firmware_version == firmware_version
-        and old.issues == (() if has_sim_data else _NO_SIM_DATA)  # no repairs: clean text
-        # A stored text never holds the separator, so equal joins are equal texts.
-        and old.texts
-        == f"{label}{TEXT_SEPARATOR}{charge_box_identity}{TEXT_SEPARATOR}{serial_number}"
-    ):
-        return old
-    # A new or changed station: one cheap test for the common case, printable text (no
-    # control characters, no lone surrogates) of modest length, which needs no repair.
-    repairs: tuple[str, ...] = ()
-    joined = f"{station_id}{label}{charge_box_identity}{firmware_version}{serial_number}"
-    if len(joined) > MAX_TEXT_LENGTH or not joined.isprintable():
-        texts: tuple[str, ...] = (
-            station_id,
-            label,
-            charge_box_identity,
-            firmware_version,
-            serial_number,
-        )
-        texts, repairs = _repair(texts)
-        station_id, label, charge_box_identity, firmware_version, serial_number = texts
-    station = Station(
-        station_id,
-        label,
-        charge_box_identity,
-        sys.intern(firmware_version),
-        serial_number,
-        has_sim_data,
-        repairs,
-    )
-    if repairs and known:  # repaired the same way as in the fleet held: keep that object
-        old = known.get(station_id)
-        if old is not None and old == station:
-            return old
-    return station
-
-
-_NO_SIM_DATA = ("no_sim_data",)
-_ATTRIBUTES = ("label", "chargeBoxIdentity", "firmwareVersion", "serialnumber", "iccid", "imsi")
-
-
-def parse_page(
-    document: Any, known: Mapping[str, Station] | None = None, *, serial_numbers: bool = True
-) -> tuple[list[Station], dict[str, Any]]:
-    """A stations page -> (stations, meta.pagination or {}); raises ParseError on a wrong shape."""
-    if not isinstance(document, dict):
-        raise ParseError("charging stations answer is not a JSON object")
-    data = document.get("data")
-    if not isinstance(data, list):
-        raise ParseError("charging stations answer has no data list")
-    meta = document.get("meta")
-    pagination = meta.get("pagination") if isinstance(meta, dict) else None
-    return [parse_station(row, known, serial_numbers=serial_numbers) for row in data], (
-        pagination if isinstance(pagination, dict) else {}
-    )
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -346,7 +182,7 @@ class CpoClient:
         *,
         api_url: str,
         tokens: TokenSource,
-        session: requests.Session,
+        session: BoundedSession,
         page_limit: int,
         concurrency: int = 1,
         max_pages: int = MAX_PAGES,
@@ -603,12 +439,14 @@ class CpoClient:
         if response.status_code == 403:
             raise AuthError(
                 f"charging stations of {self._host}: forbidden (HTTP 403); check the scopes and "
-                "entity restrictions of the API client"
+                "entity restrictions of the API client",
+                403,
             )
         if response.status_code != 200:
             raise ApiHttpError(
                 f"charging stations of {self._host}: HTTP {response.status_code} "
-                f"at page[offset]={offset}"
+                f"at page[offset]={offset}",
+                response.status_code,
             )
         content_type = response.headers.get("Content-Type", "")
         if content_type and "json" not in content_type.lower():
@@ -625,12 +463,14 @@ class CpoClient:
             return AuthError(
                 f"charging stations of {self._host}: a fresh token was rejected (HTTP 401) as "
                 f"{shown(form)} (--api.authorization={self.header.setting}); check that the API "
-                "client has a cpoapi scope, or try --api.authorization=auto"
+                "client has a cpoapi scope, or try --api.authorization=auto",
+                401,
             )
         return AuthError(
             f"charging stations of {self._host}: a fresh token was rejected (HTTP 401) as "
             f"{shown(form)}, and as {shown(other)} (HTTP {other_status}); check that the API "
-            "client has a cpoapi scope"
+            "client has a cpoapi scope",
+            401,
         )
 
     def _request(
@@ -660,42 +500,6 @@ class CpoClient:
         )
 
 
-class RequestCounter:
-    """Thread-safe counts of API requests by (endpoint, status code)."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, endpoint: str, code: str) -> None:
-        with self._lock:
-            key = (endpoint, code)
-            self._counts[key] = self._counts.get(key, 0) + 1
-
-    def counts(self) -> Mapping[tuple[str, str], int]:
-        """A copy of the counts, safe to read while requests go on."""
-        with self._lock:
-            return MappingProxyType(dict(self._counts))
-
-
-def new_session(concurrency: int = 1, ca_file: str | None = None) -> requests.Session:
-    """An HTTP session with our User-Agent and a connection pool as large as the concurrency;
-    one per mandant, so connections are reused from refresh to refresh.
-
-    Servers are verified against ``ca_file`` (the mandant's, or REQUESTS_CA_BUNDLE, resolved
-    and checked by the config), else certifi's bundle. The environment is not read on every
-    request (that costs requests a scan of os.environ per page); netrc is never consulted.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = ca_file or True
-    session.headers["User-Agent"] = f"beenergised-exporter/{__version__}"
-    adapter = BoundedAdapter(pool_connections=2, pool_maxsize=max(concurrency, 2))
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
 def connect(
     mandant: Mandant,
     page_limit: int,
@@ -711,7 +515,7 @@ def connect(
     """The token source and API client of one mandant, sharing one new HTTP session; the
     client sends the Authorization header in the form ``header`` holds (a new one of the
     mandant's setting without it)."""
-    session = new_session(concurrency, mandant.ca_file)
+    session = BoundedSession(concurrency, mandant.ca_file)
     tokens = TokenSource(
         token_url=mandant.token_url,
         client_id=mandant.client_id,

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-import requests
-
 from exporter.errors import ApiHttpError, AuthError, ParseError
 from exporter.http import (
     DEFAULT_LIMITS,
@@ -28,6 +26,7 @@ from exporter.http import (
 )
 from exporter.model import Secret
 from exporter.redact import MAX_LENGTH, redact
+from exporter.session import BoundedSession
 
 LOG = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ class TokenSource:
         client_id: str,
         client_secret: Secret,
         auth_method: str,
-        session: requests.Session,
+        session: BoundedSession,
         on_response: ResponseHook | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
@@ -284,10 +283,11 @@ class TokenSource:
             return AuthError(
                 f"token endpoint {host} rejected the client credentials{code}{detail}: "
                 "check the client id and client secret",
+                status,
                 rejected_credentials=True,
             )
         code = f" ({error})" if error else ""
         message = f"token endpoint {host}: HTTP {status}{code}{detail}"
         if status == 429 or status >= 500:
-            return ApiHttpError(message)  # the endpoint is in trouble, not our credentials
-        return AuthError(message)
+            return ApiHttpError(message, status)  # the endpoint is in trouble, not our credentials
+        return AuthError(message, status)

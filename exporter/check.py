@@ -13,18 +13,17 @@ import argparse
 import json
 import logging
 import math
-import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.api import RequestCounter, connect
+from exporter.api import connect
 from exporter.authheader import shown
 from exporter.commandline import build_parser
 from exporter.config import Settings
 from exporter.errors import RefreshError
-from exporter.http import Deadline, Limits
+from exporter.http import Deadline, Limits, RequestCounter
 from exporter.model import DATA_ISSUES, FOLDED_FIRMWARE, MAX_TEXT_LENGTH, Mandant, Snapshot
 from exporter.options import DEFAULT_TOKEN_URL
 
@@ -47,9 +46,6 @@ ISSUE_MEANINGS = {
     f"(shown as {FOLDED_FIRMWARE})",
 }
 
-_HTTP_STATUS_RE = re.compile(r"\bHTTP (\d{3})\b")
-_UNUSABLE_TOKEN_RE = re.compile(r"cannot go into an HTTP header|is not Bearer")
-"""What auth.py says of a token it refused (not the credentials)."""
 _LABEL_WIDTH = 13
 
 
@@ -79,84 +75,122 @@ class MandantResult:
         return self.failure is None
 
 
-def hint(reason: str, step: str, message: str) -> str:
-    """A short, actionable hint for a failure of ``step`` ("token" or "stations")."""
+@dataclass(frozen=True, slots=True)
+class _Hint:
+    """A hint and when it applies: the failure's ``reason``, the ``step`` that failed, the
+    HTTP ``statuses`` of the error, a text the message ``says`` (any of them); a condition not
+    given always holds. ``{url}`` in the text names the setting of the step's URL."""
+
+    text: str
+    reason: str | None = None
+    step: str | None = None
+    statuses: Container[int] | None = None
+    says: tuple[str, ...] = ()
+
+    def applies(self, reason: str, step: str, status: int | None, message: str) -> bool:
+        return (
+            self.reason in (None, reason)
+            and self.step in (None, step)
+            and (self.statuses is None or status in self.statuses)
+            and (not self.says or any(text in message for text in self.says))
+        )
+
+
+_BUSY = frozenset({429, *range(500, 1000)})
+_HINTS = (
+    _Hint("is {url} right, and can this machine reach it (DNS, proxy, firewall)?", "connection"),
+    _Hint(
+        "a certificate problem, not the network: if {url}'s server uses a private CA or a "
+        "TLS-inspecting proxy is in between, set ca_file in the config file, --api.ca-file "
+        "or REQUESTS_CA_BUNDLE to the PEM file of that CA's certificate",
+        "tls",
+    ),
+    _Hint(
+        "no complete answer in time from {url}: is the server overloaded, or does a firewall "
+        "drop the packets? A request may take --api.request-timeout, a refresh "
+        "--refresh.timeout",
+        "timeout",
+    ),
+    _Hint(
+        "{url} lists more stations than one read may hold: raise --api.max-stations if the "
+        "fleet is that large; if it is not, the API's listing does not end",
+        "too_large",
+        says=("--api.max-stations",),
+    ),
+    _Hint(
+        "{url} lists more pages than one read fetches: raise --api.page-limit if the fleet is "
+        "that large; if it is not, the API's listing does not end",
+        "too_large",
+        says=("--api.page-limit",),
+    ),
+    _Hint(
+        "the answer of {url} is larger than a page of stations should be: is {url} right? "
+        "Raise --api.max-response-size (or lower --api.page-limit) if it is genuine",
+        "too_large",
+    ),
+    _Hint(
+        f"is token_url the OAuth2 token endpoint, e.g. {DEFAULT_TOKEN_URL}?",
+        step="token",
+        statuses={404},
+    ),
+    _Hint(
+        "the token endpoint answered with a token this exporter cannot send: is token_url the "
+        "mandant's OAuth2 token endpoint, with no proxy in between that rewrites answers?",
+        "auth",
+        says=("cannot go into an HTTP header", "is not Bearer"),  # what auth.py says of one
+    ),
+    _Hint(
+        "use the client id and secret of a CPO API client of this mandant; check also "
+        "token_url and --api.token-auth-method (basic, post or query)",
+        "auth",
+        "token",
+    ),
+    _Hint(
+        "the API refused the token in the form that --api.authorization (authorization: in a "
+        "config file) sets: set it to auto, which tries both forms of the Authorization "
+        "header; if that fails too, does the API client have a cpoapi scope?",
+        "auth",
+        says=("try --api.authorization=auto",),
+    ),
+    _Hint(
+        "the token endpoint accepted the credentials but the API refused the token: does the "
+        "API client have a cpoapi scope, and does it belong to this api_url's mandant?",
+        "auth",
+    ),
+    _Hint(
+        "is api_url the base URL of your mandant, e.g. https://yourmandant.beenergised.cloud?",
+        "http",
+        statuses={404},
+    ),
+    _Hint(
+        "the server is busy or failing, not your settings: try again in a few minutes",
+        "http",
+        statuses=_BUSY,
+    ),
+    _Hint("the server refused the request: is {url} right, and is no proxy in between?", "http"),
+    _Hint(
+        "the answer is not what the CPO API sends: is {url} right, and not a web page, a "
+        "login page or a proxy's error page?",
+        "parse",
+    ),
+    _Hint(
+        "{url} sends more stations a page than page[limit] asks for, so its pages cannot be "
+        "told apart: is {url} the CPO API? If it is, report it to be.ENERGISED",
+        "pagination",
+        says=("page[limit]",),
+    ),
+    _Hint("the station list changed while it was read; run the check again", "pagination"),
+    _Hint(f"a bug of the exporter: run again with --log.level=debug and report what {PROG} logs"),
+)
+"""The hints of ``hint``, the first that applies wins; the last applies to anything."""
+
+
+def hint(reason: str, step: str, message: str, status: int | None = None) -> str:
+    """A short, actionable hint for a failure of ``step`` ("token" or "stations") with
+    ``message``; ``status`` is the HTTP status the error carries."""
     url = "token_url" if step == "token" else "api_url"
-    match = _HTTP_STATUS_RE.search(message)
-    status = int(match.group(1)) if match else None
-    if reason == "connection":
-        return f"is {url} right, and can this machine reach it (DNS, proxy, firewall)?"
-    if reason == "tls":
-        return (
-            f"a certificate problem, not the network: if {url}'s server uses a private CA or a "
-            "TLS-inspecting proxy is in between, set ca_file in the config file, --api.ca-file "
-            "or REQUESTS_CA_BUNDLE to the PEM file of that CA's certificate"
-        )
-    if reason == "timeout":
-        return (
-            f"no complete answer in time from {url}: is the server overloaded, or does a "
-            "firewall drop the packets? A request may take --api.request-timeout, a refresh "
-            "--refresh.timeout"
-        )
-    if reason == "too_large" and "--api.max-stations" in message:
-        return (
-            f"{url} lists more stations than one read may hold: raise --api.max-stations if "
-            "the fleet is that large; if it is not, the API's listing does not end"
-        )
-    if reason == "too_large" and "--api.page-limit" in message:
-        return (
-            f"{url} lists more pages than one read fetches: raise --api.page-limit if the fleet "
-            "is that large; if it is not, the API's listing does not end"
-        )
-    if reason == "too_large":
-        return (
-            f"the answer of {url} is larger than a page of stations should be: is {url} "
-            "right? Raise --api.max-response-size (or lower --api.page-limit) if it is genuine"
-        )
-    if status == 404 and step == "token":  # an AuthError: the token endpoint answered 4xx
-        return f"is token_url the OAuth2 token endpoint, e.g. {DEFAULT_TOKEN_URL}?"
-    if reason == "auth" and _UNUSABLE_TOKEN_RE.search(message):
-        return (
-            "the token endpoint answered with a token this exporter cannot send: is token_url "
-            "the mandant's OAuth2 token endpoint, with no proxy in between that rewrites answers?"
-        )
-    if reason == "auth" and step == "token":
-        return (
-            "use the client id and secret of a CPO API client of this mandant; check also "
-            "token_url and --api.token-auth-method (basic, post or query)"
-        )
-    if reason == "auth" and "try --api.authorization=auto" in message:
-        return (
-            "the API refused the token in the form that --api.authorization (authorization: "
-            "in a config file) sets: set it to auto, which tries both forms of the "
-            "Authorization header; if that fails too, does the API client have a cpoapi scope?"
-        )
-    if reason == "auth":
-        return (
-            "the token endpoint accepted the credentials but the API refused the token: does "
-            "the API client have a cpoapi scope, and does it belong to this api_url's mandant?"
-        )
-    if reason == "http" and status == 404:
-        return (
-            "is api_url the base URL of your mandant, e.g. https://yourmandant.beenergised.cloud?"
-        )
-    if reason == "http" and status is not None and (status == 429 or status >= 500):
-        return "the server is busy or failing, not your settings: try again in a few minutes"
-    if reason == "http":
-        return f"the server refused the request: is {url} right, and is no proxy in between?"
-    if reason == "parse":
-        return (
-            f"the answer is not what the CPO API sends: is {url} right, and not a web page, "
-            "a login page or a proxy's error page?"
-        )
-    if reason == "pagination" and "page[limit]" in message:
-        return (
-            f"{url} sends more stations a page than page[limit] asks for, so its pages cannot "
-            f"be told apart: is {url} the CPO API? If it is, report it to be.ENERGISED"
-        )
-    if reason == "pagination":
-        return "the station list changed while it was read; run the check again"
-    return f"a bug of the exporter: run again with --log.level=debug and report what {PROG} logs"
+    found = next(h for h in _HINTS if h.applies(reason, step, status, message))
+    return found.text.replace("{url}", url)
 
 
 def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
@@ -187,7 +221,7 @@ def check_mandant(mandant: Mandant, settings: Settings) -> MandantResult:
         )
     except RefreshError as exc:
         message = tokens.redact(str(exc))
-        failure = Failure(exc.reason, message, hint(exc.reason, step, message))
+        failure = Failure(exc.reason, message, hint(exc.reason, step, message, exc.status))
     except Exception as exc:  # a bug of ours: report it as one failure, not a traceback
         LOG.debug("check of mandant %s failed unexpectedly", mandant.name, exc_info=True)
         message = tokens.redact(f"unexpected {type(exc).__name__} while reading the {step}: {exc}")

@@ -20,9 +20,15 @@ _REASONS: list[str] = []
 
 
 class RefreshError(ExporterError):
-    """A refresh failed; ``reason`` is one of the fixed failure reasons of the metrics."""
+    """A refresh failed; ``reason`` is one of the fixed failure reasons of the metrics.
+    ``status`` is the HTTP status of the answer that failed it, None when no answer did (or
+    one whose status is no part of the failure)."""
 
     reason: ClassVar[str] = "http"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -31,18 +37,21 @@ class RefreshError(ExporterError):
 
 
 class AuthError(RefreshError):
-    """The token endpoint refused us or answered something unusable; ``rejected_credentials``
-    when it rejected the client id and secret (invalid_client or HTTP 401)."""
+    """The token endpoint refused us or answered something unusable, or the API refused the
+    token; ``status`` is the refusal's HTTP status, ``rejected_credentials`` set when the token
+    endpoint rejected the client id and secret (invalid_client or HTTP 401)."""
 
     reason = "auth"
 
-    def __init__(self, message: str, *, rejected_credentials: bool = False) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, status: int | None = None, *, rejected_credentials: bool = False
+    ) -> None:
+        super().__init__(message, status)
         self.rejected_credentials = rejected_credentials
 
 
 class ApiHttpError(RefreshError):
-    """The API answered with an HTTP error status."""
+    """The API or the token endpoint answered with an HTTP error status, ``status``."""
 
     reason = "http"
 
@@ -71,10 +80,6 @@ class UnreadableAnswerError(ParseError):
     broken, or its body does not decode as its Content-Encoding says. ``status`` is the
     answer's HTTP status once its head was read, for the request counter."""
 
-    def __init__(self, message: str, status: int | None) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class PaginationError(RefreshError):
     """The listing changed while it was read, twice in a row: nothing new is published."""
@@ -93,20 +98,12 @@ class RedirectError(ApiHttpError):
     it may carry the client secret or lead to another mandant's fleet. ``status`` is the
     redirect's HTTP status, for the request counter."""
 
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class ResponseTooLargeError(RefreshError):
     """An answer was larger than the size limit; it was refused unread and its connection
     dropped. ``status`` is the answer's HTTP status, for the request counter."""
 
     reason = "too_large"
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ListingTooLargeError(RefreshError):

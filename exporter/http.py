@@ -4,38 +4,33 @@ Connection errors and the statuses that mean "try again later" (429, 502, 503, 5
 retried with exponential backoff and full jitter, honouring ``Retry-After`` up to a bound, and
 never past the refresh's deadline. Every attempt, headers and body, has a wall-clock bound: a
 socket timeout restarts with every byte, so a server that trickles its answer would outlast
-it; a watchdog thread shuts the socket down when the bound has passed (sessions must mount
-``BoundedAdapter`` for that). The body is read streamed and refused past a size limit.
-An answer that came but cannot be read (a head that is not HTTP/1.x, broken chunked framing,
-a content encoding that does not decode) is a ParseError, not retried; a connection that
-broke is retried. A number in a header is read strictly: ASCII digits, bounded length.
-Exceptions of ``requests`` are never chained or formatted into our errors: their text holds
-the request URL, which carries the client secret with ``--api.token-auth-method=query``.
+it; a watchdog thread shuts the socket down when the bound has passed (``exporter.session``:
+every request goes through a BoundedSession). The body is read streamed and refused past a
+size limit. An answer that came but cannot be read (a head that is not HTTP/1.x, broken
+chunked framing, a content encoding that does not decode) is a ParseError, not retried; a
+connection that broke is retried. A number in a header is read strictly: ASCII digits,
+bounded length. Exceptions of ``requests`` are never chained or formatted into our errors:
+their text holds the request URL, which carries the client secret with
+``--api.token-auth-method=query``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import http.client
-import itertools
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from exporter.errors import (
     ApiConnectionError,
@@ -45,11 +40,31 @@ from exporter.errors import (
     TlsError,
     UnreadableAnswerError,
 )
+from exporter.session import BoundedSession, NegativeChunkSize, watching
 
 LOG = logging.getLogger(__name__)
 
 ResponseHook = Callable[[str, str], None]
 """Called with (endpoint, status code or ``error``) for every request made."""
+
+
+class RequestCounter:
+    """A ResponseHook counting the requests by (endpoint, status code); thread-safe."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str, code: str) -> None:
+        with self._lock:
+            key = (endpoint, code)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> Mapping[tuple[str, str], int]:
+        """A copy of the counts, safe to read while requests go on."""
+        with self._lock:
+            return MappingProxyType(dict(self._counts))
+
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_REDIRECTS = 3
@@ -61,9 +76,6 @@ MAX_RESPONSE_SIZE = 8 * 1024 * 1024
 """Default size limit of one answer (--api.max-response-size): a page of 1000 stations is
 about 0.5 MB, a 50 MB answer is refused before it is read whole."""
 CHUNK_SIZE = 64 * 1024
-RECHECK = 0.05
-"""Seconds after which the watchdog looks again at a request it could not cut yet (its
-connection had no socket: still connecting, which the connect timeout bounds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,136 +141,6 @@ class Deadline:
         if self._cancel.is_set():
             return "stopped, the exporter is shutting down"
         return "refresh deadline reached (--refresh.timeout)"
-
-
-class _Watch:
-    """One request in flight: when it must end, the connection it uses, whether it was cut."""
-
-    __slots__ = ("conn", "cut", "done", "end")
-
-    def __init__(self, end: float) -> None:
-        self.end = end
-        self.conn: HTTPConnection | None = None
-        self.cut = False
-        self.done = False
-
-
-class _Watchdog:
-    """A daemon thread that shuts down the socket of every request still running at its end.
-
-    Shutting a socket down wakes the thread blocked reading it (headers or body) at once;
-    the cut connection is closed, never returned to the pool for reuse.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Watch]] = []
-        self._order = itertools.count()
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, seconds: float) -> _Watch:
-        watch = _Watch(time.monotonic() + seconds)
-        with self._changed:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-                self._thread.start()
-            heapq.heappush(self._heap, (watch.end, next(self._order), watch))
-            if self._heap[0][2] is watch:  # else the thread wakes up before this one ends anyway
-                self._changed.notify()
-        return watch
-
-    def disarm(self, watch: _Watch) -> None:
-        with self._changed:  # never cut a connection after its request ended: it is pooled
-            watch.done = True
-            watch.conn = None
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                if not self._heap:
-                    self._changed.wait()
-                    continue
-                end, _, watch = self._heap[0]
-                wait = end - time.monotonic()
-                if wait > 0:
-                    self._changed.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                if not watch.done and not self._cut(watch):
-                    heapq.heappush(self._heap, (end + RECHECK, next(self._order), watch))
-
-    @staticmethod
-    def _cut(watch: _Watch) -> bool:
-        watch.cut = True
-        sock = getattr(watch.conn, "sock", None)
-        if sock is None:
-            return False
-        with contextlib.suppress(OSError):  # already closed: nothing left to cut
-            sock.shutdown(socket.SHUT_RDWR)
-        return True
-
-
-_WATCHDOG = _Watchdog()
-_IN_FLIGHT = threading.local()
-"""``watch``: the _Watch of the request this thread is making, read by the pools below."""
-
-
-class _Watched:
-    """Hands the connection of each request to the request's _Watch, so it can be cut."""
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
-        watch: _Watch | None = getattr(_IN_FLIGHT, "watch", None)
-        if watch is not None:
-            watch.conn = conn
-        return conn
-
-
-class _NegativeChunkSize(http.client.HTTPException):
-    """A chunk of a chunked answer announced a negative size."""
-
-
-class _StrictResponse(http.client.HTTPResponse):
-    """http.client's response, refusing a negative chunk size: urllib3 parses a chunk size
-    with ``int(line, 16)``, which reads ``-1`` as -1, and reading -1 bytes reads to the end of
-    the stream at once, past the size limit of ``_read_body``."""
-
-    def _safe_read(self, amt: int) -> bytes:
-        if amt < 0:
-            raise _NegativeChunkSize(amt)
-        return super()._safe_read(amt)  # type: ignore[misc, no-any-return]
-
-
-class _StrictConnection(HTTPConnection):
-    response_class = _StrictResponse
-
-
-class _StrictHTTPSConnection(HTTPSConnection):
-    response_class = _StrictResponse
-
-
-class _WatchedPool(_Watched, HTTPConnectionPool):
-    ConnectionCls = _StrictConnection
-
-
-class _WatchedHTTPSPool(_Watched, HTTPSConnectionPool):
-    ConnectionCls = _StrictHTTPSConnection
-
-
-_POOLS = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
-
-
-class BoundedAdapter(HTTPAdapter):
-    """An HTTPAdapter whose connections the watchdog of ``send`` can cut."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _POOLS
-        return manager
 
 
 def environment_proxies(url: str) -> dict[str, str]:
@@ -342,7 +224,7 @@ def _unreadable(
             problem = "could not decode the answer" + (
                 f" (not a valid {shown!r} stream)" if shown else ""
             )
-        elif isinstance(error, urllib3.exceptions.InvalidChunkLength | _NegativeChunkSize) or (
+        elif isinstance(error, urllib3.exceptions.InvalidChunkLength | NegativeChunkSize) or (
             isinstance(error, urllib3.exceptions.ProtocolError)
             and "exceeded maximum allowed length" in str(error)
         ):
@@ -477,7 +359,7 @@ class _Cut(Exception):
 
 
 def _attempt(
-    session: requests.Session,
+    session: BoundedSession,
     method: str,
     url: str,
     bound: float,
@@ -486,36 +368,113 @@ def _attempt(
     kwargs: dict[str, Any],
 ) -> Answer:
     """One request and its whole body within ``bound`` seconds of wall time."""
-    watch = _WATCHDOG.arm(bound)
-    _IN_FLIGHT.watch = watch
     status: int | None = None
     encoding = ""
-    try:
-        response = session.request(
-            method, url, timeout=(min(CONNECT_TIMEOUT, bound), bound), stream=True, **kwargs
-        )
-        status, encoding = response.status_code, response.headers.get("Content-Encoding", "")
+    with watching(bound) as watch:
         try:
-            answer = Answer(status, response.headers, _read_body(response, limits, what))
-        finally:
-            response.close()  # returns a fully read connection to the pool, closes any other
-    except requests.RequestException as exc:
-        if watch.cut:  # whatever the cut made requests raise: no complete answer in time
-            raise _Cut() from None
-        unreadable = _unreadable(exc, what, status, encoding)
-        if unreadable is not None:
-            raise unreadable from None
-        raise
-    finally:
-        _IN_FLIGHT.watch = None
-        _WATCHDOG.disarm(watch)
+            response = session.request(
+                method, url, timeout=(min(CONNECT_TIMEOUT, bound), bound), stream=True, **kwargs
+            )
+            status, encoding = response.status_code, response.headers.get("Content-Encoding", "")
+            try:
+                answer = Answer(status, response.headers, _read_body(response, limits, what))
+            finally:
+                response.close()  # returns a fully read connection to the pool, closes any other
+        except requests.RequestException as exc:
+            if watch.cut:  # whatever the cut made requests raise: no complete answer in time
+                raise _Cut() from None
+            unreadable = _unreadable(exc, what, status, encoding)
+            if unreadable is not None:
+                raise unreadable from None
+            raise
     if watch.cut:  # cut amid the headers, http.client may take what came for a whole answer
         raise _Cut()
     return answer
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request as ``send`` makes it, attempt after attempt."""
+
+    session: BoundedSession
+    method: str
+    url: str
+    endpoint: str
+    what: str
+    on_response: ResponseHook
+    deadline: Deadline
+    limits: Limits
+    kwargs: dict[str, Any]
+
+    def attempt(self) -> Answer | ApiConnectionError | ApiTimeoutError:
+        """One attempt, counted: its answer, or the failure of a connection worth retrying.
+        Raises what is not worth a retry."""
+        remaining = self.deadline.remaining()
+        if remaining <= 0:
+            raise ApiTimeoutError(f"{self.what}: {self.deadline.why_over()}")
+        bound = min(self.limits.request_timeout, remaining)
+        kwargs = {**self.kwargs, "hooks": {"response": same_origin_redirects(self.url)}}
+        failure: ApiConnectionError | ApiTimeoutError
+        try:
+            answer = _attempt(
+                self.session, self.method, self.url, bound, self.limits, self.what, kwargs
+            )
+        except (ResponseTooLargeError, RedirectError, UnreadableAnswerError) as exc:
+            # Not retried: the server answered, and would answer the same again.
+            self.on_response(self.endpoint, "error" if exc.status is None else str(exc.status))
+            raise
+        except requests.ConnectTimeout:
+            failure = ApiTimeoutError(f"{self.what}: timed out connecting")
+        except (_Cut, requests.Timeout):
+            # A read timeout is not retried: the server got the request and may be overloaded.
+            raise self._late(bound) from None
+        except requests.exceptions.SSLError as exc:
+            self.on_response(self.endpoint, "error")  # a certificate does not heal itself
+            raise tls_error(self.what, self.url, exc) from None
+        except requests.RequestException as exc:
+            if _timed_out(exc) or self.deadline.remaining() <= 0:
+                raise self._late(bound) from None
+            failure = ApiConnectionError(f"{self.what}: {_broken(exc)}")
+        else:
+            self.on_response(self.endpoint, str(answer.status_code))
+            return answer
+        self.on_response(self.endpoint, "error")
+        return failure
+
+    def _late(self, bound: float) -> ApiTimeoutError:
+        """The timeout of an attempt bound to ``bound`` seconds that got no complete answer,
+        counted."""
+        self.on_response(self.endpoint, "error")
+        if bound < self.limits.request_timeout or self.deadline.remaining() <= 0:
+            why = self.deadline.why_over()
+        else:
+            why = f"no complete answer within {bound:g}s (--api.request-timeout)"
+        return ApiTimeoutError(f"{self.what}: timed out waiting for the answer: {why}")
+
+
+def _pause(
+    outcome: Answer | ApiConnectionError | ApiTimeoutError,
+    attempt: int,
+    retry: RetryPolicy,
+    what: str,
+) -> float | None:
+    """Seconds to wait before retrying after ``outcome`` of try number ``attempt``; None when
+    it is final: an answer that is no reason to retry, or asks for a longer wait than we do."""
+    if not isinstance(outcome, Answer):
+        return retry.backoff(attempt)
+    if outcome.status_code not in RETRY_STATUSES:
+        return None
+    asked = retry_after(outcome)
+    if asked is None:
+        return retry.backoff(attempt)
+    if asked > retry.max_retry_after:
+        LOG.info("%s: Retry-After of %.0fs is longer than we wait", what, asked)
+        return None
+    return asked
+
+
 def send(
-    session: requests.Session,
+    session: BoundedSession,
     method: str,
     url: str,
     *,
@@ -534,63 +493,23 @@ def send(
     caller decides what a status means. Raises ApiTimeoutError when no complete answer came in
     time, ApiConnectionError when none came at all (or the connection broke amid it),
     UnreadableAnswerError for an answer that is not HTTP or does not decode,
-    ResponseTooLargeError past the size limit.
+    ResponseTooLargeError past the size limit; TypeError for a session that is not a
+    BoundedSession, which would have no wall-clock bound.
     """
-    for attempt in range(1, retry.attempts + 1):
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise ApiTimeoutError(f"{what}: {deadline.why_over()}")
-        bound = min(limits.request_timeout, remaining)
-        by_deadline = bound < limits.request_timeout
-
-        def late(bound: float = bound, by_deadline: bool = by_deadline) -> ApiTimeoutError:
-            why = (
-                deadline.why_over()
-                if by_deadline or deadline.remaining() <= 0
-                else f"no complete answer within {bound:g}s (--api.request-timeout)"
-            )
-            return ApiTimeoutError(f"{what}: timed out waiting for the answer: {why}")
-
-        failure: Exception | None = None
-        try:
-            kwargs["hooks"] = {"response": same_origin_redirects(url)}
-            response = _attempt(session, method, url, bound, limits, what, kwargs)
-        except (ResponseTooLargeError, RedirectError, UnreadableAnswerError) as exc:
-            # Not retried: the server answered, and would answer the same again.
-            on_response(endpoint, "error" if exc.status is None else str(exc.status))
-            raise
-        except requests.ConnectTimeout:
-            failure = ApiTimeoutError(f"{what}: timed out connecting")
-        except (_Cut, requests.Timeout):
-            # A read timeout is not retried: the server got the request and may be overloaded.
-            on_response(endpoint, "error")
-            raise late() from None
-        except requests.exceptions.SSLError as exc:
-            on_response(endpoint, "error")  # not retried: a certificate does not heal itself
-            raise tls_error(what, url, exc) from None
-        except requests.RequestException as exc:
-            if _timed_out(exc) or deadline.remaining() <= 0:
-                on_response(endpoint, "error")
-                raise late() from None
-            failure = ApiConnectionError(f"{what}: {_broken(exc)}")
-        if failure is not None:
-            on_response(endpoint, "error")
-            delay = retry.backoff(attempt)
-        else:
-            on_response(endpoint, str(response.status_code))
-            if response.status_code not in RETRY_STATUSES:
-                return response
-            asked = retry_after(response)
-            if asked is not None and asked > retry.max_retry_after:
-                LOG.info("%s: Retry-After of %.0fs is longer than we wait", what, asked)
-                return response
-            delay = retry.backoff(attempt) if asked is None else asked
-        if attempt == retry.attempts or delay >= deadline.remaining():
-            if failure is not None:
-                raise failure
-            return response
-        LOG.debug(
-            "%s: %s; retry %d in %.2fs", what, failure or response.status_code, attempt, delay
+    if not isinstance(session, BoundedSession):
+        raise TypeError(
+            f"{what}: requests go through a BoundedSession (exporter.session), not a "
+            f"{type(session).__name__}, which has no wall-clock bound"
         )
-        deadline.sleep(delay)
+    request = _Request(session, method, url, endpoint, what, on_response, deadline, limits, kwargs)
+    for attempt in range(1, retry.attempts + 1):
+        outcome = request.attempt()
+        pause = _pause(outcome, attempt, retry, what)
+        if pause is None or attempt == retry.attempts or pause >= deadline.remaining():
+            if not isinstance(outcome, Answer):
+                raise outcome
+            return outcome
+        shown = outcome.status_code if isinstance(outcome, Answer) else outcome
+        LOG.debug("%s: %s; retry %d in %.2fs", what, shown, attempt, pause)
+        deadline.sleep(pause)
     raise AssertionError("unreachable: the last attempt returns or raises")

@@ -17,11 +17,11 @@ from types import MappingProxyType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from exporter.api import MAX_STATIONS, CpoClient, RequestCounter, connect
+from exporter.api import MAX_STATIONS, CpoClient, connect
 from exporter.auth import TokenSource
 from exporter.authheader import HeaderForm
 from exporter.errors import PaginationError, RefreshError
-from exporter.http import DEFAULT_LIMITS, Deadline, Limits
+from exporter.http import DEFAULT_LIMITS, Deadline, Limits, RequestCounter
 from exporter.model import FOLDED_FIRMWARE, Mandant, MandantState, Snapshot, diff
 from exporter.scheduler import SteadyInterval, SteadyScheduler
 from exporter.stationchanges import StationChanges

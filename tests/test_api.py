@@ -7,14 +7,7 @@ import pytest
 import requests
 import responses
 
-from exporter.api import (
-    STATIONS_PATH,
-    CpoClient,
-    StationBudget,
-    _Gate,
-    parse_page,
-    parse_station,
-)
+from exporter.api import STATIONS_PATH, CpoClient, StationBudget, _Gate
 from exporter.auth import TokenSource
 from exporter.authheader import HeaderForm
 from exporter.errors import (
@@ -27,6 +20,8 @@ from exporter.errors import (
 )
 from exporter.http import Deadline, RetryPolicy
 from exporter.model import Secret, Station
+from exporter.session import BoundedSession
+from exporter.stations import parse_page, parse_station
 from tests.helpers import wait_until
 
 API = "https://mandant.example.test"
@@ -99,7 +94,7 @@ def make_client(
     max_stations: int = 1000,
     header: HeaderForm | None = None,
 ) -> CpoClient:
-    session = requests.Session()
+    session = BoundedSession()
     hook = (lambda e, c: calls.append((e, c))) if calls is not None else None
     tokens = TokenSource(
         token_url=TOKEN_URL,
@@ -999,3 +994,19 @@ def test_the_pages_of_a_failed_concurrent_read_go_with_the_error_not_with_a_full
     finally:
         gc.enable()
     assert left == 0
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("answers", "error", "status"),
+    [([403], AuthError, 403), ([500], ApiHttpError, 500), ([401, 401, 403], AuthError, 401)],
+)
+def test_a_refusal_of_the_api_carries_its_http_status(answers, error, status):
+    add_tokens("t1", "t2")
+    statuses = iter(answers)
+    responses.add_callback(
+        responses.GET, STATIONS_URL, callback=lambda request: (next(statuses), {}, "{}")
+    )
+    with pytest.raises(error) as caught:
+        make_client().stations(Deadline(60))
+    assert caught.value.status == status

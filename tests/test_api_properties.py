@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.api import parse_page
 from exporter.errors import ParseError
 from exporter.model import Station
+from exporter.stations import parse_page
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
 json_values = st.recursive(

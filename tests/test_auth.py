@@ -9,6 +9,7 @@ from exporter.auth import TokenSource
 from exporter.errors import ApiConnectionError, ApiHttpError, AuthError, ParseError
 from exporter.http import Deadline, RetryPolicy
 from exporter.model import Secret
+from exporter.session import BoundedSession
 
 TOKEN_URL = "https://auth.example.test/token"
 SECRET = "s3cr3t-client-secret"
@@ -31,7 +32,7 @@ def make_source(
         client_id="my-client",
         client_secret=Secret(SECRET),
         auth_method=method,
-        session=requests.Session(),
+        session=BoundedSession(),
         clock=clock,
         monotonic=monotonic or clock,
         on_response=(lambda e, c: calls.append((e, c))) if calls is not None else None,
@@ -264,3 +265,21 @@ def test_a_token_answer_nested_too_deeply_is_a_parse_error():
     responses.post(TOKEN_URL, body="[" * 50_000, content_type="application/json")
     with pytest.raises(ParseError, match="answer is not a JSON object"):
         make_source().token(Deadline(60))
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (400, {"error": "invalid_client"}, AuthError),
+        (401, {}, AuthError),
+        (404, {"error": "invalid_request"}, AuthError),
+        (500, {}, ApiHttpError),
+    ],
+)
+def test_a_refusal_of_the_token_endpoint_carries_its_http_status(status, body, error):
+    responses.post(TOKEN_URL, status=status, json=body)
+    with pytest.raises(error) as caught:
+        make_source().token(Deadline(60))
+    assert type(caught.value) is error
+    assert caught.value.status == status

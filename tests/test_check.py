@@ -577,3 +577,18 @@ def test_check_help_shows_the_check_usage_with_every_flag():
     for flag in ("--api.url", "--config.file", "--demo", "--web.config.file", "--output"):
         assert flag in result.stdout
     assert "default warn" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("reason", "step", "message", "status", "in_hint"),
+    [
+        ("http", "stations", "h: server error", 503, "try again in a few minutes"),
+        ("http", "stations", "h: not there", 404, "is api_url the base URL of your mandant"),
+        ("auth", "token", "token endpoint h rejected the client credentials (invalid_client)",
+         404, "is token_url the OAuth2 token endpoint"),
+        # The status comes from the error, never from its text.
+        ("http", "stations", "h: HTTP 503 at page[offset]=0", None, "the server refused"),
+    ],
+)  # fmt: skip
+def test_the_hint_reads_the_status_the_error_carries(reason, step, message, status, in_hint):
+    assert in_hint in hint(reason, step, message, status)

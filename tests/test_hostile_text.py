@@ -18,14 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.api import (
-    STATIONS_PATH,
-    CpoClient,
-    decode_json,
-    new_session,
-    parse_page,
-    parse_station,
-)
+from exporter.api import STATIONS_PATH, CpoClient
 from exporter.auth import TokenSource
 from exporter.check import ISSUE_MEANINGS
 from exporter.errors import PaginationError
@@ -41,6 +34,7 @@ from exporter.model import (
     Snapshot,
     Station,
 )
+from exporter.session import BoundedSession
 from exporter.simulator import (
     CONTROL_LABEL_SUFFIX,
     LONG_LABEL_LENGTH,
@@ -49,6 +43,7 @@ from exporter.simulator import (
     Simulator,
 )
 from exporter.stationchanges import StationChanges
+from exporter.stations import decode_json, parse_page, parse_station
 from exporter.web import ExporterApp
 
 FFFD = "\ufffd"
@@ -194,7 +189,7 @@ def test_the_client_decodes_pages_as_utf8_whatever_the_content_type_says():
     document = {"data": [row(label="@")], "meta": {"pagination": {"total": 1}}}
     body = json.dumps(document).encode().replace(b"@", b"K\xf6ln")
     responses.get(api + STATIONS_PATH, body=body, content_type="application/vnd.api+json")
-    session = requests.Session()
+    session = BoundedSession()
     tokens = TokenSource(
         token_url="https://auth.example.test/token",
         client_id="id",
@@ -306,7 +301,7 @@ def simulator() -> Iterator[Simulator]:
 
 
 def client_of(sim: Simulator, concurrency: int = 1) -> CpoClient:
-    session = new_session(concurrency)
+    session = BoundedSession(concurrency)
     tokens = TokenSource(
         token_url=sim.token_url,
         client_id="demo-client",

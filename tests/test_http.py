@@ -7,7 +7,6 @@ import pytest
 import requests
 import responses
 
-from exporter.api import new_session
 from exporter.errors import (
     ApiConnectionError,
     ApiTimeoutError,
@@ -16,6 +15,7 @@ from exporter.errors import (
     UnreadableAnswerError,
 )
 from exporter.http import Answer, Deadline, RetryPolicy, retry_after, send
+from exporter.session import BoundedSession
 from tests.rawhttp import RawServer, Reply, http
 
 URL = "https://api.example.test/thing"
@@ -25,7 +25,7 @@ FAST = RetryPolicy(attempts=4, backoff_base=0.001, backoff_cap=0.002)
 def call(deadline: float = 10.0, retry: RetryPolicy = FAST, cancel=None):
     counted: list[tuple[str, str]] = []
     response = send(
-        requests.Session(),
+        BoundedSession(),
         "GET",
         URL,
         endpoint="charging_stations",
@@ -169,7 +169,7 @@ def test_an_untrusted_certificate_is_a_tls_error_saying_what_to_set(tmp_path):
             )
 
         with pytest.raises(TlsError) as caught:
-            get(new_session())
+            get(BoundedSession())
         assert str(caught.value) == (
             "state: TLS certificate of 127.0.0.1 not trusted (unable to get local issuer "
             "certificate); if a private CA or a TLS-inspecting proxy is in the way, set "
@@ -178,11 +178,11 @@ def test_an_untrusted_certificate_is_a_tls_error_saying_what_to_set(tmp_path):
         assert caught.value.reason == "tls"
         assert "hidden" not in str(caught.value)  # the host only, never the URL
         assert counted == [("state", "error")]  # not retried
-        assert get(new_session(ca_file=str(ca))).status_code == 200
+        assert get(BoundedSession(ca_file=str(ca))).status_code == 200
 
     with Simulator(Inventory(size=1)) as plain, pytest.raises(TlsError) as caught:
         send(
-            new_session(),
+            BoundedSession(),
             "GET",
             plain.api_url.replace("http://", "https://") + "/_sim/state",
             endpoint="state",
@@ -376,7 +376,7 @@ def redirect_then_ok(first: bytes) -> tuple[list[str], RawServer]:
 def get_thing(server: RawServer, counted: list[str], retry: RetryPolicy = FAST) -> Answer:
     """``send`` a GET of /thing to ``server``; the codes counted go to ``counted``."""
     return send(
-        new_session(),
+        BoundedSession(),
         "GET",
         server.url + "/thing",
         endpoint="charging_stations",

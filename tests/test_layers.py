@@ -195,3 +195,128 @@ def test_each_name_imports_from_the_module_that_defines_it() -> None:
                         if alias.name in passed_on[node.module]
                     ]
     assert found == []
+
+
+REPAIRER = "exporter.stations"
+REPAIR_NAMES = frozenset({"_repair", "REPLACEMENT", "_INVALID_TEXT"})
+
+
+def named(node: ast.AST) -> str:
+    """The name ``node`` refers to, if it is a name, an attribute or an imported name."""
+    for kind, field in ((ast.Name, "id"), (ast.Attribute, "attr"), (ast.alias, "name")):
+        if isinstance(node, kind):
+            return str(getattr(node, field))
+    return ""
+
+
+def text_repairs(source: str) -> list[str]:
+    """What in ``source`` turns untrusted text into a Station, or repairs text as only
+    REPAIRER may: a call of ``Station(...)`` (a station whose text skipped the repair), the
+    repair's own names, or the replacement character U+FFFD."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Call) and named(node.func) == "Station":
+            found.append(f"line {line}: builds a Station")
+        elif named(node) in REPAIR_NAMES:
+            found.append(f"line {line}: uses {named(node)}")
+        elif isinstance(node, ast.Constant) and "\ufffd" in str(node.value):
+            found.append(f"line {line}: holds U+FFFD")
+    return found
+
+
+def test_text_from_the_api_is_repaired_in_one_module_only() -> None:
+    """Every Station is built, and every bad text repaired, in REPAIRER: a second place would
+    be a second set of rules for what a label may hold, and a way around the repair."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    repairs = {name: text_repairs(path.read_text()) for name, path in paths.items()}
+    assert {name: found for name, found in repairs.items() if found and name != REPAIRER} == {}
+    assert repairs[REPAIRER]  # the check sees the repair where it is
+
+
+def test_text_repairs_finds_a_repair_elsewhere() -> None:
+    source = (
+        "from exporter.model import Station\n"
+        "from exporter.stations import REPLACEMENT\n"
+        "def parse(row):\n"
+        "    return Station(row['id'].replace('\\x1b', '\\ufffd'), '', '', '', '')\n"
+    )
+    assert text_repairs(source) == [
+        "line 2: uses REPLACEMENT",
+        "line 4: builds a Station",
+        "line 4: holds U+FFFD",
+    ]
+
+
+SESSION_MAKER = "exporter.session"
+HTTP_CLIENTS = frozenset(
+    {
+        *(f"requests.{name}" for name in ("Session", "session", "request", "get", "head")),
+        *(f"requests.{name}" for name in ("post", "put", "patch", "delete", "options")),
+        "requests.sessions.Session",
+        "requests.adapters.HTTPAdapter",
+        *(f"urllib3.{name}" for name in ("PoolManager", "ProxyManager", "request")),
+        *(f"urllib3.{name}" for name in ("HTTPConnectionPool", "HTTPSConnectionPool")),
+        *(f"urllib3.{name}" for name in ("connection_from_url", "proxy_from_url")),
+        "urllib3.poolmanager.PoolManager",
+        "http.client.HTTPConnection",
+        "http.client.HTTPSConnection",
+        "urllib.request.urlopen",
+        "urllib.request.build_opener",
+    }
+)
+"""What makes HTTP requests without our session: sessions, adapters, pools, connections and
+the one-shot request functions of requests, urllib3, http.client and urllib."""
+
+
+def http_clients(source: str) -> list[str]:
+    """Where ``source`` refers to one of HTTP_CLIENTS, by whatever name it imported it."""
+    tree = ast.parse(source)
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                first = alias.name.partition(".")[0]
+                names[alias.asname or first] = alias.name if alias.asname else first
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+
+    def full_name(node: ast.AST) -> str:
+        if isinstance(node, ast.Name):
+            return names.get(node.id, "")
+        if isinstance(node, ast.Attribute) and (base := full_name(node.value)):
+            return f"{base}.{node.attr}"
+        return ""
+
+    return [
+        f"line {node.lineno}: {name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name | ast.Attribute) and (name := full_name(node)) in HTTP_CLIENTS
+    ]
+
+
+def test_only_the_session_module_makes_http_clients() -> None:
+    """Every request of the exporter goes through a BoundedSession, whose wall-clock bound a
+    session, pool or connection made elsewhere would not have."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    clients = {name: http_clients(path.read_text()) for name, path in paths.items()}
+    assert {name: found for name, found in clients.items() if found and name != SESSION_MAKER} == {}
+    assert clients[SESSION_MAKER]  # the check sees the clients where they are made
+
+
+def test_http_clients_finds_a_client_made_elsewhere() -> None:
+    source = (
+        "import http.client\n"
+        "import requests\n"
+        "from urllib3 import PoolManager as Pool\n"
+        "session = requests.Session()\n"
+        "pool = Pool()\n"
+        "conn = http.client.HTTPSConnection('api.example.test')\n"
+        "answer = requests.get('https://api.example.test')\n"
+    )
+    assert sorted(http_clients(source)) == [
+        "line 4: requests.Session",
+        "line 5: urllib3.PoolManager",
+        "line 6: http.client.HTTPSConnection",
+        "line 7: requests.get",
+    ]

@@ -3,8 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.api import RequestCounter
-from exporter.http import DEFAULT_LIMITS
+from exporter.http import DEFAULT_LIMITS, RequestCounter
 from exporter.model import Mandant, MandantState, Secret, Station
 from exporter.refresh import MandantRefresher, start_scheduler
 from exporter.simulator import Inventory, Simulator

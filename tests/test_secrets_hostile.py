@@ -16,14 +16,14 @@ import pytest
 import requests
 import responses
 
-from exporter.api import RequestCounter
 from exporter.auth import ASSUMED_LIFETIME, MAX_LIFETIME, MIN_LIFETIME, TokenSource
 from exporter.check import as_json, check_mandant
 from exporter.config import load_settings
 from exporter.errors import AuthError, ConfigError, RedirectError
-from exporter.http import MAX_REDIRECTS, Deadline, RetryPolicy, origin
+from exporter.http import MAX_REDIRECTS, Deadline, RequestCounter, RetryPolicy, origin
 from exporter.model import Secret
 from exporter.redact import CUT, MASK, MAX_LENGTH, redact, secret_forms
+from exporter.session import BoundedSession
 from exporter.simulator import HUGE_ERROR_LENGTH, Fault, Inventory, Simulator
 
 TOKEN_URL = "https://auth.example.test/token"
@@ -130,7 +130,7 @@ def source(
         client_id=CLIENT,
         client_secret=secret or Secret(SECRET),
         auth_method=method,
-        session=requests.Session(),
+        session=BoundedSession(),
         clock=clock,
         monotonic=clock,
         retry=RetryPolicy(attempts=1),

@@ -19,7 +19,6 @@ import responses
 import trustme
 import urllib3
 
-from exporter.api import new_session
 from exporter.auth import TokenSource
 from exporter.check import hint
 from exporter.errors import (
@@ -31,6 +30,7 @@ from exporter.errors import (
 from exporter.http import Deadline, Limits, RetryPolicy, send
 from exporter.model import Mandant, Secret
 from exporter.refresh import MandantRefresher
+from exporter.session import BoundedSession
 from exporter.simulator import DRIP_BYTES, OVERSIZED_BYTES, Fault, Inventory, Simulator
 
 STATIONS = "/api/cpoapi/v1/charging_stations/"
@@ -67,7 +67,7 @@ def fetch(
     counted: list[str] | None = None,
 ) -> bytes:
     answer = send(
-        session or new_session(),
+        session or BoundedSession(),
         "GET",
         page_url(sim),
         endpoint="charging_stations",
@@ -213,7 +213,7 @@ def test_https_requests_are_cut_at_the_bound_too(sim: Simulator, tmp_path: Path)
     server.configure_cert(context)
     sim._server.socket = context.wrap_socket(sim._server.socket, server_side=True)  # type: ignore[union-attr]
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    session = new_session()
+    session = BoundedSession()
     session.verify = str(tmp_path / "ca.pem")
     url = page_url(sim).replace("http://", "https://")
     tok = requests.post(
@@ -248,7 +248,7 @@ def test_https_requests_are_cut_at_the_bound_too(sim: Simulator, tmp_path: Path)
 
 
 def test_a_cut_connection_is_not_reused(sim: Simulator) -> None:
-    session = new_session()
+    session = BoundedSession()
     fetch(sim, session)  # a pooled keep-alive connection
     sim.add_fault(Fault("drip", seconds=0.05, times=1))
     with pytest.raises(ApiTimeoutError):
@@ -286,7 +286,7 @@ def test_a_compressed_answer_is_limited_by_its_decoded_size() -> None:
     responses.get("https://api.example.test/p", body=body, headers={"Content-Encoding": "gzip"})
     with pytest.raises(ResponseTooLargeError, match="larger than 1 MiB"):
         send(
-            requests.Session(),
+            BoundedSession(),
             "GET",
             "https://api.example.test/p",
             endpoint="charging_stations",
@@ -303,7 +303,7 @@ def token_source(sim: Simulator) -> TokenSource:
         client_id="demo-client",
         client_secret=Secret("demo-secret"),
         auth_method="basic",
-        session=new_session(),
+        session=BoundedSession(),
         retry=ONCE,
         limits=Limits(request_timeout=BOUND),
     )
@@ -338,7 +338,7 @@ def test_a_read_timeout_inside_the_body_is_a_timeout_not_a_connection_failure(wr
     responses.get("https://api.example.test/p", body=requests.ConnectionError(inner))
     with pytest.raises(ApiTimeoutError):
         send(
-            requests.Session(),
+            BoundedSession(),
             "GET",
             "https://api.example.test/p",
             endpoint="charging_stations",
@@ -362,7 +362,7 @@ def test_a_failure_as_the_deadline_runs_out_is_a_timeout() -> None:
         mock.get("https://api.example.test/p", body=requests.ConnectionError("reset"))
         with pytest.raises(ApiTimeoutError, match="refresh deadline"):
             send(
-                requests.Session(),
+                BoundedSession(),
                 "GET",
                 "https://api.example.test/p",
                 endpoint="charging_stations",
@@ -376,7 +376,7 @@ def test_a_failure_as_the_deadline_runs_out_is_a_timeout() -> None:
         mock.get("https://api.example.test/p", body=requests.ConnectionError(failed))
         with pytest.raises(ApiConnectionError):  # with time left it is what it is
             send(
-                requests.Session(),
+                BoundedSession(),
                 "GET",
                 "https://api.example.test/p",
                 endpoint="charging_stations",
