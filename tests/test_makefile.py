@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -70,3 +71,20 @@ def test_the_tools_make_lint_runs_are_pinned_to_a_minor_version():
     pins = {re.split(r"[<>=\[]", spec)[0]: spec for spec in extras["optional-dependencies"]["test"]}
     for tool in ("ruff", "mypy"):
         assert re.fullmatch(rf"{tool}>=(\d+)\.(\d+),<\1\.\d+", pins[tool]), pins[tool]
+
+
+@pytest.mark.e2e  # runs ruff
+def test_make_lint_refuses_a_function_with_more_than_ten_branches(tmp_path):
+    """The complexity gate: ruff with the project's settings flags the eleventh branch."""
+    ifs = "".join(f"    if x == {n}:\n        return {n}\n" for n in range(10))
+    source = tmp_path / "branchy.py"
+    source.write_text(f"def branchy(x: int) -> int:\n{ifs}    return -1\n")
+    settings = ROOT / "pyproject.toml"
+    lint = [sys.executable, "-m", "ruff", "check", "--config", str(settings), "--no-cache"]
+    flagged = subprocess.run([*lint, str(source)], capture_output=True, text=True, timeout=60)
+    assert "C901 `branchy` is too complex (11 > 10)" in flagged.stdout, flagged.stdout
+    source.write_text(
+        f"def branchy(x: int) -> int:\n{ifs.split('    if x == 9')[0]}    return -1\n"
+    )
+    passed = subprocess.run([*lint, str(source)], capture_output=True, text=True, timeout=60)
+    assert passed.returncode == 0, passed.stdout
