@@ -120,9 +120,9 @@ class _Gate:
 
 
 BYTES_PER_STATION = 400
-"""Bytes of text a refresh may create per station of --api.max-stations (an ordinary station
-takes about 340, its id and texts with a non-ASCII label): stations of the longest, widest
-text take 5,400, and a million of them would take 5 GB."""
+"""Bytes of text a refresh may create per station of --api.max-stations (room for an ordinary
+station's id and texts with a non-ASCII label; bench/profile_memory.py measures them):
+stations of the longest, widest text take 5,400, and a million of them would take 5 GB."""
 
 
 _DECODING = threading.Lock()
