@@ -26,7 +26,8 @@ sys.path[:0] = [str(ROOT)]
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from exporter.api import decode_json, parse_page  # noqa: E402
-from exporter.metrics import Exposition, FleetCollector  # noqa: E402
+from exporter.exposition import Exposition  # noqa: E402
+from exporter.metrics import FleetCollector  # noqa: E402
 from exporter.model import MandantState, Snapshot, Station  # noqa: E402
 from exporter.simulator.inventory import Inventory  # noqa: E402
 
@@ -73,7 +74,7 @@ def render(snapshot: Snapshot, info: bool) -> tuple[int, int]:
     """Bytes that the cached rendering keeps: gzip (as Prometheus scrapes), then gzip and
     plain text (once a scrape asked for it)."""
     state = MandantState(name="bench", snapshot=snapshot, up=True)
-    collector = FleetCollector(lambda: [state], station_info=info)
+    collector = FleetCollector(station_info=info)
     exposition = Exposition(collector, lambda: [state], CollectorRegistry())
     before = allocated()
     exposition.body(gzipped=True)

@@ -23,6 +23,7 @@ from exporter.changelog import ChangeLog
 from exporter.config import Mandant, Settings, build_parser, load_settings
 from exporter.demo import start_demo_api
 from exporter.errors import ConfigError
+from exporter.exposition import Exposition
 from exporter.http import Limits
 from exporter.lifecycle import (
     SHUTTING_DOWN,
@@ -34,13 +35,7 @@ from exporter.lifecycle import (
 )
 from exporter.listeners import addresses_text, listen, systemd_sockets
 from exporter.logs import setup_logging
-from exporter.metrics import (
-    Exposition,
-    FleetCollector,
-    RefreshAge,
-    RefusedRequests,
-    ReloadStatus,
-)
+from exporter.metrics import FleetCollector, RefreshAge
 from exporter.model import MandantState
 from exporter.refresh import (
     MandantRefresher,
@@ -48,6 +43,8 @@ from exporter.refresh import (
     schedule,
     start_scheduler,
 )
+from exporter.refused import RefusedRequests
+from exporter.reloadstatus import ReloadStatus
 from exporter.scheduler import SteadyScheduler
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
@@ -84,7 +81,7 @@ def build_exposition(
         if collector is not None:
             live.register(collector)
     fleet = FleetCollector(
-        states, station_info=settings.station_info, refresh_interval=settings.refresh_interval
+        station_info=settings.station_info, refresh_interval=settings.refresh_interval
     )
     return Exposition(fleet, states, live)
 

@@ -21,9 +21,10 @@ from urllib.parse import parse_qs
 
 from exporter import __version__
 from exporter.changelog import ChangeEntry, ChangeLog
+from exporter.exposition import Exposition
 from exporter.lifecycle import ReloadResult
-from exporter.metrics import Exposition, RefusedRequests
 from exporter.model import CHANGE_KINDS, MandantState
+from exporter.refused import RefusedRequests
 from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
 from exporter.webserver import DEFAULT_LIMITS, Server, ServerLimits
 

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import IO, Any, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
-from exporter.metrics import RefusedRequests
+from exporter.refused import RefusedRequests
 from exporter.webauth import client_key
 
 LOG = logging.getLogger(__name__)

@@ -14,12 +14,13 @@ from dataclasses import replace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client import CollectorRegistry, Gauge
 
-from exporter import metrics
-from exporter.metrics import Exposition, FleetCollector
+from exporter import exposition, gzipsegments
+from exporter.exposition import Exposition
+from exporter.metrics import FleetCollector
 from exporter.model import FirmwareLabels, MandantState, Snapshot, Station
+from tests.reference import library_text
 
 
 def fleet(prefix: str, size: int) -> Snapshot:
@@ -50,7 +51,7 @@ class World:
         self.states = states
         live = CollectorRegistry()
         Gauge("live_value", "A fixed live metric.", registry=live).set(7)
-        collector = FleetCollector(lambda: self.states, station_info=station_info)
+        collector = FleetCollector(station_info=station_info)
         self.exposition = Exposition(collector, lambda: self.states, live)
 
     def publish(self, *states: MandantState) -> None:
@@ -65,13 +66,13 @@ class World:
 def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The mandants whose info lines were rendered, in order."""
     calls: list[str] = []
-    original = metrics._info_lines
+    original = exposition._info_lines
 
     def counting(name: str, stations: Iterable[Station]) -> Iterator[bytes]:
         calls.append(name)
         return original(name, stations)
 
-    monkeypatch.setattr(metrics, "_info_lines", counting)
+    monkeypatch.setattr(exposition, "_info_lines", counting)
     return calls
 
 
@@ -122,13 +123,13 @@ def test_the_old_lines_are_released_before_the_new_ones_are_rendered(renders, mo
     world.body(gzipped=True)
     old = weakref.ref(world.exposition._info["a"].piece)
     alive_while_rendering: list[bool] = []
-    counting = metrics._info_lines
+    counting = exposition._info_lines
 
     def checking(name: str, stations: Iterable[Station]) -> Iterator[bytes]:
         alive_while_rendering.append(old() is not None)
         return counting(name, stations)
 
-    monkeypatch.setattr(metrics, "_info_lines", checking)
+    monkeypatch.setattr(exposition, "_info_lines", checking)
     world.publish(mandant("a", 3), world.states[1])
     world.body()
     # compressed at once, then as text (and b, whose text was not asked for before)
@@ -161,10 +162,7 @@ def test_mandants_keep_their_order_after_one_is_rendered_again(openmetrics):
     world = World([mandant("c", 3), MandantState(name="b"), mandant("a", 2), mandant("d", 1)])
     world.body(openmetrics=openmetrics)
     world.publish(*world.states[:2], mandant("a", 4), world.states[3])
-    library = CollectorRegistry()
-    library.register(FleetCollector(lambda: world.states))
-    generate = generate_openmetrics if openmetrics else generate_latest
-    expected = generate(library).removesuffix(b"# EOF\n")
+    expected = library_text(world.states, openmetrics=openmetrics)
     assert world.body(openmetrics=openmetrics).startswith(expected + b"# HELP live_value")
 
 
@@ -178,13 +176,13 @@ def many_versions(name: str, size: int) -> MandantState:
 def firmware_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The mandants whose firmware lines were rendered, in order."""
     calls: list[str] = []
-    original = metrics._firmware_lines
+    original = exposition._firmware_lines
 
     def counting(name: str, labels: FirmwareLabels) -> Iterator[bytes]:
         calls.append(name)
         return original(name, labels)
 
-    monkeypatch.setattr(metrics, "_firmware_lines", counting)
+    monkeypatch.setattr(exposition, "_firmware_lines", counting)
     return calls
 
 
@@ -207,10 +205,7 @@ def test_firmware_lines_are_rendered_once_per_change_of_their_own_mandant(firmwa
 def test_folded_firmware_is_rendered_as_the_client_library_renders_it(openmetrics):
     world = World([many_versions("a", 250), MandantState(name="b"), mandant("c", 3)])
     world.body(openmetrics=openmetrics)
-    library = CollectorRegistry()
-    library.register(FleetCollector(lambda: world.states))
-    generate = generate_openmetrics if openmetrics else generate_latest
-    expected = generate(library).removesuffix(b"# EOF\n")
+    expected = library_text(world.states, openmetrics=openmetrics)
     plain = world.body(openmetrics=openmetrics)
     assert plain.startswith(expected + b"# HELP live_value")
     assert one_member(world.body(openmetrics=openmetrics, gzipped=True)) == plain
@@ -254,9 +249,9 @@ def test_gzip_without_stations(states, station_info):
 
 def test_gzip_with_an_empty_live_part():
     states = [mandant("a", 3)]
-    exposition = Exposition(FleetCollector(lambda: states), lambda: states, CollectorRegistry())
-    plain = b"".join(exposition.body())
-    assert one_member(b"".join(exposition.body(gzipped=True))) == plain
+    cache = Exposition(FleetCollector(), lambda: states, CollectorRegistry())
+    plain = b"".join(cache.body())
+    assert one_member(b"".join(cache.body(gzipped=True))) == plain
 
 
 def test_an_unchanged_mandant_keeps_its_compressed_segment():
@@ -305,12 +300,13 @@ def test_a_fleet_only_scraped_gzipped_never_keeps_its_text(renders):
 @pytest.mark.parametrize(("size_a", "size_b"), [(0, 0), (0, 5), (5, 0), (1, 1), (1000, 3)])
 def test_crc32_combine_is_the_crc_of_both(size_a, size_b):
     a, b = bytes(range(256)) * 4 * size_a, b"\xff\x00\x7f" * size_b
-    combined = metrics.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
+    combined = gzipsegments.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
     assert combined == zlib.crc32(a + b)
     big = bytes(3 << 20) + b"x"  # longer than the zero buffer
-    assert metrics.crc32_combine(zlib.crc32(a), zlib.crc32(big), len(big)) == zlib.crc32(a + big)
+    combined = gzipsegments.crc32_combine(zlib.crc32(a), zlib.crc32(big), len(big))
+    assert combined == zlib.crc32(a + big)
 
 
 @given(st.binary(max_size=2000), st.binary(max_size=2000))
 def test_crc32_combine_agrees_with_zlib_on_any_two_messages(a, b):
-    assert metrics.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    assert gzipsegments.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)

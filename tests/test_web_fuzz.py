@@ -29,9 +29,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from exporter.changelog import ChangeLog
+from exporter.exposition import Exposition
 from exporter.listeners import listen
-from exporter.metrics import Exposition, FleetCollector, RefusedRequests
+from exporter.metrics import FleetCollector
 from exporter.model import MandantState, Snapshot, Station
+from exporter.refused import RefusedRequests
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
 from exporter.webserver import MAX_HEAD, Server, ServerLimits
@@ -93,7 +95,7 @@ def start(web_config: WebConfig | None = None, auth: bool = False) -> Served:
 
     refused = RefusedRequests()
     app = ExporterApp(
-        Exposition(FleetCollector(states), states, CollectorRegistry()),
+        Exposition(FleetCollector(), states, CollectorRegistry()),
         states,
         ChangeLog(5),
         auth=BasicAuth(USERS) if auth else None,

@@ -20,9 +20,11 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.changelog import ChangeLog
 from exporter.errors import ConfigError
+from exporter.exposition import Exposition
 from exporter.listeners import listen
-from exporter.metrics import Exposition, FleetCollector, RefusedRequests
+from exporter.metrics import FleetCollector
 from exporter.model import Change, MandantState, Snapshot, Station
+from exporter.refused import RefusedRequests
 from exporter.web import (
     OPENMETRICS,
     TEXT_FORMAT,
@@ -64,7 +66,7 @@ def live_registry() -> CollectorRegistry:
 
 
 def exposition() -> Exposition:
-    return Exposition(FleetCollector(states), states, live_registry())
+    return Exposition(FleetCollector(), states, live_registry())
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import trustme
 
 from exporter import webserver
 from exporter.listeners import listen
-from exporter.metrics import RefusedRequests
+from exporter.refused import RefusedRequests
 from exporter.webserver import ACCEPT_PAUSE, QUEUE_WAIT, Server, ServerLimits
 from tests.helpers import wait_until
 
