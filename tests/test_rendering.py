@@ -12,11 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge
 
-from exporter import exposition, gzipsegments
+from exporter import exposition
 from exporter.exposition import Exposition
 from exporter.metrics import FleetCollector
 from exporter.model import FirmwareLabels, MandantState, Snapshot, Station
@@ -295,18 +293,3 @@ def test_a_fleet_only_scraped_gzipped_never_keeps_its_text(renders):
     assert renders == ["a"]
     assert one_member(body) == world.body()
     assert piece._chunks is not None and renders == ["a", "a"]  # text kept once asked for
-
-
-@pytest.mark.parametrize(("size_a", "size_b"), [(0, 0), (0, 5), (5, 0), (1, 1), (1000, 3)])
-def test_crc32_combine_is_the_crc_of_both(size_a, size_b):
-    a, b = bytes(range(256)) * 4 * size_a, b"\xff\x00\x7f" * size_b
-    combined = gzipsegments.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
-    assert combined == zlib.crc32(a + b)
-    big = bytes(3 << 20) + b"x"  # longer than the zero buffer
-    combined = gzipsegments.crc32_combine(zlib.crc32(a), zlib.crc32(big), len(big))
-    assert combined == zlib.crc32(a + big)
-
-
-@given(st.binary(max_size=2000), st.binary(max_size=2000))
-def test_crc32_combine_agrees_with_zlib_on_any_two_messages(a, b):
-    assert gzipsegments.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
