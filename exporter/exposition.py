@@ -3,9 +3,11 @@
 ``/metrics`` serves what :class:`Exposition` holds. Rendering a large fleet costs real CPU and
 memory, so it renders each mandant's per-station info lines once per fleet it publishes, its
 firmware lines once per change of its firmware labels, the families of a few series per mandant
-once per published refresh, and a scrape only writes cached bytes (plus the live metrics, such
-as the process metrics, which change). Families other than the info lines go through the
-client library's text formats; the info lines are written here, byte for byte as it would.
+once per published refresh, and keeps them compressed only (see :mod:`exporter.gzipsegments`).
+A gzip scrape writes the cached bytes, a plain scrape inflates them as it writes them, and
+both add the live metrics (such as the process metrics, which change). Families other than the
+info lines go through the client library's text formats; the info lines are written here, byte
+for byte as it would.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
+from itertools import chain
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -81,6 +84,18 @@ class _Families:
         return self._families
 
 
+class Body:
+    """Chunks of bytes to send one after the other, and their length in all: the chunks of a
+    plain body are inflated as they are sent."""
+
+    def __init__(self, chunks: Iterable[bytes], length: int) -> None:
+        self._chunks = chunks
+        self.length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
+
+
 class _Rendering:
     """The fleet metrics of one set of states as pieces: the station counts and the HELP and
     TYPE of the firmware family, each mandant's cached firmware lines, the target and data
@@ -103,8 +118,11 @@ class _Rendering:
         self._gzip: dict[bool, GzipStart] = {}
         self._lock = threading.Lock()
 
-    def text(self, openmetrics: bool) -> tuple[bytes, ...]:
-        return tuple(chunk for piece in self._variant(openmetrics) for chunk in piece.chunks())
+    def text(self, openmetrics: bool, live: bytes) -> Body:
+        """The plain body: each piece inflated in turn, then ``live``."""
+        pieces = self._variant(openmetrics)
+        length = sum(piece.segment().length for piece in pieces) + len(live)
+        return Body(chain(chain.from_iterable(piece.text() for piece in pieces), (live,)), length)
 
     def gzipped(self, openmetrics: bool) -> GzipStart:
         variant = self._gzip.get(openmetrics)
@@ -233,14 +251,15 @@ class Exposition:
             piece.segment()
         return rendering
 
-    def body(self, *, openmetrics: bool = False, gzipped: bool = False) -> tuple[bytes, ...]:
-        """The whole exposition in the asked-for format, as chunks to write one after another."""
+    def body(self, *, openmetrics: bool = False, gzipped: bool = False) -> Body:
+        """The whole exposition in the asked-for format."""
         rendering = self.update()
         live = generate_openmetrics(self._live) if openmetrics else generate_latest(self._live)
         if not gzipped:
-            return (*rendering.text(openmetrics), live)
+            return rendering.text(openmetrics, live)
         fleet = rendering.gzipped(openmetrics)
-        return (*fleet.chunks, fleet.finish(live))
+        chunks = (*fleet.chunks, fleet.finish(live))
+        return Body(chunks, sum(map(len, chunks)))
 
     def _firmware_pieces(self, states: tuple[MandantState, ...]) -> tuple[Piece, ...]:
         """Each mandant's firmware lines, from the cache where its labels are the same object."""

@@ -3,23 +3,27 @@
 A part (a :class:`Piece`) is compressed into raw deflate data that ends on a byte boundary
 without a final block, so that segments concatenate into one deflate stream; a
 :class:`GzipStart` puts the gzip header before the segments of a body and each scrape finishes
-the member with its own live part and the trailer. Nothing here knows what the bytes hold.
+the member with its own live part and the trailer. The segments are the only form kept: a
+plain scrape inflates them as it sends them. Nothing here knows what the bytes hold.
 
-Compression, CRC-32 and the combination of two CRC-32s go through ISA-L (the ``isal``
-package), several times faster than zlib at a like ratio (``bench/publish_cost.py --levels``).
+Compression, inflation, CRC-32 and the combination of two CRC-32s go through ISA-L (the
+``isal`` package), several times faster than zlib at a like ratio
+(``bench/publish_cost.py --levels``).
 """
 
 from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from isal import isal_zlib
 
 LEVEL = 1
 """ISA-L's level (0 to 3); bench/publish_cost.py --levels measures each."""
+INFLATED = 1 << 20
+"""The most bytes one step of inflating a segment makes: what a plain scrape holds at once."""
 GZIP_HEADER = bytes((0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 255))
 """Magic, deflate, no flags, no modification time, no extra flags, unknown operating system."""
 
@@ -33,28 +37,18 @@ class Segment(NamedTuple):
 
 
 class Piece:
-    """A part of the body, made by ``render`` when first asked for: as text chunks, as a gzip
-    segment, or both; each form is kept once made.
-
-    A piece only ever asked for in gzip, as Prometheus scrapes, never keeps its text: it is
-    rendered, compressed and dropped a chunk at a time, so the text of a large fleet is not
-    held beside its gzip until someone asks for uncompressed text.
-    """
+    """A part of the body, made by ``render`` when first asked for and kept as a gzip segment
+    only: rendered, compressed and dropped a chunk at a time, so that the text of a large fleet
+    is never held, and inflated again for each plain scrape."""
 
     def __init__(self, render: Callable[[], Iterable[bytes]]) -> None:
         self._render = render
-        self._chunks: tuple[bytes, ...] | None = None
         self._segment: Segment | None = None
         self._lock = threading.Lock()
 
-    def chunks(self) -> tuple[bytes, ...]:
-        chunks = self._chunks
-        if chunks is None:
-            with self._lock:
-                chunks = self._chunks
-                if chunks is None:
-                    chunks = self._chunks = tuple(chunk for chunk in self._render() if chunk)
-        return chunks
+    def text(self) -> Iterator[bytes]:
+        """The piece's plain bytes, inflated from its segment as they are asked for."""
+        return inflate(self.segment())
 
     def segment(self) -> Segment:
         """The piece as raw deflate data that ends on a byte boundary without a final block
@@ -64,7 +58,7 @@ class Piece:
             with self._lock:
                 segment = self._segment
                 if segment is None:
-                    segment = self._segment = compress(self._chunks or self._render())
+                    segment = self._segment = compress(self._render())
         return segment
 
 
@@ -78,6 +72,19 @@ def compress(chunks: Iterable[bytes]) -> Segment:
         length += len(chunk)
     out.append(compressor.flush(isal_zlib.Z_SYNC_FLUSH))
     return Segment(tuple(piece for piece in out if piece), crc, length)
+
+
+def inflate(segment: Segment) -> Iterator[bytes]:
+    """The plain bytes of ``segment``, at most ``INFLATED`` at a time (whatever the ratio of
+    its data), so that a plain scrape holds one such step and not a piece's text."""
+    inflater = isal_zlib.decompressobj(-15)
+    for chunk in segment.chunks:
+        out = b""
+        while chunk or len(out) == INFLATED:  # a full step may leave more output behind
+            out = inflater.decompress(chunk, INFLATED)
+            chunk = inflater.unconsumed_tail
+            if out:
+                yield out
 
 
 class GzipStart:

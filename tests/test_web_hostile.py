@@ -263,8 +263,8 @@ def test_gzip_body_is_one_member_holding_everything(openmetrics):
 
 def test_the_fleet_is_compressed_once_per_rendering():
     subject = exposition()
-    first = subject.body(gzipped=True)
-    second = subject.body(gzipped=True)
+    first = list(subject.body(gzipped=True))
+    second = list(subject.body(gzipped=True))
     assert len(first) > 1
     assert all(a is b for a, b in zip(first[:-1], second[:-1], strict=True))
 
