@@ -100,8 +100,8 @@ class _Rendering:
     """The fleet metrics of one set of states as pieces: the station counts and the HELP and
     TYPE of the firmware family, each mandant's cached firmware lines, the target and data
     issue families (and the HELP and TYPE of the info family), each mandant's cached info
-    lines, the other families. Each variant (OpenMetrics, gzip) is made when first asked for,
-    then kept."""
+    lines, the other families. Each variant (OpenMetrics, the gzip start) is made when first
+    asked for, then kept."""
 
     def __init__(
         self,
@@ -228,8 +228,7 @@ class Exposition:
 
     def update(self) -> _Rendering:
         """Render the fleet metrics if the states changed since the last rendering, and
-        compress the firmware and info lines of changed fleets, as Prometheus will ask for them
-        (gzip)."""
+        compress the firmware and info lines of changed fleets (the only form kept)."""
         states = tuple(self._states())
         rendering = self._rendering
         if rendering is not None and _same(rendering.states, states):
