@@ -322,6 +322,7 @@ def measure_million(args: argparse.Namespace, work: Path) -> tuple[Refresh, list
                 ["--api.url", simulator.url, "--api.token-url", simulator.url + "/oauth2/token",
                  "--api.client-id", "demo-client", f"--api.page-limit={limit}",
                  f"--api.concurrency={concurrency}", f"--refresh.interval={args.large_interval}s",
+                 f"--api.max-stations={2 * size}",  # the changed fleet grows past the size
                  *([] if info else ["--no-collector.station-info"])],
                 work, f"exporter-million-{'on' if info else 'off'}",
                 {**os.environ, "BEENERGISED_CLIENT_SECRET": SECRET},

@@ -24,6 +24,7 @@ from exporter import __version__, check
 from exporter.commandline import build_parser
 from exporter.config import Settings, load_settings
 from exporter.errors import ConfigError
+from exporter.exposition import Exposition
 from exporter.http import Limits
 from exporter.lifecycle import (
     SHUTTING_DOWN,
@@ -35,13 +36,7 @@ from exporter.lifecycle import (
 )
 from exporter.listeners import addresses_text, listen, systemd_sockets
 from exporter.logs import setup_logging
-from exporter.metrics import (
-    Exposition,
-    FleetCollector,
-    RefreshAge,
-    RefusedRequests,
-    ReloadStatus,
-)
+from exporter.metrics import FleetCollector, RefreshAge
 from exporter.model import Mandant, MandantState
 from exporter.refresh import (
     MandantRefresher,
@@ -49,6 +44,8 @@ from exporter.refresh import (
     schedule,
     start_scheduler,
 )
+from exporter.refused import RefusedRequests
+from exporter.reloadstatus import ReloadStatus
 from exporter.scheduler import SteadyScheduler
 from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp, serve
@@ -86,7 +83,7 @@ def build_exposition(
         if collector is not None:
             live.register(collector)
     fleet = FleetCollector(
-        states, station_info=settings.station_info, refresh_interval=settings.refresh_interval
+        station_info=settings.station_info, refresh_interval=settings.refresh_interval
     )
     return Exposition(fleet, states, live)
 

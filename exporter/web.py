@@ -20,9 +20,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from exporter import __version__
+from exporter.exposition import Body, Exposition
 from exporter.lifecycle import ReloadResult
-from exporter.metrics import Exposition, RefusedRequests
 from exporter.model import CHANGE_KINDS, MandantState
+from exporter.refused import RefusedRequests
 from exporter.stationchanges import ChangeEntry, StationChanges
 from exporter.webauth import BasicAuth, TooManyLogins, WebConfig
 from exporter.webserver import DEFAULT_LIMITS, Server, ServerLimits
@@ -348,18 +349,18 @@ def accepts_gzip(header: str) -> bool:
 def _respond(
     start_response: StartResponse,
     status: str,
-    body: bytes | Sequence[bytes],
+    body: bytes | Sequence[bytes] | Body,
     headers: list[tuple[str, str]] | None = None,
     *,
     exc: bool = False,
-) -> Sequence[bytes]:
+) -> Iterable[bytes]:
     """Start the response; the body goes out as it is, one chunk after the other.
 
     ``exc``: answering an error, so replace a response already started but not yet sent.
     """
     chunks = [body] if isinstance(body, bytes) else body
     headers = headers or [("Content-Type", "text/plain; charset=utf-8")]
-    length = sum(len(chunk) for chunk in chunks)
+    length = body.length if isinstance(body, Body) else sum(len(chunk) for chunk in chunks)
     start_response(
         status, [*headers, ("Content-Length", str(length))], sys.exc_info() if exc else None
     )

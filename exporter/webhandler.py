@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import IO, Any, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
 
-from exporter.metrics import RefusedRequests
+from exporter.refused import RefusedRequests
 from exporter.webheads import Request
 
 LOG = logging.getLogger("exporter.webserver")  # one source for the server's log lines

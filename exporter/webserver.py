@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from wsgiref.simple_server import WSGIServer
 
-from exporter.metrics import RefusedRequests
+from exporter.refused import RefusedRequests
 from exporter.webauth import client_key
 from exporter.webhandler import RequestHandler
 from exporter.webheads import Close, Incoming, Next, Request, short_answer

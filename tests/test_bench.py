@@ -69,3 +69,15 @@ def test_the_firmware_cardinality_measurement_runs_and_prints_its_table(tmp_path
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 300 |")]
     assert rows[0].startswith("| 300 | usual mix | 3 | 3 |")
     assert rows[1].startswith("| 300 | 200 | 21 | 3 |")  # 20 versions and (other)
+
+
+def test_the_publish_cost_runs_and_prints_its_tables():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "publish_cost.py"), "--stations", "300",
+         "--page-limit", "50", "--levels"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| on | publish |" in result.stdout
+    assert "| off | first plain scrape after it |" in result.stdout
+    assert "| ISA-L level 1 |" in result.stdout

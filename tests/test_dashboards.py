@@ -16,14 +16,16 @@ from functools import cache
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter.metrics import FleetCollector, RefusedRequests
+from exporter.exposition import Exposition
+from exporter.metrics import FleetCollector
 from exporter.model import FirmwareTarget
+from exporter.refused import RefusedRequests
 from tests.dashboards import (
     DASHBOARD_DIR,
     EMPTY_MARKER,
@@ -78,17 +80,17 @@ NAMES = sorted(DASHBOARDS)
 @cache
 def exposition() -> dict[str, set[str]]:
     """Every sample name the exporter can expose, with its label names (from the collectors)."""
-    registry = CollectorRegistry()
+    live = CollectorRegistry()
     north, *others = fixture_states()
     # a rollout target, so that the target metric is exposed too
     states = [dataclasses.replace(north, firmware_target=FirmwareTarget.parse("2.4.1")), *others]
-    registry.register(FleetCollector(lambda: states))
-    registry.register(RefusedRequests())
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    live.register(RefusedRequests())
+    ProcessCollector(registry=live)
+    PlatformCollector(registry=live)
+    GCCollector(registry=live)
+    body = b"".join(Exposition(FleetCollector(), lambda: states, live).body())
     labels: dict[str, set[str]] = {"up": set()}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
             labels.setdefault(sample.name, set()).update(sample.labels)
     return labels

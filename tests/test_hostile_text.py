@@ -22,9 +22,10 @@ from exporter.api import STATIONS_PATH, CpoClient
 from exporter.auth import TokenSource
 from exporter.check import ISSUE_MEANINGS
 from exporter.errors import PaginationError
+from exporter.exposition import Exposition
 from exporter.http import Deadline, RetryPolicy
 from exporter.logs import JsonFormatter, LogfmtFormatter
-from exporter.metrics import Exposition, FleetCollector
+from exporter.metrics import FleetCollector
 from exporter.model import (
     DATA_ISSUES,
     MAX_TEXT_LENGTH,
@@ -221,13 +222,13 @@ def states_with_bad_text() -> list[MandantState]:
 
 
 def exposition_of(states: list[MandantState]) -> Exposition:
-    return Exposition(FleetCollector(lambda: states), lambda: states, CollectorRegistry())
+    return Exposition(FleetCollector(), lambda: states, CollectorRegistry())
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_metrics_render_text_that_utf8_cannot_encode_as_a_question_mark(openmetrics, caplog):
     exposition = exposition_of(states_with_bad_text())
-    with caplog.at_level(logging.ERROR, "exporter.metrics"):
+    with caplog.at_level(logging.ERROR, "exporter.exposition"):
         text = b"".join(exposition.body(openmetrics=openmetrics)).decode()
     assert "cannot encode" in caplog.text  # the firmware label went through the fallback
     if not openmetrics:

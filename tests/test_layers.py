@@ -320,3 +320,30 @@ def test_http_clients_finds_a_client_made_elsewhere() -> None:
         "line 6: http.client.HTTPSConnection",
         "line 7: requests.get",
     ]
+
+
+def renderers() -> set[str]:
+    """The modules of exporter/ that import a text format of the client library."""
+    formats = {"prometheus_client.exposition", "prometheus_client.openmetrics.exposition"}
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: set[str] = set()
+            if isinstance(node, ast.Import):
+                names = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            if names & formats or "prometheus_client.generate_latest" in names:
+                found.add(module_name(path))
+    return found
+
+
+def test_the_exposition_is_the_one_renderer_and_its_rooms_stand_on_their_floors() -> None:
+    """Only the exposition cache renders text; the metric families know nothing of it; the gzip
+    segments and the live families of the web and the reload import nothing of ours."""
+    graph = import_graph()
+    assert renderers() == {"exporter.exposition"}
+    assert graph["exporter.exposition"] >= {"exporter.metrics", "exporter.gzipsegments"}
+    assert "exporter.exposition" not in graph["exporter.metrics"]
+    for floor in ("exporter.gzipsegments", "exporter.refused", "exporter.reloadstatus"):
+        assert graph[floor] == set(), floor

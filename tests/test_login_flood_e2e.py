@@ -20,7 +20,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from exporter.metrics import RefusedRequests
+from exporter.refused import RefusedRequests
 from tests.helpers import ExporterProcess, matching, samples, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -11,27 +11,29 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.metrics import Exposition, FleetCollector, RefreshAge
+from exporter.exposition import Exposition
+from exporter.metrics import FleetCollector, RefreshAge
 from exporter.model import MandantState, Snapshot
 from tests.helpers import require_tool
+from tests.reference import library_text
 from tests.states import fixture_states
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 
 
 def render(states, station_info=True, openmetrics=False) -> str:
-    registry = CollectorRegistry()
-    registry.register(FleetCollector(lambda: states, station_info=station_info))
-    generate = generate_openmetrics if openmetrics else generate_latest
-    return generate(registry).decode()
+    """The body of /metrics without live metrics (an OpenMetrics body ends with its EOF)."""
+    exposition = Exposition(
+        FleetCollector(station_info=station_info), lambda: states, CollectorRegistry()
+    )
+    return b"".join(exposition.body(openmetrics=openmetrics)).decode()
 
 
 def normalised(text: str) -> str:
@@ -99,8 +101,8 @@ def test_promtool_accepts_the_exposition():
 
 
 class CountingCollector(FleetCollector):
-    def __init__(self, states) -> None:
-        super().__init__(lambda: states.value)
+    def __init__(self, station_info: bool = True) -> None:
+        super().__init__(station_info=station_info)
         self.renders = 0
 
     def stations_family(self, states):
@@ -113,12 +115,10 @@ class Box:
         self.value = value
 
 
-def exposition_for(box: Box) -> tuple[Exposition, CountingCollector]:
-    from prometheus_client import CollectorRegistry, ProcessCollector
-
+def exposition_for(box: Box, station_info: bool = True) -> tuple[Exposition, CountingCollector]:
     live = CollectorRegistry()
     ProcessCollector(registry=live)
-    collector = CountingCollector(box)
+    collector = CountingCollector(station_info)
     return Exposition(collector, lambda: box.value, live), collector
 
 
@@ -126,23 +126,14 @@ def whole(exposition: Exposition, **variant: bool) -> bytes:
     return b"".join(exposition.body(**variant))
 
 
-def test_the_streamed_rendering_equals_the_client_librarys_rendering():
+@pytest.mark.parametrize("station_info", [True, False])
+def test_the_streamed_rendering_equals_the_client_librarys_rendering(station_info):
     box = Box(fixture_states())
-    exposition, collector = exposition_for(box)
-    library = generate_latest(_OnlyFleet(collector, box.value)).decode()
-    streamed = whole(exposition).decode().split("# HELP process_")[0]
-    assert streamed == library
-    library_om = generate_openmetrics(_OnlyFleet(collector, box.value)).decode()
-    streamed_om = whole(exposition, openmetrics=True).decode().split("# HELP process_")[0]
-    assert streamed_om + "# EOF\n" == library_om
-
-
-class _OnlyFleet:
-    def __init__(self, collector, states) -> None:
-        self._collector, self._states = collector, states
-
-    def collect(self):
-        return FleetCollector.families(self._collector, self._states)
+    exposition, _ = exposition_for(box, station_info)
+    for openmetrics in (False, True):
+        library = library_text(box.value, station_info=station_info, openmetrics=openmetrics)
+        streamed = whole(exposition, openmetrics=openmetrics).split(b"# HELP process_")[0]
+        assert streamed == library
 
 
 def test_the_fleet_is_rendered_once_per_change_not_per_scrape():

@@ -14,9 +14,10 @@ import requests
 import trustme
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from exporter.exposition import Exposition
 from exporter.lifecycle import ReloadResult
 from exporter.listeners import listen
-from exporter.metrics import Exposition, FleetCollector
+from exporter.metrics import FleetCollector
 from exporter.model import Change, MandantState, Snapshot, Station
 from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp, serve
@@ -39,7 +40,7 @@ class States:
 def exposition_of(states) -> Exposition:
     live = CollectorRegistry()
     ProcessCollector(registry=live)
-    return Exposition(FleetCollector(states), states, live)
+    return Exposition(FleetCollector(), states, live)
 
 
 @pytest.fixture

@@ -28,9 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from exporter.exposition import Exposition
 from exporter.listeners import listen
-from exporter.metrics import Exposition, FleetCollector, RefusedRequests
+from exporter.metrics import FleetCollector
 from exporter.model import MandantState, Snapshot, Station
+from exporter.refused import RefusedRequests
 from exporter.stationchanges import StationChanges
 from exporter.web import ExporterApp, serve
 from exporter.webauth import BasicAuth, WebConfig
@@ -94,7 +96,7 @@ def start(web_config: WebConfig | None = None, auth: bool = False) -> Served:
 
     refused = RefusedRequests()
     app = ExporterApp(
-        Exposition(FleetCollector(states), states, CollectorRegistry()),
+        Exposition(FleetCollector(), states, CollectorRegistry()),
         states,
         StationChanges(5),
         auth=BasicAuth(USERS) if auth else None,

@@ -19,9 +19,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.errors import ConfigError
+from exporter.exposition import Exposition
 from exporter.listeners import listen
-from exporter.metrics import Exposition, FleetCollector, RefusedRequests
+from exporter.metrics import FleetCollector
 from exporter.model import Change, MandantState, Snapshot, Station
+from exporter.refused import RefusedRequests
 from exporter.stationchanges import StationChanges
 from exporter.web import (
     OPENMETRICS,
@@ -64,7 +66,7 @@ def live_registry() -> CollectorRegistry:
 
 
 def exposition() -> Exposition:
-    return Exposition(FleetCollector(states), states, live_registry())
+    return Exposition(FleetCollector(), states, live_registry())
 
 
 @pytest.fixture
@@ -263,8 +265,8 @@ def test_gzip_body_is_one_member_holding_everything(openmetrics):
 
 def test_the_fleet_is_compressed_once_per_rendering():
     subject = exposition()
-    first = subject.body(gzipped=True)
-    second = subject.body(gzipped=True)
+    first = list(subject.body(gzipped=True))
+    second = list(subject.body(gzipped=True))
     assert len(first) > 1
     assert all(a is b for a, b in zip(first[:-1], second[:-1], strict=True))
 

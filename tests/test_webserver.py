@@ -22,7 +22,7 @@ import trustme
 
 from exporter import webhandler, webserver
 from exporter.listeners import listen
-from exporter.metrics import RefusedRequests
+from exporter.refused import RefusedRequests
 from exporter.webserver import ACCEPT_PAUSE, Server, ServerLimits
 from exporter.webworkers import QUEUE_WAIT
 from tests.helpers import wait_until
