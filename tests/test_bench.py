@@ -1,5 +1,6 @@
 """A tiny run of the benchmark, only to keep the script working (no timing is asserted)."""
 
+import re
 import subprocess
 import sys
 
@@ -81,3 +82,16 @@ def test_the_publish_cost_runs_and_prints_its_tables():
     assert "| on | publish |" in result.stdout
     assert "| off | first plain scrape after it |" in result.stdout
     assert "| ISA-L level 1 |" in result.stdout
+
+
+def test_the_import_time_measurement_runs_and_prints_both_figures():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "import_time.py"), "--runs", "2",
+         "--module", "exporter.cli"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(
+        r"importtime cumulative of exporter\.cli, 2 runs: best [1-9]\d* µs", result.stdout
+    )
+    assert re.search(r'"import exporter\.cli", 2 runs: best [0-9.]+ ms', result.stdout)
